@@ -1,0 +1,40 @@
+/* npfcn C kernels: declarations.
+ *
+ * Every array is C-contiguous and has been checked by Python (npfcn/im2col.py,
+ * npfcn/functional.py) before it gets here: dtype, shape and size all agree with
+ * the dimensions passed in.  Sizes and indices are int64_t so that large images
+ * cannot overflow a 32-bit int.
+ *
+ * im2col layout (per image, Caffe style):
+ *   x    : (N, C, H, W)
+ *   cols : (N, C*KH*KW, OH*OW)   row (c*KH + i)*KW + j, column oy*OW + ox holds
+ *          x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]   (0 outside the image)
+ * OH and OW are passed in (not derived) so that callers may ask for any grid;
+ * every image access is bounds-checked against H and W.
+ * col2im is the adjoint: it ADDS each column entry back into x.
+ */
+#ifndef NPFCN_KERNELS_H
+#define NPFCN_KERNELS_H
+#include <stdint.h>
+
+#define NPFCN_DECLARE(T, SUFFIX)                                                       \
+void im2col_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t H, int64_t W, \
+                     int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,       \
+                     int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW);      \
+void col2im_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t H, int64_t W, \
+                     int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,       \
+                     int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW);      \
+void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,          \
+                     int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t SH,         \
+                     int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,       \
+                     int64_t OH, int64_t OW);                                          \
+void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64_t NC, \
+                     int64_t HW, int64_t OHW);
+
+NPFCN_DECLARE(float, f32)
+NPFCN_DECLARE(double, f64)
+
+/* Number of threads the kernels use (1 when built without OpenMP). */
+int npfcn_num_threads(void);
+
+#endif

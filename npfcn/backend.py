@@ -1,0 +1,95 @@
+"""Which kernel implementation is active: the compiled C kernel or pure NumPy.
+
+The C extension ``npfcn._kernels`` is built by ``pip install`` from ``csrc/``.
+``NPFCN_BACKEND`` selects the implementation when npfcn is imported:
+
+* unset or ``auto`` - C when the extension loads, NumPy otherwise;
+* ``c``             - C, and an ImportError if it is not built;
+* ``numpy``         - the readable NumPy reference path.
+
+``use(name)`` switches at run time (tests use it to compare both paths).
+"""
+import os
+
+try:  # the compiled extension; absent in a source tree that was never built
+    from . import _kernels as _compiled
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _compiled = None
+    _import_error = exc
+else:
+    _import_error = None
+
+_NAMES = ("c", "numpy")
+_active = None
+
+
+def c_available():
+    """True when the compiled C kernel could be imported."""
+    return _compiled is not None
+
+
+def use(name):
+    """Select the backend: ``"c"``, ``"numpy"`` or ``"auto"``; returns the active name."""
+    global _active
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        name = "c" if c_available() else "numpy"
+    if name not in _NAMES:
+        raise ValueError(f"unknown backend {name!r}: expected one of 'c', 'numpy', 'auto'")
+    if name == "c" and not c_available():
+        raise ImportError(
+            "NPFCN_BACKEND=c but the C kernel npfcn._kernels is not built "
+            f"({_import_error}); reinstall with `pip install -e .`"
+        )
+    _active = name
+    return name
+
+
+def active():
+    """Name of the backend in use: ``"c"`` or ``"numpy"``."""
+    return _active
+
+
+def kernels():
+    """The cffi ``(ffi, lib)`` pair of the compiled kernel (only when C is active)."""
+    return _compiled.ffi, _compiled.lib
+
+
+_CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
+
+
+def pointer(array):
+    """A cffi pointer to the data of a C-contiguous float32/float64/int64 ndarray.
+
+    The caller has already checked dtype, shape and contiguity; this only
+    asserts it, because a wrong pointer type would let C misread the memory.
+    """
+    assert array.flags.c_contiguous, "arrays must be C-contiguous before they reach C"
+    ffi = _compiled.ffi
+    return ffi.from_buffer(_CTYPES[array.dtype.name], array,
+                           require_writable=array.flags.writeable)
+
+
+def num_threads():
+    """Threads the C kernel uses (1 without OpenMP or on the NumPy path)."""
+    if _active == "c":
+        return int(_compiled.lib.npfcn_num_threads())
+    return 1
+
+
+class using:
+    """Context manager that switches backend temporarily: ``with using("numpy"): ...``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.previous = _active
+        return use(self.name)
+
+    def __exit__(self, *exc):
+        use(self.previous)
+        return False
+
+
+use(os.environ.get("NPFCN_BACKEND", "auto"))

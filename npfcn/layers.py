@@ -1,0 +1,272 @@
+"""Stateful layers over ``npfcn.functional``, with PyTorch's names and arguments.
+
+Every module has ``params`` and ``grads`` (dicts keyed ``"weight"``/``"bias"``),
+``forward``, ``backward(dy)`` (returns d/dx and *adds* parameter gradients into
+``grads``, as PyTorch accumulates), ``zero_grad()`` and ``train()``/``eval()``.
+A module keeps what its backward pass needs from the last ``forward`` and
+frees it after ``backward``.
+"""
+import math
+
+import numpy as np
+
+from . import functional as F
+from ._checks import FLOAT_DTYPES, int_pair
+
+
+def _as_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _as_rng(rng):
+    """A numpy Generator from a Generator, an int seed or None (fresh entropy)."""
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+class Module:
+    """Base class: parameter/gradient dicts, the cache, train/eval mode."""
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = _as_dtype(dtype)
+        self.params = {}
+        self.grads = {}
+        self.training = True
+        self._cache = None
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _add_param(self, name, value):
+        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads[name] = np.zeros_like(self.params[name])
+
+    def _accumulate(self, name, grad):
+        if grad is not None:
+            self.grads[name] += grad
+
+    def _take_cache(self):
+        """The cache of the last forward pass, which backward consumes once."""
+        if self._cache is None:
+            raise ValueError(f"{type(self).__name__}.backward() called before forward() "
+                             "(or twice after one forward)")
+        cache, self._cache = self._cache, None
+        return cache
+
+    def zero_grad(self):
+        for grad in self.grads.values():
+            grad[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def forward(self, x):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, dy):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Conv2d(Module):
+    """2-D convolution. weight: (out_channels, in_channels, KH, KW), bias: (out_channels,).
+
+    forward(x: (N, in_channels, H, W)) -> (N, out_channels, OH, OW) with
+    ``OH = floor((H + 2*padding - dilation*(KH-1) - 1) / stride) + 1``.
+    Initialised as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
+        self.stride = int_pair(stride, "stride", 1)
+        self.padding = int_pair(padding, "padding", 0)
+        self.dilation = int_pair(dilation, "dilation", 1)
+        rng = _as_rng(rng)
+        bound = 1.0 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
+        self._add_param("weight", rng.uniform(-bound, bound,
+                                              (out_channels, in_channels, *self.kernel_size)))
+        if bias:
+            self._add_param("bias", rng.uniform(-bound, bound, out_channels))
+
+    def forward(self, x):
+        y, self._cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                          self.stride, self.padding, self.dilation)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.conv2d_backward(dy, self._take_cache())
+        self._accumulate("weight", dw)
+        if "bias" in self.params:
+            self._accumulate("bias", db)
+        return dx
+
+
+class ConvTranspose2d(Module):
+    """Transposed convolution (learnable upsampling). weight: (in_channels, out_channels, KH, KW).
+
+    forward(x: (N, in_channels, H, W)) -> (N, out_channels, OH, OW) with PyTorch's
+    ``OH = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``, or
+    ``OH = H*stride`` with ``padding="same"`` (TensorFlow's rule).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, dilation=1, bias=True, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
+        self.stride = int_pair(stride, "stride", 1)
+        self.padding = padding if padding == "same" else int_pair(padding, "padding", 0)
+        self.output_padding = int_pair(output_padding, "output_padding", 0)
+        self.dilation = int_pair(dilation, "dilation", 1)
+        F.check_output_padding(self.padding, self.output_padding, self.stride, self.dilation)
+        rng = _as_rng(rng)
+        # PyTorch computes fan_in from weight.shape[1] * KH * KW for transposed convs.
+        bound = 1.0 / math.sqrt(out_channels * self.kernel_size[0] * self.kernel_size[1])
+        self._add_param("weight", rng.uniform(-bound, bound,
+                                              (in_channels, out_channels, *self.kernel_size)))
+        if bias:
+            self._add_param("bias", rng.uniform(-bound, bound, out_channels))
+
+    def forward(self, x):
+        y, self._cache = F.conv_transpose2d_forward(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+            self.output_padding, self.dilation)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.conv_transpose2d_backward(dy, self._take_cache())
+        self._accumulate("weight", dw)
+        if "bias" in self.params:
+            self._accumulate("bias", db)
+        return dx
+
+
+class MaxPool2d(Module):
+    """Max pooling. forward(x: (N, C, H, W)) -> y (and int64 indices with return_indices).
+
+    Indices are flat positions within each (n, c) plane, as in PyTorch, so they
+    can be handed to ``MaxUnpool2d``.  ``ceil_mode=True`` is what FCN uses.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 return_indices=False):
+        super().__init__()
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
+        self.stride = int_pair(self.kernel_size if stride is None else stride, "stride", 1)
+        self.padding = int_pair(padding, "padding", 0)
+        self.dilation = int_pair(dilation, "dilation", 1)
+        self.ceil_mode = bool(ceil_mode)
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        y, indices, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride,
+                                                       self.padding, self.dilation, self.ceil_mode)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, dy):
+        return F.max_pool2d_backward(dy, self._take_cache())
+
+
+class MaxUnpool2d(Module):
+    """Max unpooling: forward(x, indices, output_size=None) puts each value back at its index.
+
+    x, indices: (N, C, H, W) -> (N, C, OH, OW), ``OH = (H-1)*stride - 2*padding + KH``
+    unless ``output_size`` says otherwise.  Positions no index names are zero.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = int_pair(kernel_size, "kernel_size", 1)
+        self.stride = int_pair(self.kernel_size if stride is None else stride, "stride", 1)
+        self.padding = int_pair(padding, "padding", 0)
+
+    def forward(self, x, indices, output_size=None):
+        y, self._cache = F.max_unpool2d_forward(x, indices, self.kernel_size, self.stride,
+                                                self.padding, output_size)
+        return y
+
+    def backward(self, dy):
+        return F.max_unpool2d_backward(dy, self._take_cache())
+
+
+class ReLU(Module):
+    """y = max(x, 0), any shape."""
+
+    def forward(self, x):
+        y, self._cache = F.relu_forward(x)
+        return y
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._take_cache())
+
+
+class Dropout(Module):
+    """Inverted dropout with probability ``p`` of zeroing; the identity in eval mode.
+
+    The mask comes from ``self.rng`` (a numpy Generator), so seeding it makes
+    training reproducible.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = _as_rng(rng)
+
+    def forward(self, x):
+        y, cache = F.dropout_forward(x, self.p, self.rng, self.training)
+        self._cache = (cache,)
+        return y
+
+    def backward(self, dy):
+        (cache,) = self._take_cache()
+        return F.dropout_backward(dy, cache)
+
+
+class Crop(Module):
+    """The FCN crop: forward(x, size) = x[:, :, o:o+H, o:o+W] with size = (H, W).
+
+    ``size`` may also be a reference array whose last two axes give (H, W).
+    """
+
+    def __init__(self, offset):
+        super().__init__()
+        self.offset = int_pair(offset, "offset", 0)
+
+    def forward(self, x, size):
+        if isinstance(size, np.ndarray):
+            size = size.shape[-2:]
+        y, self._cache = F.crop_forward(x, self.offset, size)
+        return y
+
+    def backward(self, dy):
+        return F.crop_backward(dy, self._take_cache())
+
+
+class Add(Module):
+    """Elementwise a + b (the FCN skip connection); backward returns (da, db)."""
+
+    def forward(self, a, b):
+        y, self._cache = F.add_forward(a, b)
+        return y
+
+    def backward(self, dy):
+        return F.add_backward(dy, self._take_cache())
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+

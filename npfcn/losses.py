@@ -1,0 +1,99 @@
+"""Per-pixel softmax cross-entropy with an ignore label and optional class weights."""
+import numpy as np
+
+from ._checks import as_float_tensor
+
+
+def _check_target(target, logits_shape, num_classes, ignore_index):
+    """Integer labels of shape (N, *spatial) in [0, C) or equal to ignore_index."""
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"target must be a numpy.ndarray of integer labels, got {type(target).__name__}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
+    expected = (logits_shape[0],) + tuple(logits_shape[2:])
+    if target.shape != expected:
+        raise ValueError(f"target has shape {target.shape} but logits {tuple(logits_shape)} "
+                         f"need labels of shape {expected}")
+    valid = target != ignore_index
+    if valid.any():
+        labels = target[valid]
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the "
+                             f"ignore_index {ignore_index}")
+    return valid
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy over the class axis of (N, C, H, W) logits (any (N, C, *) works).
+
+    forward(logits, target) -> the loss (a Python float); target: (N, H, W) integers.
+    backward(grad=1.0) -> d loss / d logits, (N, C, H, W) in the logits' dtype.
+
+    ``reduction="mean"`` divides by the summed weights of the counted pixels
+    (PyTorch's weighted mean); ``"sum"`` does not divide.  Pixels labelled
+    ``ignore_index`` contribute nothing.  One deliberate difference from
+    PyTorch: when every pixel is ignored the mean is 0 (with zero gradient)
+    rather than NaN, so that a crop of pure void cannot stop a training run.
+    """
+
+    def __init__(self, weight=None, ignore_index=255, reduction="mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if weight is not None:
+            weight = np.asarray(weight)
+            if weight.ndim != 1 or weight.dtype.kind not in "fiu":
+                raise ValueError(f"class weight must be a 1-D array of numbers, got shape "
+                                 f"{weight.shape} and dtype {weight.dtype}")
+            if not np.all(np.isfinite(weight)) or np.any(weight < 0):
+                raise ValueError("class weights must be finite and non-negative")
+        self.weight = weight
+        self.ignore_index = int(ignore_index)
+        self.reduction = reduction
+        self._cache = None
+
+    def __call__(self, logits, target):
+        return self.forward(logits, target)
+
+    def forward(self, logits, target):
+        logits = as_float_tensor(logits, "logits", ndim=None)
+        if logits.ndim < 2:
+            raise ValueError(f"logits must be (N, C, ...), got shape {logits.shape}")
+        num_classes = logits.shape[1]
+        if self.weight is not None and self.weight.shape != (num_classes,):
+            raise ValueError(f"class weight has {self.weight.shape[0]} entries but logits have "
+                             f"{num_classes} classes")
+        valid = _check_target(target, logits.shape, num_classes, self.ignore_index)
+        safe_target = np.where(valid, target, 0).astype(np.intp)
+
+        # Stable log-softmax: subtract the per-pixel maximum before exponentiating.
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        sum_exp = exp.sum(axis=1, keepdims=True)
+        log_prob_true = (np.take_along_axis(shifted, safe_target[:, None], axis=1)[:, 0]
+                         - np.log(sum_exp[:, 0]))
+
+        pixel_weight = valid.astype(logits.dtype)
+        if self.weight is not None:
+            pixel_weight *= self.weight.astype(logits.dtype)[safe_target]
+        total = float(np.sum(pixel_weight * -log_prob_true, dtype=np.float64))
+        if self.reduction == "mean":
+            denominator = float(np.sum(pixel_weight, dtype=np.float64))
+            scale = 1.0 / denominator if denominator > 0 else 0.0
+        else:
+            scale = 1.0
+        self._cache = (exp / sum_exp, safe_target, pixel_weight, scale)
+        return total * scale
+
+    def backward(self, grad=1.0):
+        """d loss / d logits = (softmax - onehot(target)) * pixel weight * scale * grad."""
+        if self._cache is None:
+            raise ValueError("CrossEntropyLoss.backward() called before forward()")
+        prob, target, pixel_weight, scale = self._cache
+        self._cache = None
+        dlogits = prob  # reused in place: the cache is consumed
+        onehot_part = np.take_along_axis(dlogits, target[:, None], axis=1)
+        np.put_along_axis(dlogits, target[:, None], onehot_part - 1, axis=1)
+        dlogits *= (pixel_weight * dlogits.dtype.type(scale * grad))[:, None]
+        return dlogits

@@ -1,0 +1,83 @@
+"""Max pooling with argmax indices: the NumPy reference and the dispatch to C.
+
+Indices follow PyTorch: ``indices[n, c, oy, ox] = iy*W + ix``, the flat
+position of the maximum inside its own (unpadded) H x W plane.  Padding never
+wins (every window holds at least one real pixel), NaN wins over any number,
+and ties keep the first position in scan order.
+
+Callers (``npfcn.functional``) validate shapes and sizes; the functions here
+receive C-contiguous float arrays and checked geometry.
+"""
+import numpy as np
+
+from . import backend
+
+
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """x: (N, C, H, W) -> (y: (N, C, OH, OW), indices: (N, C, OH, OW) int64)."""
+    N, C, H, W = x.shape
+    if backend.active() == "c":
+        y = np.empty((N, C, oh, ow), dtype=x.dtype)
+        indices = np.empty((N, C, oh, ow), dtype=np.int64)
+        _, lib = backend.kernels()
+        fn = lib.maxpool_forward_f32 if x.dtype == np.float32 else lib.maxpool_forward_f64
+        fn(backend.pointer(x), backend.pointer(y), backend.pointer(indices),
+           N * C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        return y, indices
+    return max_pool_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def max_pool_backward(dy, indices, image_shape):
+    """Route each output gradient to its argmax: dy, indices: (N, C, OH, OW) -> dx: image_shape."""
+    N, C, H, W = image_shape
+    if backend.active() == "c":
+        dx = np.zeros(image_shape, dtype=dy.dtype)
+        _, lib = backend.kernels()
+        fn = lib.maxpool_backward_f32 if dy.dtype == np.float32 else lib.maxpool_backward_f64
+        fn(backend.pointer(dy), backend.pointer(indices), backend.pointer(dx),
+           N * C, H * W, dy.shape[2] * dy.shape[3])
+        return dx
+    return scatter_add_planes(dy, indices, image_shape)
+
+
+# --- the NumPy reference -------------------------------------------------------------
+
+def max_pool_forward_numpy(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Reference: gather every window offset, take the argmax over offsets."""
+    N, C, H, W = x.shape
+    rows = np.arange(oh)[:, None] * sh - ph   # top row of each window, (OH, 1)
+    colz = np.arange(ow)[None, :] * sw - pw   # left column of each window, (1, OW)
+    values, positions, valid = [], [], []
+    for i in range(kh):
+        for j in range(kw):
+            iy, ix = rows + i * dh, colz + j * dw
+            inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)   # (OH, OW)
+            iy_c, ix_c = np.clip(iy, 0, H - 1), np.clip(ix, 0, W - 1)
+            values.append(np.where(inside, x[:, :, iy_c, ix_c], -np.inf))
+            positions.append(np.broadcast_to(iy_c * W + ix_c, (oh, ow)))
+            valid.append(np.broadcast_to(inside, (oh, ow)))
+    values = np.stack(values)            # (KH*KW, N, C, OH, OW)
+    positions = np.stack(positions)      # (KH*KW, OH, OW)
+    valid = np.stack(valid)              # (KH*KW, OH, OW)
+    # np.argmax returns the first NaN if there is one, else the first maximum.
+    best = np.argmax(values, axis=0)     # (N, C, OH, OW)
+    # A window whose real pixels are all -inf ties with the padding: use its
+    # first real pixel instead, as the C kernel does.
+    first_valid = np.argmax(valid, axis=0)                       # (OH, OW)
+    picked_valid = np.take_along_axis(valid[:, None, None], best[None], axis=0)[0]
+    best = np.where(picked_valid, best, first_valid)
+    y = np.take_along_axis(values, best[None], axis=0)[0].astype(x.dtype)
+    indices = np.take_along_axis(positions[:, None, None], best[None], axis=0)[0]
+    return np.ascontiguousarray(y), np.ascontiguousarray(indices.astype(np.int64))
+
+
+def scatter_add_planes(values, indices, image_shape):
+    """out[n, c].flat[indices[n, c]] += values[n, c] (duplicates add up).
+
+    values, indices: (N, C, h, w); returns (N, C, H, W) of values' dtype.
+    """
+    N, C, H, W = image_shape
+    plane = np.arange(N * C).reshape(N, C, 1, 1) * (H * W)
+    flat = np.bincount((plane + indices).ravel(), weights=values.ravel().astype(np.float64),
+                       minlength=N * C * H * W)
+    return flat.astype(values.dtype).reshape(image_shape)
