@@ -191,8 +191,32 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
                          f"size {kernel_size}")
     N, C, H, W = x.shape
     OH, OW = conv_output_size((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode)
+    _check_windows_touch_image((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW))
     y, indices = pooling.max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     return y, indices, (x.shape, x.dtype, indices)
+
+
+def _check_windows_touch_image(in_size, kernel, stride, padding, dilation, out_size):
+    """Refuse pooling geometry in which some window sees only padding.
+
+    With dilation, ``padding <= kernel/2`` is not enough: the taps of a window
+    can straddle the image (H=1, kernel 2, dilation 2, padding 1 reads rows -1
+    and 1).  Such a window has no maximum and no valid index (PyTorch returns
+    -inf and an index outside the plane), so it is an error here.
+    Per axis, the first tap at or after row 0 is ``i0 = ceil(-start / d)``.
+    """
+    for n, k, s, p, d, o, axis in zip(in_size, kernel, stride, padding, dilation, out_size,
+                                      ("height", "width")):
+        start = np.arange(o, dtype=np.int64) * s - p       # first tap of each window
+        first_inside = np.maximum(0, -(start // d))        # ceil(-start / d), at least 0
+        touches = (first_inside < k) & (start + first_inside * d < n)
+        if not touches.all():
+            bad = int(np.argmin(touches))
+            raise ValueError(
+                f"max_pool2d: the window of output {axis} {bad} lies entirely in the padding "
+                f"(input {axis} {n}, kernel {k}, padding {p}, dilation {d}); "
+                "use less padding or dilation"
+            )
 
 
 def max_pool2d_backward(dy, cache):
