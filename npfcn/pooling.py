@@ -5,17 +5,27 @@ position of the maximum inside its own (unpadded) H x W plane.  Padding never
 wins (every window holds at least one real pixel), NaN wins over any number,
 and ties keep the first position in scan order.
 
-Callers (``npfcn.functional``) validate shapes and sizes; the functions here
-receive C-contiguous float arrays and checked geometry.
+Callers (``npfcn.functional``) validate shapes and sizes.  The two dispatch
+functions check again what the C kernel relies on (dtype, contiguity, shapes,
+geometry, index range), because they are the last gate before C: a direct
+call with bad arguments must raise, not write out of bounds.
 """
 import numpy as np
 
 from . import backend
+from ._checks import as_float_tensor, check_same_shape, check_size, int_pair
 
 
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """x: (N, C, H, W) -> (y: (N, C, OH, OW), indices: (N, C, OH, OW) int64)."""
+    x = as_float_tensor(x, "max_pool input")
+    kh, kw = int_pair((kh, kw), "kernel_size", 1)
+    sh, sw = int_pair((sh, sw), "stride", 1)
+    ph, pw = int_pair((ph, pw), "padding", 0)
+    dh, dw = int_pair((dh, dw), "dilation", 1)
+    oh, ow = int_pair((oh, ow), "output size", 1)
     N, C, H, W = x.shape
+    check_size(N * C * oh * ow, "max_pool output")
     if backend.active() == "c":
         y = np.empty((N, C, oh, ow), dtype=x.dtype)
         indices = np.empty((N, C, oh, ow), dtype=np.int64)
@@ -29,7 +39,8 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
 
 def max_pool_backward(dy, indices, image_shape):
     """Route each output gradient to its argmax: dy, indices: (N, C, OH, OW) -> dx: image_shape."""
-    N, C, H, W = image_shape
+    dy = as_float_tensor(dy, "max_pool output gradient")
+    N, C, H, W = image_shape = _checked_backward_args(dy, indices, image_shape)
     if backend.active() == "c":
         dx = np.zeros(image_shape, dtype=dy.dtype)
         _, lib = backend.kernels()
@@ -38,6 +49,25 @@ def max_pool_backward(dy, indices, image_shape):
            N * C, H * W, dy.shape[2] * dy.shape[3])
         return dx
     return scatter_add_planes(dy, indices, image_shape)
+
+
+def _checked_backward_args(dy, indices, image_shape):
+    """(N, C, H, W) after checking that every index points into its H x W plane."""
+    if len(tuple(image_shape)) != 4 or any(int(v) != v or v < 1 for v in image_shape):
+        raise ValueError(f"image_shape must be 4 positive ints (N, C, H, W), got {image_shape!r}")
+    N, C, H, W = (int(v) for v in image_shape)
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
+        raise TypeError("max_pool indices must be an int64 numpy.ndarray, got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
+    if not indices.flags.c_contiguous:
+        raise ValueError("max_pool indices must be C-contiguous")
+    if tuple(dy.shape[:2]) != (N, C):
+        raise ValueError(f"max_pool output gradient has shape {dy.shape}, "
+                         f"expected (N, C, OH, OW) with (N, C) = {(N, C)}")
+    check_same_shape(indices, dy.shape, "max_pool indices")
+    if indices.size and (indices.min() < 0 or indices.max() >= H * W):
+        raise ValueError(f"max_pool index out of range for an {H}x{W} plane")
+    return N, C, H, W
 
 
 # --- the NumPy reference -------------------------------------------------------------
