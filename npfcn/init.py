@@ -1,0 +1,53 @@
+"""Weight initialisation: bilinear upsampling kernels and He (Kaiming) normal weights."""
+import math
+
+import numpy as np
+
+from ._checks import FLOAT_DTYPES
+
+
+def upsample_filt(kernel_size):
+    """The 2-D bilinear interpolation filter of Caffe's FCN ``upsample_filt``: (k, k) float64.
+
+    For a kernel of size k the centre is ``(k - 1) / 2`` and the scale factor
+    ``f = ceil(k / 2)``; each tap weighs ``(1 - |i - centre| / f)`` per axis.
+    Used as a transposed convolution with stride f, it interpolates bilinearly.
+    """
+    k = int(kernel_size)
+    if k < 1:
+        raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+    factor = (k + 1) // 2
+    centre = factor - 1 if k % 2 == 1 else factor - 0.5
+    taps = 1.0 - np.abs(np.arange(k) - centre) / factor
+    return np.outer(taps, taps)
+
+
+def bilinear_kernel(channels, kernel_size, dtype=np.float32):
+    """A transposed-convolution weight (C, C, k, k) that upsamples every channel bilinearly.
+
+    The filter sits on the channel diagonal (channel c maps only onto channel c),
+    all other entries are zero - as the reference FCN's ``interp`` surgery does.
+    """
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    weight = np.zeros((channels, channels, kernel_size, kernel_size), dtype=dtype)
+    diagonal = np.arange(channels)
+    weight[diagonal, diagonal] = upsample_filt(kernel_size)
+    return weight
+
+
+def he_normal(shape, rng, dtype=np.float32):
+    """He (Kaiming) normal weights for a ReLU network: N(0, 2 / fan_in), fan_in = C*KH*KW.
+
+    shape: (out, in, KH, KW).  Keeps the activations' variance roughly constant
+    through a deep stack of ReLU convolutions (He et al., 2015), which is what
+    lets the 15-layer VGG/fc stack train from scratch without batch norm.
+    """
+    fan_in = int(np.prod(shape[1:]))
+    std = math.sqrt(2.0 / fan_in)
+    out = rng.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+    out *= std
+    return out

@@ -1,0 +1,133 @@
+"""Segmentation scores from a confusion matrix, with the FCN reference definitions.
+
+``hist[t, p]`` counts the pixels of true class t predicted as p (pixels labelled
+``ignore_index`` are skipped).  Summing the matrices of several images gives the
+matrix of the whole dataset, which is how the scores are meant to be computed:
+per dataset, not averaged per image.  From it (as in the reference ``score.py``):
+
+* pixel accuracy     = sum_k hist[k, k] / sum hist
+* mean accuracy      = mean over classes of hist[k, k] / sum_p hist[k, p]
+* IoU_k              = hist[k, k] / (sum_p hist[k, p] + sum_t hist[t, k] - hist[k, k])
+* mean IoU           = mean of IoU_k
+* frequency weighted = sum_k freq_k * IoU_k, freq_k = sum_p hist[k, p] / sum hist
+
+A class that never occurs in the truth has no accuracy and a class absent from
+both truth and prediction has no IoU: they are NaN and left out of the means
+(``np.nanmean``), never counted as 0 or 1.
+"""
+import numpy as np
+
+
+def confusion_matrix(target, prediction, num_classes, ignore_index=255):
+    """``hist`` (num_classes, num_classes) int64 with ``hist[true, pred]`` pixel counts.
+
+    target, prediction: integer arrays of the same shape (any shape: (H, W),
+    (N, H, W), ...).  Target pixels equal to ``ignore_index`` are skipped; every
+    other label and every prediction must lie in [0, num_classes).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    target, prediction = _labels(target, "target"), _labels(prediction, "prediction")
+    if target.shape != prediction.shape:
+        raise ValueError(f"target has shape {target.shape} but prediction has shape "
+                         f"{prediction.shape}")
+    valid = target != ignore_index
+    truth, pred = target[valid].astype(np.int64), prediction[valid].astype(np.int64)
+    for values, name in ((truth, "target label"), (pred, "predicted class")):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            bad = int(values.min()) if values.min() < 0 else int(values.max())
+            extra = f" and is not the ignore_index {ignore_index}" if name == "target label" else ""
+            raise ValueError(f"{name} {bad} is outside [0, {num_classes}){extra}")
+    # Each (true, pred) pair becomes one index true * K + pred; bincount counts them all at once.
+    counts = np.bincount(truth * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64, copy=False)
+
+
+def _labels(array, name):
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {array.dtype}")
+    return array
+
+
+def _check_hist(hist):
+    hist = np.asarray(hist)
+    if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {hist.shape}")
+    if hist.dtype.kind not in "iuf" or (hist.size and hist.min() < 0):
+        raise ValueError("confusion matrix must hold non-negative counts")
+    return hist.astype(np.float64)
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator elementwise, NaN where the denominator is 0 (no warnings)."""
+    out = np.full(np.shape(numerator), np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def pixel_accuracy(hist):
+    """Fraction of counted pixels whose class is right; NaN if no pixel was counted."""
+    hist = _check_hist(hist)
+    return float(_ratio(np.trace(hist), hist.sum()))
+
+
+def accuracy_per_class(hist):
+    """Recall of each class, hist[k, k] / sum_p hist[k, p]; NaN for classes absent from the truth."""
+    hist = _check_hist(hist)
+    return _ratio(np.diag(hist), hist.sum(axis=1))
+
+
+def mean_accuracy(hist):
+    """Mean of the per-class accuracies over the classes present in the truth."""
+    return _nanmean(accuracy_per_class(hist))
+
+
+def iou_per_class(hist):
+    """IoU of each class; NaN for classes absent from both truth and prediction."""
+    hist = _check_hist(hist)
+    true_positive = np.diag(hist)
+    union = hist.sum(axis=1) + hist.sum(axis=0) - true_positive
+    return _ratio(true_positive, union)
+
+
+def mean_iou(hist):
+    """Mean IoU over the classes that occur in the truth or the prediction."""
+    return _nanmean(iou_per_class(hist))
+
+
+def frequency_weighted_iou(hist):
+    """Sum of each class's IoU weighted by its share of the true pixels."""
+    hist = _check_hist(hist)
+    total = hist.sum()
+    if total == 0:
+        return float("nan")
+    frequency = hist.sum(axis=1) / total
+    iou = iou_per_class(hist)
+    present = frequency > 0          # a class with weight 0 contributes nothing, even if NaN
+    return float(np.sum(frequency[present] * iou[present]))
+
+
+def _nanmean(values):
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def summarize(hist, class_names=None):
+    """All scores as plain Python numbers (JSON-ready; a NaN per-class IoU becomes None)."""
+    hist = np.asarray(hist)
+    num_classes = hist.shape[0] if hist.ndim == 2 else 0
+    if class_names is None:
+        class_names = [str(k) for k in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {num_classes}-class confusion matrix")
+    iou = iou_per_class(hist)
+    return {
+        "pixel_accuracy": pixel_accuracy(hist),
+        "mean_accuracy": mean_accuracy(hist),
+        "mean_iou": mean_iou(hist),
+        "frequency_weighted_iou": frequency_weighted_iou(hist),
+        "iou_per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
+    }

@@ -1,0 +1,197 @@
+"""Optimizers (SGD with momentum, Adam) and learning-rate schedules.
+
+An optimizer updates ``model.params[name]`` in place for every name in
+``model.trainable``, from ``model.grads[name]``, with PyTorch's update rules
+(``torch.optim.SGD`` / ``torch.optim.Adam``).  Weight decay is L2 added to the
+gradient and, as in the reference FCN (``decay_mult: 0``), never applied to
+biases (names ending ``.bias``).
+"""
+import math
+
+import numpy as np
+
+
+def _check_number(value, name, low=0.0, low_inclusive=True, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if value < low or (value == low and not low_inclusive) or (high is not None and value >= high):
+        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+    return value
+
+
+def decays(name):
+    """Whether weight decay applies to a parameter: weights yes, biases no."""
+    return not name.endswith(".bias")
+
+
+class Optimizer:
+    """Shared machinery: the model, ``lr``, per-parameter state, state_dict round trip."""
+
+    KIND = None
+    HYPERPARAMETERS = ()       # scalar attributes saved in the state dict besides lr and steps
+    BUFFERS = ()               # per-parameter arrays, saved as "<buffer>.<param name>"
+
+    def __init__(self, model, lr):
+        for attribute in ("params", "grads", "trainable"):
+            if not hasattr(model, attribute):
+                raise TypeError(f"optimizer needs a model with params, grads and trainable; "
+                                f"{type(model).__name__} has no {attribute!r}")
+        self.model = model
+        self.lr = lr
+        self.steps = 0
+        self.names = list(model.trainable)
+        self.state = {buffer: {name: np.zeros_like(model.params[name]) for name in self.names}
+                      for buffer in self.BUFFERS}
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _check_number(value, "learning rate", 0.0)
+
+    def step(self):
+        """One update of every trainable parameter from its accumulated gradient."""
+        self.steps += 1
+        for name in self.names:
+            self._update(name, self.model.params[name], self.model.grads[name])
+
+    def _update(self, name, param, grad):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self):
+        """``{"kind", "lr", "steps", hyperparameters..., "<buffer>.<param>": array}`` (copies)."""
+        state = {"kind": self.KIND, "lr": self.lr, "steps": self.steps}
+        state.update({h: getattr(self, h) for h in self.HYPERPARAMETERS})
+        for buffer, arrays in self.state.items():
+            state.update({f"{buffer}.{name}": a.copy() for name, a in arrays.items()})
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a ``state_dict()``; checks everything before changing anything.
+
+        Scalars may come back as 0-d arrays (after a round trip through .npz).
+        """
+        kind = str(np.asarray(state.get("kind", "")))
+        if kind != self.KIND:
+            raise ValueError(f"optimizer state is for {kind or 'an unknown optimizer'!r}, "
+                             f"not {self.KIND!r}")
+        expected = {"kind", "lr", "steps", *self.HYPERPARAMETERS,
+                    *(f"{b}.{n}" for b in self.BUFFERS for n in self.names)}
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(f"optimizer state does not match the model: missing "
+                             f"{sorted(missing)}, unexpected {sorted(unexpected)}")
+        for buffer in self.BUFFERS:
+            for name in self.names:
+                value, own = state[f"{buffer}.{name}"], self.state[buffer][name]
+                if not isinstance(value, np.ndarray) or value.shape != own.shape:
+                    raise ValueError(f"optimizer state {buffer}.{name} has shape "
+                                     f"{getattr(value, 'shape', None)}, expected {own.shape}")
+        scalars = {key: float(np.asarray(state[key])) for key in ("lr", *self.HYPERPARAMETERS)}
+        steps = int(np.asarray(state["steps"]))
+        for key, value in scalars.items():
+            _check_number(value, key, 0.0)
+        for buffer in self.BUFFERS:
+            for name in self.names:
+                self.state[buffer][name][...] = state[f"{buffer}.{name}"]
+        self.lr = scalars.pop("lr")
+        for key, value in scalars.items():
+            setattr(self, key, value)
+        self.steps = steps
+
+
+class SGD(Optimizer):
+    """SGD with momentum and L2 weight decay (PyTorch's rule, dampening 0, no Nesterov).
+
+        g = grad + weight_decay * p        (weights only, not biases)
+        v = momentum * v + g
+        p = p - lr * v
+    """
+
+    KIND = "sgd"
+    HYPERPARAMETERS = ("momentum", "weight_decay")
+
+    def __init__(self, model, lr=1e-3, momentum=0.9, weight_decay=5e-4):
+        self.momentum = _check_number(momentum, "momentum", 0.0, high=1.0)
+        self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0)
+        self.BUFFERS = ("momentum_buffer",) if self.momentum > 0 else ()
+        super().__init__(model, lr)
+
+    def _update(self, name, param, grad):
+        dtype = param.dtype.type
+        if self.weight_decay and decays(name):
+            grad = grad + dtype(self.weight_decay) * param
+        if self.momentum:
+            velocity = self.state["momentum_buffer"][name]
+            velocity *= dtype(self.momentum)
+            velocity += grad
+            grad = velocity
+        param -= dtype(self.lr) * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and L2 weight decay, PyTorch's rule.
+
+        g = grad + weight_decay * p        (weights only, not biases)
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        p = p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    KIND = "adam"
+    HYPERPARAMETERS = ("beta1", "beta2", "eps", "weight_decay")
+    BUFFERS = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        self.beta1 = _check_number(betas[0], "beta1", 0.0, high=1.0)
+        self.beta2 = _check_number(betas[1], "beta2", 0.0, high=1.0)
+        self.eps = _check_number(eps, "eps", 0.0)
+        self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0)
+        super().__init__(model, lr)
+
+    @property
+    def betas(self):
+        return (self.beta1, self.beta2)
+
+    def _update(self, name, param, grad):
+        dtype = param.dtype.type
+        if self.weight_decay and decays(name):
+            grad = grad + dtype(self.weight_decay) * param
+        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
+        m *= dtype(self.beta1)
+        m += dtype(1 - self.beta1) * grad
+        v *= dtype(self.beta2)
+        v += dtype(1 - self.beta2) * np.square(grad)
+        correction1 = 1 - self.beta1 ** self.steps
+        correction2 = 1 - self.beta2 ** self.steps
+        denominator = np.sqrt(v)
+        denominator /= dtype(math.sqrt(correction2))
+        denominator += dtype(self.eps)
+        param -= dtype(self.lr / correction1) * (m / denominator)
+
+
+def constant_lr(base_lr):
+    """schedule(step) -> base_lr for every step."""
+    base_lr = _check_number(base_lr, "base_lr", 0.0)
+    return lambda step: base_lr
+
+
+def poly_lr(base_lr, total_steps, power=0.9):
+    """The "poly" policy: ``base_lr * (1 - step / total_steps) ** power``, 0 from total_steps on."""
+    base_lr = _check_number(base_lr, "base_lr", 0.0)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    power = _check_number(power, "power", 0.0)
+
+    def schedule(step):
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step!r}")
+        return base_lr * max(0.0, 1.0 - step / total_steps) ** power
+
+    return schedule
