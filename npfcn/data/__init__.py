@@ -7,8 +7,10 @@
         ...                         # x (N, 3, H, W) float32, y (N, H, W) int64
 """
 from .batching import iterate_batches
+from .folder import FolderDataset, read_image, read_mask
 from .colormap import VOID_LABEL, palette_image, save_palette_png, voc_colormap
 from .synthetic import SHAPE_CLASSES, SyntheticShapes, synthetic_splits
+from .voc import VOC_CLASSES, VOCSegmentation, open_dataset
 from .transforms import (PREPROCESSING, Compose, RandomCrop, RandomHorizontalFlip, RandomScale,
                          deprocess, preprocess)
 
@@ -16,4 +18,5 @@ __all__ = [
     "iterate_batches", "VOID_LABEL", "palette_image", "save_palette_png", "voc_colormap",
     "SHAPE_CLASSES", "SyntheticShapes", "synthetic_splits", "PREPROCESSING", "Compose",
     "RandomCrop", "RandomHorizontalFlip", "RandomScale", "deprocess", "preprocess",
+    "FolderDataset", "read_image", "read_mask", "VOC_CLASSES", "VOCSegmentation", "open_dataset",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 
 SHAPE_CLASSES = ("background", "disc", "square", "triangle", "ring")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+DEFAULT_SIZES = {"train": 1000, "val": 200, "test": 200}     # items per split when not given
 
 
 def _check_positive_int(value, name, minimum=1):
@@ -154,7 +155,8 @@ def generate_item(rng, image_size=64, min_shapes=1, max_shapes=4, min_scale=0.25
 
 
 class SyntheticShapes:
-    """A fixed, seeded split of the shapes dataset.
+    """A fixed, seeded split of the shapes dataset (``size`` items; default 1000 for train,
+    200 for val and test).
 
     ``ds[i] -> (image (H, W, 3) uint8, mask (H, W) uint8)``; items are generated on first
     access and kept in memory (``cache=True``), each returned as a fresh copy.
@@ -170,11 +172,13 @@ class SyntheticShapes:
     class_names = list(SHAPE_CLASSES)
     num_classes = len(SHAPE_CLASSES)
 
-    def __init__(self, size=1000, split="train", seed=0, image_size=64, min_shapes=1,
+    def __init__(self, size=None, split="train", seed=0, image_size=64, min_shapes=1,
                  max_shapes=4, min_scale=0.25, max_scale=0.45, noise=8.0, texture=24.0,
                  min_contrast=80.0, max_occlusion=0.5, cache=True):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+        if size is None:
+            size = DEFAULT_SIZES[split]
         self.size = _check_positive_int(size, "size", minimum=0)
         self.image_size = _check_positive_int(image_size, "image_size", minimum=8)
         min_shapes = _check_positive_int(min_shapes, "min_shapes", minimum=0)
@@ -222,7 +226,7 @@ class SyntheticShapes:
                 + ", ".join(f"{k}={v!r}" for k, v in self.options.items()) + ")")
 
 
-def synthetic_splits(train_size=1000, val_size=200, image_size=64, seed=0, **options):
+def synthetic_splits(train_size=DEFAULT_SIZES["train"], val_size=DEFAULT_SIZES["val"], image_size=64, seed=0, **options):
     """The fixed train and val splits: ``(SyntheticShapes train, SyntheticShapes val)``.
 
     The two splits draw from different streams (split id in the seed), so they never share
