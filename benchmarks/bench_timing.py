@@ -1,0 +1,228 @@
+"""Shared timing helpers for the npfcn benchmarks.
+
+Why this file exists: a benchmark against another library is only fair when
+both run in the same process, under the same thread counts, interleaved in
+time (ours, theirs, ours, ...) so that a neighbour's burst of load hits both
+sides alike.  Everything here serves that:
+
+* ``pin_threads(n)``      fixes the thread count of OpenBLAS (NumPy's matmul),
+                          of npfcn's OpenMP kernels and of PyTorch, and reports them;
+* ``compare(cases)``      times callables alternately after a warm-up and
+                          returns the median, min and max of each;
+* ``peak_rss_mb(argv)``   runs a command in a fresh process and returns the
+                          peak resident memory it reached;
+* ``machine()``           describes the machine for the results;
+* ``markdown_table`` / ``save_results`` write what a person reads
+                          (Markdown) and what a program reads (JSON) under
+                          ``benchmarks/results/``.
+"""
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Thread pools must be sized before the libraries start them; the environment
+# only counts if it is set before NumPy / torch are imported, so a benchmark
+# script imports this module first.  pin_threads() also resizes them at run time.
+DEFAULT_THREADS = 2
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(DEFAULT_THREADS))
+# An idle OpenBLAS thread otherwise spins for ~0.1 s after every matmul and
+# takes a core away from whatever runs next (npfcn's OpenMP kernels, PyTorch's
+# threads): measured, a 0.2 ms im2col took 5-7 ms right after a matmul.  npfcn
+# sets the same default when it is imported before NumPy (see npfcn/__init__.py).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402  (after the environment above)
+
+
+def _openblas():
+    """The OpenBLAS library NumPy loaded, and the prefix of its symbols (or None)."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return None, None
+    for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps))):
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                if hasattr(lib, f"{prefix}set_num_threads{suffix}"):
+                    return lib, (prefix, suffix)
+    return None, None
+
+
+def pin_threads(n=DEFAULT_THREADS):
+    """Use ``n`` threads in OpenBLAS, npfcn's C kernel and torch (if imported).
+
+    Returns ``{"openblas": .., "npfcn": .., "torch": ..}`` as each library reports it.
+    """
+    report = {}
+    lib, names = _openblas()
+    if lib is not None:
+        prefix, suffix = names
+        getattr(lib, f"{prefix}set_num_threads{suffix}")(int(n))
+        report["openblas"] = int(getattr(lib, f"{prefix}get_num_threads{suffix}")())
+    from npfcn import backend
+    if backend.c_available():
+        _, kernel = backend.kernels()
+        if hasattr(kernel, "npfcn_set_num_threads"):   # OpenMP builds of the kernel
+            kernel.npfcn_set_num_threads(int(n))
+    report["npfcn"] = backend.num_threads()
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.set_num_threads(int(n))
+        report["torch"] = torch.get_num_threads()
+    return report
+
+
+class Stats:
+    """Median, min and max of a list of times in seconds."""
+
+    def __init__(self, times):
+        self.times = sorted(times)
+        self.median = statistics.median(self.times)
+        self.min, self.max = self.times[0], self.times[-1]
+
+    @property
+    def spread(self):
+        """(max - min) / median: how noisy the runs were (0.1 = 10 %)."""
+        return (self.max - self.min) / self.median if self.median > 0 else 0.0
+
+    def as_dict(self):
+        return {"median_s": self.median, "min_s": self.min, "max_s": self.max,
+                "spread": self.spread, "runs": len(self.times)}
+
+
+def compare(cases, repeats=5, warmup=1, min_time=0.0):
+    """Time every callable in ``cases`` (name -> fn()) alternately.
+
+    Each case runs ``warmup`` times first (page faults, caches, thread start),
+    then the cases take turns ``repeats`` times: a, b, c, a, b, c, ...  With
+    ``min_time`` > 0 one "run" repeats the call until that many seconds have
+    passed and reports the time per call (for very fast cases).
+    Returns name -> Stats.
+    """
+    inner = {}
+    for name, fn in cases.items():
+        for _ in range(warmup):
+            fn()
+        inner[name] = 1
+        if min_time > 0:
+            start = time.perf_counter()
+            fn()
+            once = max(time.perf_counter() - start, 1e-7)
+            inner[name] = max(1, int(min_time / once))
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            k = inner[name]
+            start = time.perf_counter()
+            for _ in range(k):
+                fn()
+            times[name].append((time.perf_counter() - start) / k)
+    return {name: Stats(t) for name, t in times.items()}
+
+
+def peak_rss_mb(argv, env=None):
+    """Run ``argv`` in a new process; return (peak RSS in MiB, its stdout).
+
+    The child is measured alone (``RUSAGE_CHILDREN`` after it exits would mix
+    every child this process ever had), so it prints its own peak:
+    the command's last stdout line must be ``peak_rss_kb=<int>``.
+    """
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
+    lines = result.stdout.strip().splitlines()
+    match = re.match(r"peak_rss_kb=(\d+)", lines[-1]) if lines else None
+    if match is None:
+        raise RuntimeError(f"{' '.join(argv)} did not report peak_rss_kb")
+    return int(match.group(1)) / 1024.0, "\n".join(lines[:-1])
+
+
+def own_peak_rss_kb():
+    """Peak resident set of this process so far, in KiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def machine():
+    """A short description of the machine and the library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    lib, names = _openblas()
+    if lib is not None:
+        fn = getattr(lib, f"{names[0]}get_corename{names[1]}", None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            info["openblas_core"] = fn().decode()
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    return info
+
+
+def describe(info, threads):
+    """One line for the top of a table: date, machine, threads."""
+    versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "torch") if k in info)
+    thr = ", ".join(f"{k} {v}" for k, v in threads.items())
+    return (f"{info['date']} on {info['cpu']} ({info['cores']} cores); {versions}; "
+            f"threads: {thr}")
+
+
+def fmt(value, digits=2):
+    """A number for a table cell ('-' for None)."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(rows, columns):
+    """rows: list of dicts; columns: list of (key, header).  Returns Markdown text."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(k)) for k, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def save_results(name, payload, markdown, directory=RESULTS_DIR):
+    """Write ``<name>.json`` and ``<name>.md``; returns both paths."""
+    os.makedirs(directory, exist_ok=True)
+    json_path = os.path.join(directory, f"{name}.json")
+    md_path = os.path.join(directory, f"{name}.md")
+    with open(json_path, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    with open(md_path, "w") as f:
+        f.write(markdown + "\n")
+    return json_path, md_path
+
+
+def progress(message):
+    """Progress on stderr, so that stdout stays the table."""
+    print(message, file=sys.stderr, flush=True)
