@@ -309,18 +309,17 @@ def dropout_forward(x, p, rng, training=True):
     """
     x = as_float_tensor(x, "dropout input", ndim=None)
     if not training or p == 0:
-        return x.copy(), None
+        # mask None: the identity, but backward still checks the gradient's shape.
+        return x.copy(), (None, x.shape, x.dtype)
     keep = rng.random(x.shape) >= p
     mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p)) if p < 1 else np.zeros_like(x)
-    return x * mask, (mask,)
+    return x * mask, (mask, x.shape, x.dtype)
 
 
 def dropout_backward(dy, cache):
-    if cache is None:
-        return np.array(dy, copy=True)
-    (mask,) = cache
-    dy = _grad(dy, mask.shape, mask.dtype, "dropout output")
-    return dy * mask
+    mask, shape, dtype = cache
+    dy = _grad(dy, shape, dtype, "dropout output")
+    return dy.copy() if mask is None else dy * mask
 
 
 def crop_forward(x, offset, size):
@@ -334,17 +333,16 @@ def crop_forward(x, offset, size):
     if oy + h > x.shape[2] or ox + w > x.shape[3]:
         raise ValueError(f"crop of {h}x{w} at offset ({oy}, {ox}) does not fit in the "
                          f"{x.shape[2]}x{x.shape[3]} input")
-    return x[:, :, oy:oy + h, ox:ox + w].copy(), (x.shape, x.dtype, oy, ox)
+    return x[:, :, oy:oy + h, ox:ox + w].copy(), (x.shape, x.dtype, oy, ox, h, w)
 
 
 def crop_backward(dy, cache):
-    shape, dtype, oy, ox = cache
-    dy = as_float_tensor(dy, "gradient of crop output", dtype=dtype)
-    if dy.shape[:2] != shape[:2]:
-        raise ValueError(f"gradient of crop output has shape {dy.shape}, expected "
-                         f"{shape[:2]} in its first two axes")
+    shape, dtype, oy, ox, h, w = cache
+    # The whole shape is checked: a smaller gradient would otherwise be
+    # accepted silently and leave part of the crop's gradient at zero.
+    dy = _grad(dy, (shape[0], shape[1], h, w), dtype, "crop output")
     dx = np.zeros(shape, dtype=dtype)
-    dx[:, :, oy:oy + dy.shape[2], ox:ox + dy.shape[3]] = dy
+    dx[:, :, oy:oy + h, ox:ox + w] = dy
     return dx
 
 
