@@ -1,0 +1,407 @@
+"""The ``npfcn`` command line: train, eval, predict, info, import-vgg16, gradcheck, bench.
+
+``main(argv)`` returns the exit code: 0 on success, 1 on bad input (one line
+``npfcn: error: <message>`` on stderr, no traceback), 2 on a usage error
+(argparse), 130 after Ctrl-C.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import __version__
+
+DEFAULT_RUNS = "runs"
+DEFAULT_CHECKPOINT = os.path.join(DEFAULT_RUNS, "latest")
+
+
+# --- train ----------------------------------------------------------------------------
+
+# CLI flag -> TrainConfig field.  Flags default to None so that "not given" is visible
+# (a resumed run takes its settings from the checkpoint, not from the defaults).
+TRAIN_FLAGS = {
+    "model": "model", "width": "width", "data": "data", "epochs": "epochs",
+    "batch_size": "batch_size", "crop_size": "crop_size", "optimizer": "optimizer", "lr": "lr",
+    "schedule": "schedule", "weight_decay": "weight_decay", "momentum": "momentum",
+    "seed": "seed", "output": "output", "name": "name", "num_train": "num_train",
+    "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
+    "dropout": "dropout", "preprocessing": "preprocessing",
+}
+
+
+def add_train_parser(subparsers):
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train", help="train an FCN (default: a narrow FCN-8s on the synthetic shapes)",
+        description="Train an FCN. With no arguments: a narrow FCN-8s on the built-in synthetic "
+                    "shapes (a few minutes on two cores). Writes OUTPUT/NAME/ with checkpoints, "
+                    "metrics.json, curves.png and samples.png; OUTPUT/latest points at it.")
+    p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s"), help=f"architecture (default {d.model})")
+    p.add_argument("--width", type=float, help=f"channel width multiplier (default {d.width:g}; 1 = the paper's)")
+    p.add_argument("--data", help="'synthetic' or a dataset folder (VOC layout or images/ + masks/)")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--crop-size", type=int, help="random square crops of this size (default: none)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help=f"default {d.optimizer}")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--schedule", choices=("poly", "constant"), help=f"learning-rate schedule (default {d.schedule})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum:g})")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
+    p.add_argument("--dropout", type=float, help=f"dropout after fc6/fc7 (default {d.dropout:g})")
+    p.add_argument("--learn-upsampling", action="store_true", default=None,
+                   help="learn the transposed convolutions (default: frozen bilinear)")
+    p.add_argument("--preprocessing", choices=("unit", "torchvision", "caffe"),
+                   help=f"input normalisation (default {d.preprocessing})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--num-train", type=int, help=f"synthetic training images (default {d.num_train})")
+    p.add_argument("--num-val", type=int, help=f"synthetic validation images (default {d.num_val})")
+    p.add_argument("--image-size", type=int, help=f"synthetic image side (default {d.image_size})")
+    p.add_argument("--output", help=f"runs folder (default {d.output})")
+    p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN",
+                   help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
+                        "OUTPUT/latest); --epochs may extend it")
+    p.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args):
+    from .train import TrainConfig, train
+
+    given = {TRAIN_FLAGS[k]: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
+    if args.resume is not None:
+        ignored = sorted(set(given) - {"epochs", "output", "name"})
+        if ignored:
+            raise ValueError(f"--resume continues a run with its saved settings; drop "
+                             f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
+        target = args.resume or os.path.join(given.get("output", DEFAULT_RUNS),
+                                             given.get("name") or "latest")
+        train(resume=target, epochs=given.get("epochs"))
+        return 0
+    train(TrainConfig(**given))
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------
+
+def add_eval_parser(subparsers):
+    p = subparsers.add_parser(
+        "eval", help="score a checkpoint: per-class IoU, pixel/mean accuracy, mean IoU, fwIoU",
+        description="Evaluate a checkpoint on a dataset's validation split. Prints the per-class "
+                    "IoU table and the summary; writes eval.json and confusion.png.")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="checkpoint file or run folder (default runs/latest: its best.npz)")
+    p.add_argument("--data", help="'synthetic' or a dataset folder (default: the training data)")
+    p.add_argument("--split", default="val", help="dataset split (default val)")
+    p.add_argument("--num-val", type=int, help="synthetic: number of images (default: as trained)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("-o", "--output", help="folder for eval.json and confusion.png "
+                                          "(default: <run folder>/eval)")
+    p.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(args):
+    from .checkpoint import load_checkpoint, load_model
+    from .evaluate import evaluate, format_table
+    from .progress import ProgressBar
+    from .train import resolve_checkpoint
+    from .viz import confusion_matrix_image
+
+    path = resolve_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(path)
+    model = load_model(checkpoint)
+    meta = checkpoint.meta
+    trained = (meta.get("config") or {}).get("train") or {}
+    preprocessing = meta.get("preprocessing", "unit")
+    dataset = _eval_dataset(args, trained)
+    class_names = meta.get("class_names") or list(dataset.class_names)
+    if len(dataset.class_names) != model.num_classes:
+        raise ValueError(f"{path} predicts {model.num_classes} classes but the dataset "
+                         f"{args.data or trained.get('data')} has {len(dataset.class_names)}")
+    batch_size = args.batch_size if (args.data or trained.get("data", "synthetic")) == "synthetic" else 1
+    bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
+    result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
+                      class_names=class_names, progress=lambda done, n: bar.update(done, n))
+    bar.close()
+    print(f"{path}: {len(dataset)} images")
+    print("\n".join(format_table(result.metrics)))
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "eval")
+    os.makedirs(output, exist_ok=True)
+    document = {"checkpoint": os.path.abspath(path), "images": len(dataset), "loss": result.loss,
+                **result.metrics, "confusion_matrix": result.hist.tolist(), "class_names": class_names}
+    with open(os.path.join(output, "eval.json"), "w", encoding="utf-8") as handle:
+        json.dump(_nan_to_none(document), handle, indent=2)
+    confusion_matrix_image(result.hist, class_names, os.path.join(output, "confusion.png"))
+    print(f"wrote {os.path.join(output, 'eval.json')} and {os.path.join(output, 'confusion.png')}")
+    return 0
+
+
+def _eval_dataset(args, trained):
+    data = args.data or trained.get("data", "synthetic")
+    if data == "synthetic":
+        from .data import SyntheticShapes
+
+        return SyntheticShapes(args.num_val or trained.get("num_val", 100), split=args.split,
+                               seed=trained.get("data_seed", 0),
+                               image_size=trained.get("image_size", 64),
+                               **trained.get("synthetic_options", {}))
+    from .data import open_dataset
+
+    return open_dataset(data, args.split)
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# --- predict --------------------------------------------------------------------------
+
+def add_predict_parser(subparsers):
+    p = subparsers.add_parser(
+        "predict", help="segment images: colourised mask + overlay PNG per input",
+        description="Segment images of any size and format Pillow reads. Writes "
+                    "<stem>_mask.png and <stem>_overlay.png per input into OUT.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="checkpoint file or run folder (default runs/latest: its best.npz)")
+    p.add_argument("-o", "--output", default="predictions", help="output folder (default predictions)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.set_defaults(handler=cmd_predict)
+
+
+def cmd_predict(args):
+    from .predict import predict_files
+    from .train import resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha):
+        print(f"{source} -> {mask_path}, {overlay_path}")
+    return 0
+
+
+# --- info -----------------------------------------------------------------------------
+
+def add_info_parser(subparsers):
+    p = subparsers.add_parser("info", help="version, kernel backend, BLAS and thread counts")
+    p.set_defaults(handler=cmd_info)
+
+
+def cmd_info(args):
+    from .sysinfo import info
+
+    details = info()
+    width = max(len(k) for k in details)
+    for key, value in details.items():
+        print(f"{key:<{width}}  {value if value is not None else 'unknown'}")
+    return 0
+
+
+# --- import-vgg16 ---------------------------------------------------------------------
+
+def add_import_parser(subparsers):
+    p = subparsers.add_parser(
+        "import-vgg16", help="turn torchvision-layout VGG16 weights into an FCN checkpoint",
+        description="Convert VGG16 weights in torchvision's layout (features.N.*, classifier.0/3) "
+                    "from a .npz (or a .pth when PyTorch is installed) into an FCN checkpoint "
+                    "that records the preprocessing the weights expect.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.npz)")
+    p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s"), default="fcn8s")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--preprocessing", choices=("torchvision", "caffe"), default="torchvision",
+                   help="input normalisation the weights were trained with (default torchvision)")
+    p.set_defaults(handler=cmd_import_vgg16)
+
+
+def cmd_import_vgg16(args):
+    from .checkpoint import save_checkpoint
+    from .models.vgg_import import load_weights_file, vgg16_to_fcn
+
+    if args.num_classes < 1:
+        raise ValueError(f"--num-classes must be positive, got {args.num_classes}")
+    state = load_weights_file(args.file)
+    model = vgg16_to_fcn(state, model=args.model, num_classes=args.num_classes)
+    class_names = _default_class_names(args.num_classes)
+    save_checkpoint(args.output, model, meta={
+        "config": {"model": dict(model.config)}, "class_names": class_names,
+        "preprocessing": args.preprocessing, "source": os.path.abspath(args.file)})
+    learned = sum(model.params[n].size for n in model.trainable)
+    print(f"wrote {args.output}: {args.model}, {args.num_classes} classes, {learned:,} learned "
+          f"parameters, preprocessing {args.preprocessing!r} (score layers are untrained)")
+    return 0
+
+
+def _default_class_names(num_classes):
+    from .data import colormap
+
+    voc = getattr(colormap, "VOC_CLASSES", None)
+    if voc is not None and len(voc) == num_classes:
+        return list(voc)
+    return [f"class{i}" for i in range(num_classes)]
+
+
+# --- gradcheck ------------------------------------------------------------------------
+
+GRADCHECK_LAYERS = ("conv2d", "conv_transpose2d", "maxpool", "unpool", "relu", "dropout",
+                    "crop", "add", "cross_entropy")
+
+
+def add_gradcheck_parser(subparsers):
+    p = subparsers.add_parser(
+        "gradcheck", help="numerical vs analytic gradients of one layer, per tensor",
+        description="Build a small float64 layer, compare its backward pass with central "
+                    "differences and print the worst relative error per tensor. Exit code 1 "
+                    "if any error exceeds --tol.")
+    p.add_argument("layer", choices=GRADCHECK_LAYERS)
+    p.add_argument("--kernel-size", type=int, help="default 3 (convolutions), 2 (pooling)")
+    p.add_argument("--stride", type=int, help="default 1 (convolutions), the kernel size (pooling)")
+    p.add_argument("--padding", type=int, default=0)
+    p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--output-padding", type=int, default=0, help="conv_transpose2d only")
+    p.add_argument("--ceil-mode", action="store_true", help="maxpool only")
+    p.add_argument("--offset", type=int, default=1, help="crop only")
+    p.add_argument("--channels", type=int, default=2)
+    p.add_argument("--size", type=int, default=5, help="input height and width (default 5)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=1e-6, help="largest accepted relative error")
+    p.set_defaults(handler=cmd_gradcheck)
+
+
+def gradcheck_case(args):
+    """(module, inputs) of a small float64 instance of ``args.layer``."""
+    from . import layers
+    from .losses import CrossEntropyLoss
+
+    for key in ("channels", "size", "batch"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key} must be positive, got {getattr(args, key)}")
+    rng = np.random.default_rng(args.seed)
+    f64 = np.float64
+    n, c, s = args.batch, args.channels, args.size
+    x = rng.standard_normal((n, c, s, s))
+    kind = args.layer
+    if kind in ("conv2d", "conv_transpose2d"):
+        k = args.kernel_size or 3
+        stride = args.stride or 1
+        if kind == "conv2d":
+            module = layers.Conv2d(c, c + 1, k, stride, args.padding, args.dilation,
+                                   dtype=f64, rng=args.seed)
+        else:
+            module = layers.ConvTranspose2d(c, c + 1, k, stride, args.padding, args.output_padding,
+                                            args.dilation, dtype=f64, rng=args.seed)
+        return module, (x,)
+    if kind in ("maxpool", "unpool"):
+        k = args.kernel_size or 2
+        stride = args.stride or k
+        # Distinct values at least 0.01 apart: a tie (or a near tie closer than the
+        # finite-difference step) would make the numerical gradient meaningless.
+        distinct = (rng.permutation(n * c * s * s).reshape(n, c, s, s) * 0.01).astype(f64)
+        if kind == "maxpool":
+            return layers.MaxPool2d(k, stride, args.padding, args.dilation, args.ceil_mode), (distinct,)
+        pooled, indices = layers.MaxPool2d(k, stride, args.padding, return_indices=True).forward(distinct)
+        module = layers.MaxUnpool2d(k, stride, args.padding)
+        return module, (rng.standard_normal(pooled.shape), indices, (s, s))
+    if kind == "relu":
+        return layers.ReLU(), (np.sign(x) * (0.1 + np.abs(x)),)   # keep away from the kink at 0
+    if kind == "dropout":
+        return layers.Dropout(0.5, rng=args.seed), (x,)
+    if kind == "crop":
+        size = s - args.offset
+        if size < 1:
+            raise ValueError(f"--offset {args.offset} leaves nothing of a {s}x{s} input")
+        return layers.Crop(args.offset), (x, (size, size))
+    if kind == "add":
+        return layers.Add(), (x, rng.standard_normal(x.shape))
+    # cross_entropy: logits over c + 1 classes, some pixels ignored (255).
+    classes = c + 1
+    target = rng.integers(0, classes, (n, s, s))
+    target[rng.random((n, s, s)) < 0.2] = 255
+    return CrossEntropyLoss(ignore_index=255), (rng.standard_normal((n, classes, s, s)), target)
+
+
+def cmd_gradcheck(args):
+    from .gradcheck import gradcheck
+
+    module, inputs = gradcheck_case(args)
+    shapes = ", ".join(str(a.shape) for a in inputs if isinstance(a, np.ndarray))
+    print(f"gradcheck {args.layer} ({type(module).__name__}, float64, inputs {shapes})")
+    report = gradcheck(module, inputs)
+    print(report)
+    if report.passed(args.tol):
+        print(f"PASS: worst relative error {report.max_error:.3e} <= {args.tol:g}")
+        return 0
+    print(f"FAIL: worst relative error {report.max_error:.3e} > {args.tol:g}")
+    return 1
+
+
+# --- bench ----------------------------------------------------------------------------
+
+def add_bench_parser(subparsers):
+    p = subparsers.add_parser("bench", help="layer and model throughput (npfcn.bench)",
+                              add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args):
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("npfcn.bench") is None:
+        raise ValueError("the benchmark module npfcn.bench is not available in this installation")
+    bench = importlib.import_module("npfcn.bench")
+    return int(bench.main(args.bench_args) or 0)
+
+
+# --- main -----------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="npfcn", description="Fully convolutional networks for semantic segmentation in NumPy.")
+    parser.add_argument("--version", action="version", version=f"npfcn {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_info_parser,
+                add_import_parser, add_gradcheck_parser, add_bench_parser):
+        add(subparsers)
+    return parser
+
+
+def _message(exc):
+    """One line for an exception; OSErrors as '<file>: <reason>'."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing entry {text}"
+    return " ".join(text.split())
+
+
+def main(argv=None):
+    """Run the ``npfcn`` command line; returns the exit code."""
+    from .checkpoint import CheckpointError
+    from .train import TrainingDiverged, TrainingInterrupted
+
+    parser = build_parser()
+    args = parser.parse_args(argv)          # usage errors: argparse prints them and exits 2
+    try:
+        return args.handler(args)
+    except TrainingInterrupted as exc:
+        print(f"npfcn: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nnpfcn: aborted", file=sys.stderr)
+        return 130
+    except (CheckpointError, TrainingDiverged, ValueError, TypeError, OSError, KeyError) as exc:
+        print(f"npfcn: error: {_message(exc)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,97 @@
+"""Scoring a model on a dataset: confusion matrix, loss and the FCN metrics; sample pictures.
+
+Used by the training loop (validation every epoch) and by ``npfcn eval``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .losses import CrossEntropyLoss
+from .metrics import confusion_matrix, summarize
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Evaluation:
+    """hist: (K, K) int64 confusion matrix ``hist[true, pred]``; loss: mean per-pixel
+    cross-entropy over the dataset; metrics: ``npfcn.metrics.summarize`` of hist."""
+
+    hist: np.ndarray
+    loss: float
+    metrics: dict
+
+    def as_dict(self):
+        return {"loss": self.loss, **self.metrics}
+
+
+def predict_labels(model, x):
+    """x: (N, 3, H, W) float -> (labels (N, H, W) int64, scores (N, K, H, W)); eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = model.forward(x)
+    finally:
+        model.train(was_training)
+    return scores.argmax(axis=1), scores
+
+
+def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None):
+    """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
+
+    The loss is the pixel-weighted mean over the whole dataset (each batch's mean
+    times its counted pixels), so it does not depend on the batch size.
+    progress: optional callable ``progress(done_batches, images)`` for a bar.
+    """
+    from .data import iterate_batches
+
+    num_classes = model.num_classes
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    loss_fn = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    loss_sum, pixels = 0.0, 0
+    batches = iterate_batches(dataset, batch_size, rng=None, transform=None,
+                              preprocessing=preprocessing, drop_last=False)
+    for done, (x, y) in enumerate(batches, start=1):
+        labels, scores = predict_labels(model, x)
+        counted = int(np.count_nonzero(y != IGNORE_INDEX))
+        loss_sum += loss_fn.forward(scores, y) * counted
+        pixels += counted
+        hist += confusion_matrix(y, labels, num_classes, ignore_index=IGNORE_INDEX)
+        if progress is not None:
+            progress(done, len(x))
+    names = class_names if class_names is not None else getattr(dataset, "class_names", None)
+    return Evaluation(hist=hist, loss=loss_sum / max(pixels, 1), metrics=summarize(hist, names))
+
+
+def sample_grid(model, dataset, indices, preprocessing="unit"):
+    """Rows of (image, truth, prediction) pictures for ``dataset[i]``, i in ``indices``.
+
+    Returns an (H, W, 3) uint8 picture built by ``npfcn.viz.image_grid``.
+    """
+    from .data.transforms import preprocess
+    from .viz import colorize, image_grid
+
+    rows = []
+    for i in indices:
+        image, mask = dataset[i]
+        labels, _ = predict_labels(model, preprocess(image, preprocessing)[None])
+        rows.append([image, colorize(mask), colorize(labels[0].astype(np.uint8))])
+    return image_grid(rows, titles=["image", "truth", "prediction"])
+
+
+def format_table(metrics, class_names=None):
+    """The per-class IoU table and the summary as text lines (for ``npfcn eval``)."""
+    per_class = metrics["iou_per_class"]
+    names = list(per_class) if isinstance(per_class, dict) else list(class_names or [])
+    values = list(per_class.values()) if isinstance(per_class, dict) else list(per_class)
+    width = max([len("class")] + [len(str(n)) for n in names])
+    lines = [f"{'class':<{width}}  IoU"]
+    for name, value in zip(names, values):
+        shown = "  n/a (absent)" if value is None or (isinstance(value, float) and np.isnan(value)) \
+            else f"{value:.4f}"
+        lines.append(f"{name:<{width}}  {shown}")
+    lines.append("")
+    for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
+                       ("mean_iou", "mean IoU"), ("frequency_weighted_iou", "frequency-weighted IoU")):
+        lines.append(f"{label:<24}{metrics[key]:.4f}")
+    return lines

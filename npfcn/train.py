@@ -1,0 +1,587 @@
+"""The training loop: progress bar, validation every epoch, atomic checkpoints, exact resume.
+
+    from npfcn.train import TrainConfig, train
+    result = train(TrainConfig(epochs=2, width=0.0625))   # writes runs/<name>/
+
+A run folder ``<output>/<name>/`` holds
+
+    last.npz      the newest state (every epoch, and on Ctrl-C): resume from it
+    best.npz      the state with the best validation mean IoU so far
+    metrics.json  per-epoch and final metrics (loss, pixel/mean accuracy, mean IoU, fwIoU, per class)
+    curves.png    loss and mean IoU per epoch
+    samples.png   image / truth / prediction for a few validation images
+
+and ``<output>/latest`` points at the newest run folder (a relative symlink; a
+one-line text file naming the folder where symlinks are not available).
+
+Determinism: everything random comes from Generators seeded by ``config.seed``:
+the model's initial weights and its dropout masks (``model.rng``) and the
+data stream (shuffling and augmentation).  A checkpoint stores both Generators'
+states, the optimizer state and the position inside the epoch, so resuming
+replays exactly the batches and masks the uninterrupted run would have drawn:
+same seed, same weights, bit for bit.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from .losses import CrossEntropyLoss
+from .progress import ProgressBar, format_duration
+
+IGNORE_INDEX = 255
+LAST, BEST = "last.npz", "best.npz"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or a weight) became NaN or infinite; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Raised to the caller after Ctrl-C when the state was saved (``.checkpoint``)."""
+
+    def __init__(self, message, checkpoint=None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run.  The defaults are the ``npfcn train`` default run:
+    a narrow FCN-8s on the synthetic shapes, tuned to pass 0.85 validation mean IoU
+    in a few minutes on two cores."""
+
+    # model
+    model: str = "fcn8s"
+    width: float = 0.0625
+    learn_upsampling: bool = False
+    scale_skips: bool = False
+    dropout: float = 0.5
+    # data
+    data: str = "synthetic"
+    num_train: int = 400
+    num_val: int = 100
+    image_size: int = 64
+    data_seed: int = 0
+    synthetic_options: dict = field(default_factory=dict)   # extra SyntheticShapes arguments
+    crop_size: int = 0          # 0: no random crop
+    flip: bool = True           # random horizontal flips
+    preprocessing: str = "unit"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 8
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "poly"      # "poly" (power 0.9) or "constant"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    # output
+    output: str = "runs"
+    name: str = ""
+    num_samples: int = 4        # validation images in samples.png
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        return cls(**values)
+
+    def to_dict(self):
+        return asdict(self)
+
+    def validate(self):
+        from .models import MODEL_NAMES
+
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_train": self.num_train,
+                    "num_val": self.num_val, "image_size": self.image_size}
+        for key, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.width, (int, float)) and self.width > 0):
+            raise ValueError(f"width must be a positive number, got {self.width!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("poly", "constant"):
+            raise ValueError(f"schedule must be 'poly' or 'constant', got {self.schedule!r}")
+        if self.crop_size < 0:
+            raise ValueError(f"crop size must be >= 0, got {self.crop_size}")
+        return self
+
+
+# --- building blocks ------------------------------------------------------------------
+
+def build_datasets(config):
+    """(train, val) datasets for ``config.data``: "synthetic" or a dataset folder."""
+    if config.data == "synthetic":
+        from .data import synthetic_splits
+
+        return synthetic_splits(train_size=config.num_train, val_size=config.num_val,
+                                image_size=config.image_size, seed=config.data_seed,
+                                **config.synthetic_options)
+    from .data import open_dataset
+
+    return open_dataset(config.data, "train"), open_dataset(config.data, "val")
+
+
+def build_transform(config):
+    """The training augmentation: optional random crop, optional horizontal flip."""
+    from .data import Compose, RandomCrop, RandomHorizontalFlip
+
+    steps = []
+    if config.crop_size:
+        steps.append(RandomCrop(config.crop_size))
+    if config.flip:
+        steps.append(RandomHorizontalFlip())
+    return Compose(steps) if steps else None
+
+
+def build_model_for(config, num_classes):
+    from .models import build_model
+
+    return build_model(config.model, num_classes=num_classes, width=config.width,
+                       learn_upsampling=config.learn_upsampling, scale_skips=config.scale_skips,
+                       dropout=config.dropout, seed=config.seed)
+
+
+def build_optimizer(config, model):
+    from .optim import SGD, Adam
+
+    if config.optimizer == "adam":
+        return Adam(model, lr=config.lr, weight_decay=config.weight_decay)
+    return SGD(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_schedule(config, total_steps):
+    from .optim import constant_lr, poly_lr
+
+    if config.schedule == "poly":
+        return poly_lr(config.lr, total_steps, power=0.9)
+    return constant_lr(config.lr)
+
+
+def data_rng(seed):
+    """The Generator behind shuffling and augmentation; separate from the model's."""
+    return np.random.default_rng([int(seed), 1])
+
+
+def rng_state(rng):
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state):
+    rng.bit_generator.state = state
+
+
+# --- the run folder ---------------------------------------------------------------------
+
+def new_run_dir(output, name, model):
+    """Create ``output/name`` (a fresh timestamped name when ``name`` is empty)."""
+    if not name:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        name, suffix = f"{model}-{stamp}", 1
+        while os.path.exists(os.path.join(output, name)):
+            suffix += 1
+            name = f"{model}-{stamp}-{suffix}"
+    run_dir = os.path.join(output, name)
+    if os.path.exists(os.path.join(run_dir, LAST)):
+        raise ValueError(f"run folder {run_dir} already holds a checkpoint; continue it with "
+                         f"--resume {run_dir} or choose another --name")
+    os.makedirs(run_dir, exist_ok=True)
+    return run_dir
+
+
+def point_latest(output, run_dir):
+    """Make ``output/latest`` point at ``run_dir``: a relative symlink, swapped atomically;
+    where symlinks are not possible, a one-line text file naming the folder."""
+    link = os.path.join(output, "latest")
+    target = os.path.relpath(run_dir, output)
+    tmp = os.path.join(output, f".latest.tmp-{os.getpid()}")
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(target, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if os.path.isdir(link) and not os.path.islink(link):
+            return  # a real folder named "latest" (a run called so): leave it alone
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(target + "\n")
+        os.replace(tmp, link)
+
+
+def resolve_checkpoint(path, prefer=BEST):
+    """A checkpoint file from a file, a run folder (its ``prefer`` checkpoint, else the
+    other one) or the ``latest`` pointer (symlink or text file)."""
+    path = os.fspath(path)
+    if os.path.isfile(path) and os.path.getsize(path) < 4096 and not _is_zip(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            pointed = os.path.join(os.path.dirname(path), handle.read().strip())
+        if os.path.isdir(pointed):
+            path = pointed
+    if os.path.isdir(path):
+        for name in (prefer, LAST if prefer == BEST else BEST):
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise FileNotFoundError(f"no checkpoint ({BEST} or {LAST}) in folder {path}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _is_zip(path):
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------
+
+class StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step.
+
+    The loop polls ``requested``; a second Ctrl-C raises KeyboardInterrupt at
+    once.  Only the main thread can install signal handlers; elsewhere this does
+    nothing and a KeyboardInterrupt is handled by the loop itself.
+    """
+
+    def __init__(self, stream):
+        self.requested = False
+        self.stream = stream
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.stream.write("\nCtrl-C: stopping after this step and saving a checkpoint "
+                          "(press Ctrl-C again to abort without saving)\n")
+        self.stream.flush()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+# --- the loop -------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    run_dir: str
+    history: list
+    best_mean_iou: float
+    best_epoch: int
+    status: str          # "complete" or "interrupted"
+    seconds: float
+
+
+class Trainer:
+    """One training run.  ``Trainer(config).run()`` or ``Trainer.resume(path).run()``."""
+
+    def __init__(self, config, stream=None, run_dir=None):
+        self.config = config.validate()
+        self.stream = sys.stderr if stream is None else stream
+        self.train_set, self.val_set = build_datasets(config)
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise ValueError(f"dataset {config.data} has an empty train or val split")
+        self.class_names = list(self.train_set.class_names)
+        self.num_classes = len(self.class_names)
+        self.transform = build_transform(config)
+        self.model = build_model_for(config, self.num_classes)
+        self.optimizer = build_optimizer(config, self.model)
+        self.data_rng = data_rng(config.seed)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.schedule = build_schedule(config, config.epochs * self.steps_per_epoch)
+        self.loss_fn = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.val_batch_size = config.batch_size if config.data == "synthetic" else 1
+        # Progress: completed epochs, steps into the current one, and that epoch's running sums.
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch_start_rng = rng_state(self.data_rng)
+        # The dropout Generator's state after the last completed step (a step interrupted
+        # halfway may already have drawn masks from it).
+        self.dropout_state = rng_state(self.model.rng)
+        self.running = {"loss_sum": 0.0, "batches": 0, "images": 0}
+        self.history, self.best_mean_iou, self.best_epoch = [], -1.0, 0
+        self.run_dir = run_dir
+
+    # -- resuming ------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, path, epochs=None, stream=None):
+        """A Trainer that continues the run saved in ``path`` (a checkpoint or run folder)."""
+        path = resolve_checkpoint(path, prefer=LAST)
+        checkpoint = load_checkpoint(path)
+        meta = checkpoint.meta
+        saved = (meta.get("config") or {}).get("train")
+        if not isinstance(saved, dict) or "rng" not in meta:
+            raise CheckpointError(f"{path} is not a training checkpoint (no training state); "
+                                  "only checkpoints written by `npfcn train` can be resumed")
+        config = TrainConfig.from_dict(saved)
+        if epochs is not None:
+            config.epochs = epochs
+        trainer = cls(config, stream=stream, run_dir=os.path.dirname(os.path.abspath(path)))
+        load_into(checkpoint, trainer.model, trainer.optimizer)
+        trainer.dropout_state = meta["rng"]["dropout"]
+        set_rng_state(trainer.model.rng, trainer.dropout_state)
+        trainer.epoch_start_rng = meta["rng"]["data"]
+        set_rng_state(trainer.data_rng, trainer.epoch_start_rng)
+        trainer.epoch = int(meta["epoch"])
+        trainer.step_in_epoch = int(meta["step_in_epoch"])
+        trainer.global_step = int(meta["global_step"])
+        trainer.running = dict(meta["running"])
+        trainer.history = list(meta.get("history", []))
+        trainer.best_mean_iou = float(meta.get("best_mean_iou", -1.0))
+        trainer.best_epoch = int(meta.get("best_epoch", 0))
+        return trainer
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def meta(self, status):
+        return {
+            "config": {"model": dict(self.model.config), "train": self.config.to_dict()},
+            "class_names": self.class_names,
+            "preprocessing": self.config.preprocessing,
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "rng": {"dropout": self.dropout_state, "data": self.epoch_start_rng},
+            "running": dict(self.running),
+            "history": self.history,
+            "best_mean_iou": self.best_mean_iou, "best_epoch": self.best_epoch,
+            "status": status,
+        }
+
+    def save(self, name, status):
+        path = os.path.join(self.run_dir, name)
+        save_checkpoint(path, self.model, self.optimizer, self.meta(status))
+        return path
+
+    def _check_finite_weights(self, epoch, step):
+        for name, value in self.model.params.items():
+            if not np.all(np.isfinite(value)):
+                raise TrainingDiverged(self._diverged_message(
+                    f"weight {name} became NaN or infinite", epoch, step))
+
+    def _diverged_message(self, what, epoch, step):
+        last = os.path.join(self.run_dir, LAST)
+        kept = (f"the last good checkpoint {last} was kept" if os.path.exists(last)
+                else "no checkpoint had been written yet")
+        return (f"{what} at epoch {epoch}, step {step} (global step {self.global_step + 1}); "
+                f"training stopped and {kept} (try a lower --lr)")
+
+    # -- running -------------------------------------------------------------------------
+    def run(self):
+        config = self.config
+        if self.run_dir is None:
+            self.run_dir = new_run_dir(config.output, config.name, config.model)
+        output = os.path.dirname(os.path.abspath(self.run_dir))
+        point_latest(output, self.run_dir)
+        self._announce()
+        started = time.perf_counter()
+        status = "complete"
+        with StopRequest(self.stream) as stop:
+            while self.epoch < config.epochs:
+                if not self._train_epoch(stop):
+                    status = "interrupted"
+                    break
+                self._end_epoch()
+                if stop.requested:
+                    status = "interrupted" if self.epoch < config.epochs else "complete"
+                    break
+        seconds = time.perf_counter() - started
+        self._write_metrics(status)
+        if status == "interrupted":
+            last = os.path.join(self.run_dir, LAST)
+            raise TrainingInterrupted(
+                f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}: state saved in "
+                f"{last}; continue with `npfcn train --resume {self.run_dir}`", last)
+        self._say(f"done in {format_duration(seconds)}: best validation mean IoU "
+                  f"{self.best_mean_iou:.4f} (epoch {self.best_epoch}); "
+                  f"checkpoints {os.path.join(self.run_dir, BEST)} and {LAST}; pictures "
+                  f"{os.path.join(self.run_dir, 'samples.png')} and curves.png")
+        return RunResult(self.run_dir, self.history, self.best_mean_iou, self.best_epoch,
+                         status, seconds)
+
+    def _say(self, text):
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _announce(self):
+        c = self.config
+        learned = sum(self.model.params[n].size for n in self.model.trainable)
+        data = (f"synthetic shapes ({len(self.train_set)} train / {len(self.val_set)} val, "
+                f"{c.image_size}x{c.image_size})" if c.data == "synthetic"
+                else f"{c.data} ({len(self.train_set)} train / {len(self.val_set)} val)")
+        resumed = (f", resuming at epoch {self.epoch + 1} step {self.step_in_epoch}"
+                   if self.epoch or self.step_in_epoch else "")
+        self._say(f"training {c.model} (width {c.width:g}, {learned:,} learned parameters, "
+                  f"{self.num_classes} classes) on {data} for {c.epochs} epochs, "
+                  f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}{resumed}")
+        self._say(f"writing {self.run_dir}/ (checkpoints, metrics.json, curves.png, samples.png)")
+
+    def _train_epoch(self, stop):
+        """Train the rest of the current epoch; False if stopped by Ctrl-C (state saved)."""
+        config, model = self.config, self.model
+        epoch_number = self.epoch + 1
+        # Replay the epoch's data stream from its start, skipping the batches already
+        # trained on: this draws the same order and augmentations as an uninterrupted run.
+        set_rng_state(self.data_rng, self.epoch_start_rng)
+        batches = iterate_batches_for(self, config)
+        bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch_number}/{config.epochs}",
+                          stream=self.stream, initial=self.step_in_epoch)
+        model.train()
+        updating = False
+        try:
+            for index, (x, y) in enumerate(batches):
+                if index < self.step_in_epoch:
+                    continue
+                step = index + 1
+                self.optimizer.lr = self.schedule(self.global_step)
+                model.zero_grad()
+                scores = model.forward(x)
+                loss = self.loss_fn.forward(scores, y)
+                if not math.isfinite(loss):
+                    bar.clear()
+                    raise TrainingDiverged(self._diverged_message(
+                        f"the loss became {loss}", epoch_number, step))
+                model.backward(self.loss_fn.backward())
+                updating = True
+                self.optimizer.step()
+                updating = False
+                self.step_in_epoch, self.global_step = step, self.global_step + 1
+                self.dropout_state = rng_state(model.rng)
+                self.running["loss_sum"] += loss
+                self.running["batches"] += 1
+                self.running["images"] += len(x)
+                bar.update(step, len(x), loss=self.running["loss_sum"] / self.running["batches"])
+                if stop.requested:
+                    bar.clear()
+                    self._check_finite_weights(epoch_number, step)
+                    self.save(LAST, "interrupted")
+                    return False
+        except KeyboardInterrupt:
+            # Only reached without the signal handler (not the main thread) or on a second
+            # Ctrl-C.  Before the optimizer step the weights are those of the last completed
+            # step, which the counters describe; during it they may be half-updated.
+            bar.clear()
+            if updating:
+                raise
+            self._check_finite_weights(epoch_number, self.step_in_epoch)
+            self.save(LAST, "interrupted")
+            return False
+        self._bar = bar
+        return True
+
+    def _end_epoch(self):
+        """Validate, record the metrics, write the checkpoints and pictures."""
+        config = self.config
+        epoch_number = self.epoch + 1
+        self._check_finite_weights(epoch_number, self.step_in_epoch)
+        seconds = time.perf_counter() - self._bar.start
+        evaluation = self.validate()
+        record = {"epoch": epoch_number, "lr": float(self.optimizer.lr),
+                  "train_loss": self.running["loss_sum"] / max(self.running["batches"], 1),
+                  "val_loss": evaluation.loss, **evaluation.metrics,
+                  "train_seconds": seconds,
+                  "images_per_second": self.running["images"] / max(seconds, 1e-9)}
+        self.history.append(_jsonable(record))
+        improved = evaluation.metrics["mean_iou"] > self.best_mean_iou
+        if improved:
+            self.best_mean_iou, self.best_epoch = float(evaluation.metrics["mean_iou"]), epoch_number
+        # Advance the counters to "epoch done" before saving, so last.npz resumes at the next epoch.
+        self.epoch, self.step_in_epoch = epoch_number, 0
+        self.epoch_start_rng = rng_state(self.data_rng)
+        self.running = {"loss_sum": 0.0, "batches": 0, "images": 0}
+        self.save(LAST, "epoch")
+        if improved:
+            self.save(BEST, "epoch")
+        self._write_pictures()
+        self._write_metrics("running")
+        self._bar.close(
+            f"epoch {epoch_number}/{config.epochs}  loss {record['train_loss']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  pixel acc {record['pixel_accuracy']:.4f}  "
+            f"mean IoU {record['mean_iou']:.4f}{' (best)' if improved else ''}  "
+            f"{record['images_per_second']:.1f} img/s  {format_duration(seconds)}")
+
+    def validate(self):
+        from .evaluate import evaluate
+
+        return evaluate(self.model, self.val_set, batch_size=self.val_batch_size,
+                        preprocessing=self.config.preprocessing, class_names=self.class_names)
+
+    def _write_pictures(self):
+        from .evaluate import sample_grid
+        from .viz import plot_curves, save_png
+
+        count = min(self.config.num_samples, len(self.val_set))
+        if count:
+            grid = sample_grid(self.model, self.val_set, range(count), self.config.preprocessing)
+            save_png(os.path.join(self.run_dir, "samples.png"), grid)
+        plot_curves(self.history, os.path.join(self.run_dir, "curves.png"))
+
+    def _write_metrics(self, status):
+        document = {
+            "status": status,
+            "config": {"model": dict(self.model.config), "train": self.config.to_dict()},
+            "class_names": self.class_names,
+            "epochs": self.history,
+            "final": self.history[-1] if self.history else None,
+            "best": {"epoch": self.best_epoch, "mean_iou": self.best_mean_iou} if self.history else None,
+        }
+        path = os.path.join(self.run_dir, "metrics.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+        os.replace(tmp, path)
+
+
+def iterate_batches_for(trainer, config):
+    from .data import iterate_batches
+
+    return iterate_batches(trainer.train_set, config.batch_size, rng=trainer.data_rng,
+                           transform=trainer.transform, preprocessing=config.preprocessing,
+                           drop_last=False)
+
+
+def _jsonable(value):
+    """NumPy scalars -> Python numbers, NaN -> None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def train(config=None, resume=None, epochs=None, stream=None):
+    """Run (or, with ``resume``, continue) a training run; returns a RunResult.
+
+    Raises TrainingDiverged on a NaN/inf loss and TrainingInterrupted after Ctrl-C
+    (in both cases the last good checkpoint is on disk).
+    """
+    if resume is not None:
+        trainer = Trainer.resume(resume, epochs=epochs, stream=stream)
+    else:
+        trainer = Trainer(config or TrainConfig(), stream=stream)
+    return trainer.run()
