@@ -16,6 +16,13 @@ from PIL import Image
 
 VOID_LABEL = 255
 
+# The 21 PASCAL VOC classes; index = class id = palette index.
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+
 
 def voc_colormap(n=256):
     """The first ``n`` VOC colours as an ``(n, 3)`` uint8 array (row i = colour of class i)."""

@@ -10,13 +10,8 @@ VOC layout::
 """
 from pathlib import Path
 
+from .colormap import VOC_CLASSES
 from .folder import FileSegmentationDataset, FolderDataset, find_layout_folder
-
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)
 
 
 def find_voc_root(root):
