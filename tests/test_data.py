@@ -416,3 +416,11 @@ def test_mask_value_neither_class_nor_void(folder_tree):
     _palette_png(folder_tree / "masks" / "good.png", mask)
     with pytest.raises(ValueError, match=r"masks.good.png has value\(s\) 7, neither a class id \(0..2\)"):
         FolderDataset(folder_tree)[0]
+
+
+def test_missing_split_folder_names_the_splits_found(tmp_path, rng):
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "masks").mkdir()
+    _write_pair(tmp_path / "train" / "images" / "i.png", tmp_path / "train" / "masks" / "i.png", rng)
+    with pytest.raises(FileNotFoundError, match="no val/images .*splits found: train"):
+        open_dataset(tmp_path, "val")

@@ -13,7 +13,6 @@ the largest mask value (ignoring 255) plus one, read from every mask under ``roo
 
 Every problem raises FileNotFoundError or ValueError naming the file.
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +166,11 @@ def find_layout_folder(root, split):
     root = Path(root)
     if split is not None and (root / split / "images").is_dir():
         return root / split
+    if not (root / "images").is_dir():
+        splits = sorted(p.parent.name for p in root.glob("*/images") if p.is_dir())
+        if splits:
+            raise FileNotFoundError(f"no {split}/images folder under {root} "
+                                    f"(splits found: {', '.join(splits)})")
     return root
 
 

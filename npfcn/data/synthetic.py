@@ -189,6 +189,8 @@ class SyntheticShapes:
             raise ValueError("noise, texture and min_contrast must be >= 0")
         if not 0 < max_occlusion <= 1:
             raise ValueError(f"max_occlusion must be in (0, 1], got {max_occlusion}")
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.split = split
         self.seed = int(seed)
         self.options = dict(image_size=self.image_size, min_shapes=min_shapes,

@@ -11,7 +11,7 @@ VOC layout::
 from pathlib import Path
 
 from .colormap import VOC_CLASSES
-from .folder import FileSegmentationDataset, FolderDataset, find_layout_folder
+from .folder import FileSegmentationDataset, FolderDataset
 
 
 def find_voc_root(root):
@@ -72,7 +72,7 @@ def open_dataset(path, split="train", **options):
         if options:
             raise TypeError(f"VOC datasets take no options, got {sorted(options)}")
         return VOCSegmentation(root, split)
-    if (find_layout_folder(root, split) / "images").is_dir():
+    if (root / "images").is_dir() or any(p.is_dir() for p in root.glob("*/images")):
         return FolderDataset(root, split, **options)
     raise ValueError(f"{root} is neither a VOC layout (JPEGImages/, SegmentationClass/, "
                      "ImageSets/Segmentation/) nor an images/ + masks/ folder")
