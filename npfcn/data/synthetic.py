@@ -169,7 +169,6 @@ class SyntheticShapes:
     colours under it), ``max_occlusion``.
     """
 
-    class_names = list(SHAPE_CLASSES)
     num_classes = len(SHAPE_CLASSES)
 
     def __init__(self, size=None, split="train", seed=0, image_size=64, min_shapes=1,
@@ -193,6 +192,7 @@ class SyntheticShapes:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.split = split
         self.seed = int(seed)
+        self.class_names = list(SHAPE_CLASSES)
         self.options = dict(image_size=self.image_size, min_shapes=min_shapes,
                             max_shapes=max_shapes, min_scale=float(min_scale),
                             max_scale=float(max_scale), noise=float(noise),
