@@ -63,6 +63,30 @@ def check_size(count, what):
         )
 
 
+# Largest pixel coordinate a kernel may compute.  The C loops form coordinates
+# such as ``oy*SH - PH + i*DH`` and ``(W - off + SW - 1) / SW`` in int64_t;
+# bounding the sum of all the terms that can appear keeps every intermediate
+# far from 2**63, so none can wrap around (a wrapped bound once let a stride
+# of 2**63-1 write before the output buffer).
+MAX_COORDINATE = 2 ** 62
+
+
+def check_extent(in_size, kernel, stride, padding, dilation, out_size, what):
+    """Refuse geometry whose window coordinates would not fit in 64-bit indices.
+
+    All arguments are (h, w) pairs of ints already checked for sign.
+    """
+    for n, k, s, p, d, o, axis in zip(in_size, kernel, stride, padding, dilation, out_size,
+                                      ("height", "width")):
+        extent = n + p + o * s + k * d
+        if extent >= MAX_COORDINATE:
+            raise ValueError(
+                f"{what}: {axis} geometry (size {n}, kernel {k}, stride {s}, padding {p}, "
+                f"dilation {d}, {o} outputs) reaches coordinates beyond 2**62; "
+                "the kernels index with 64-bit integers"
+            )
+
+
 def check_same_shape(a, shape, name):
     """Raise ValueError unless ``a.shape == shape``."""
     if tuple(a.shape) != tuple(shape):

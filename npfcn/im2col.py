@@ -21,7 +21,7 @@ given; the bottom/right follows from the grid).
 import numpy as np
 
 from . import backend
-from ._checks import as_float_tensor, check_size, int_pair
+from ._checks import as_float_tensor, check_extent, check_size, int_pair
 
 
 def _geometry(kernel_size, stride, padding, dilation, out_size):
@@ -52,6 +52,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out_size=None):
         out_size = conv_output_size((H, W), kernel_size, stride, padding, dilation)
     g = _geometry(kernel_size, stride, padding, dilation, out_size)
     kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    check_extent((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), "im2col")
     if _is_identity(H, W, g):
         return x.reshape(N, C, H * W)
     check_size(N * C * kh * kw * oh * ow, "im2col")
@@ -75,6 +76,7 @@ def col2im(cols, image_shape, kernel_size, stride=1, padding=0, dilation=1, out_
         out_size = conv_output_size((H, W), kernel_size, stride, padding, dilation)
     g = _geometry(kernel_size, stride, padding, dilation, out_size)
     kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    check_extent((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), "col2im")
     expected = (N, C * kh * kw, oh * ow)
     if cols.shape != expected:
         raise ValueError(

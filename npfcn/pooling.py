@@ -13,7 +13,7 @@ call with bad arguments must raise, not write out of bounds.
 import numpy as np
 
 from . import backend
-from ._checks import as_float_tensor, check_same_shape, check_size, int_pair
+from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
 
 
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
@@ -25,6 +25,7 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     dh, dw = int_pair((dh, dw), "dilation", 1)
     oh, ow = int_pair((oh, ow), "output size", 1)
     N, C, H, W = x.shape
+    check_extent((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), "max_pool")
     check_size(N * C * oh * ow, "max_pool output")
     if backend.active() == "c":
         y = np.empty((N, C, oh, ow), dtype=x.dtype)

@@ -58,7 +58,8 @@ so = backend._compiled.__file__
 assert npfcn.__file__.startswith(work), f"imported {npfcn.__file__}, not the copy in {work}"
 assert so.startswith(work), f"loaded the kernel {so}, not the copy's"
 assert backend.active() == "c", f"backend is {backend.active()!r}, expected 'c'"
-assert b"__asan_" in open(so, "rb").read(), f"{so} was not built with AddressSanitizer"
+binary = open(so, "rb").read()
+assert b"__asan_" in binary and b"__ubsan_handle_" in binary, f"{so} lacks ASan/UBSan"
 print(f"sanitize: npfcn from {npfcn.__file__}, backend {backend.active()}, kernel {so}")
 PY
 
