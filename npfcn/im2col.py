@@ -128,8 +128,9 @@ def _image_shape(shape):
     if len(shape) != 4:
         raise ValueError(f"image_shape must be (N, C, H, W), got {tuple(shape)}")
     for v in shape:
-        if int(v) != v or v < 1:
-            raise ValueError(f"image_shape must hold positive ints, got {tuple(shape)}")
+        # 0 is allowed: an empty batch goes through forward, so backward must take it too.
+        if int(v) != v or v < 0:
+            raise ValueError(f"image_shape must hold non-negative ints, got {tuple(shape)}")
     return tuple(int(v) for v in shape)
 
 

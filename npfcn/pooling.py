@@ -54,8 +54,9 @@ def max_pool_backward(dy, indices, image_shape):
 
 def _checked_backward_args(dy, indices, image_shape):
     """(N, C, H, W) after checking that every index points into its H x W plane."""
-    if len(tuple(image_shape)) != 4 or any(int(v) != v or v < 1 for v in image_shape):
-        raise ValueError(f"image_shape must be 4 positive ints (N, C, H, W), got {image_shape!r}")
+    # 0 is allowed (an empty batch): the forward pass accepts it.
+    if len(tuple(image_shape)) != 4 or any(int(v) != v or v < 0 for v in image_shape):
+        raise ValueError(f"image_shape must be 4 non-negative ints (N, C, H, W), got {image_shape!r}")
     N, C, H, W = (int(v) for v in image_shape)
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
         raise TypeError("max_pool indices must be an int64 numpy.ndarray, got "

@@ -242,3 +242,26 @@ def test_bad_input_raises_before_c(setup, bad, error, keyword, request):
 def test_case_ids_are_unique():
     ids = [case[0] for case in CASES]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", ["c", "numpy"])
+def test_empty_batch_goes_through_forward_and_backward(name):
+    """Not bad input: N = 0 is accepted (as in PyTorch) by forward and backward alike."""
+    if name == "c" and not backend.c_available():
+        pytest.skip("C kernel not built")
+    x = np.zeros((0, 2, 5, 5), f32)
+    with backend.using(name):
+        for layer, out_shape in ((Conv2d(2, 3, 3, padding=1, rng=0), (0, 3, 5, 5)),
+                                 (ConvTranspose2d(2, 3, 3, stride=2, rng=0), (0, 3, 11, 11)),
+                                 (MaxPool2d(2, ceil_mode=True), (0, 2, 3, 3)),
+                                 (ReLU(), (0, 2, 5, 5))):
+            y = layer.forward(x)
+            assert y.shape == out_shape
+            assert layer.backward(y).shape == x.shape
+        pooled, idx = MaxPool2d(2, return_indices=True).forward(x)
+        unpool = MaxUnpool2d(2)
+        assert unpool.forward(pooled, idx).shape == (0, 2, 4, 4)
+        assert unpool.backward(np.zeros((0, 2, 4, 4), f32)).shape == (0, 2, 2, 2)
+        loss = CrossEntropyLoss()
+        assert loss.forward(np.zeros((0, 3, 2, 2), f32), np.zeros((0, 2, 2), np.int64)) == 0.0
+        assert loss.backward().shape == (0, 3, 2, 2)

@@ -32,7 +32,7 @@ def geometries(draw):
     # The padded image must hold one dilated kernel: H + 2*PH >= DH*(KH-1) + 1.
     h = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, 5))
     w = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, 5))
-    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))   # n = 0: an empty batch
     oh, ow = conv_output_size((h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     if draw(st.booleans()):   # a larger grid: windows that run off the bottom/right
         oh, ow = oh + draw(st.integers(0, 2)), ow + draw(st.integers(0, 2))
