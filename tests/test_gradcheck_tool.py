@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npfcn.gradcheck import GradcheckReport, gradcheck, numerical_gradient, relative_error
-from npfcn.layers import Conv2d, ConvTranspose2d, Dropout, ReLU
+from npfcn.layers import Conv2d, ConvTranspose2d, Crop, Dropout, ReLU
 from npfcn.losses import CrossEntropyLoss
 
 TOL = 1e-6   # the float64 tolerance the gradient tests use
@@ -142,7 +142,31 @@ def test_numerical_gradient_of_a_known_function():
 def test_relative_error_definition():
     assert relative_error([1.0, 2.0], [1.0, 2.02]) == pytest.approx(0.02 / 2.02)
     assert relative_error([0.0, 0.0], [0.0, 0.0]) == 0.0
+    assert relative_error(np.ones((1, 3)), np.ones((2, 3))) == np.inf   # no broadcasting
     assert relative_error([1e-20, 0.0], [0.0, 0.0]) == 1.0   # scale is the larger side
     report = GradcheckReport({"input0": 1e-9, "weight": 2e-3})
     assert report.max_error == 2e-3 and not report.passed(1e-6)
     assert "weight" in str(report) and "2.000e-03" in str(report)
+
+
+def test_input_without_a_returned_gradient_counts_as_zero():
+    # Crop's size may be a reference array: it does not affect the output, so
+    # its numerical gradient is zero and backward (returning only d/dx) agrees.
+    x = np.random.default_rng(4).standard_normal((1, 2, 5, 5))
+    report = gradcheck(Crop(1), (x, np.zeros((1, 2, 3, 3))))
+    assert set(report.errors) == {"input0", "input1"} and report.errors["input1"] == 0.0
+    report.assert_ok(TOL)
+
+
+def test_wrong_shaped_gradient_is_caught():
+    class SummedBatchGradReLU(ReLU):
+        """Planted bug: d/dx summed over the batch, shape (1, C, H, W)."""
+
+        def backward(self, dy):
+            return super().backward(dy).sum(axis=0, keepdims=True)
+
+    x = np.random.default_rng(5).uniform(0.5, 1.0, (2, 1, 3, 3))
+    report = gradcheck(SummedBatchGradReLU(), (x,))
+    assert report.errors["input0"] == np.inf
+    with pytest.raises(AssertionError):
+        report.assert_ok(TOL)
