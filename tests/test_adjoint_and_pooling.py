@@ -229,3 +229,19 @@ def test_nan_propagates_through_pooling_relu_and_loss(name):
     value = loss.forward(logits, np.zeros((1, 2, 2), dtype=np.int64))
     assert np.isnan(value)
     assert np.isnan(loss.backward()[0, :, 0, 0]).all()
+
+
+@pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threaded_max_pool_agrees_with_numpy(dtype):
+    # Large enough for the C kernel's OpenMP split (> 32768 window reads); ties
+    # included (small integers), which both paths must break the same way.
+    x = np.random.default_rng(5).integers(0, 5, (2, 16, 33, 31)).astype(dtype)
+    results = {}
+    for name in BACKENDS:
+        with backend.using(name):
+            pool = MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True)
+            y, idx = pool.forward(x)
+            results[name] = (y, idx, pool.backward(np.ones_like(y)))
+    for got, ref in zip(results["c"], results["numpy"]):
+        np.testing.assert_array_equal(got, ref)

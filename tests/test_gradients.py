@@ -222,3 +222,66 @@ def test_cross_entropy_gradients(n, c, h, w, reduction, weighted, ignore_fractio
     weight = rng.uniform(0.2, 2.0, c) if weighted else None
     loss = CrossEntropyLoss(weight=weight, ignore_index=255, reduction=reduction)
     check(loss, (logits, target))
+
+
+# --- accumulation, layouts, dtypes ---------------------------------------------------
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, rng=0), (2, 2, 7, 6)),
+    (lambda: ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1,
+                             dtype=np.float64, rng=0), (2, 2, 4, 3)),
+], ids=["conv", "conv_transpose"])
+def test_parameter_gradients_accumulate_until_zero_grad(make, shape):
+    layer = make()
+    x = normal(shape, 1)
+    dy = normal(layer.forward(x).shape, 2)
+    layer.backward(dy)
+    once = {k: g.copy() for k, g in layer.grads.items()}
+    layer.forward(x)
+    layer.backward(dy)
+    for k in once:   # added, as PyTorch does, not overwritten
+        np.testing.assert_allclose(layer.grads[k], 2 * once[k], rtol=1e-14, atol=0)
+    layer.zero_grad()
+    assert all(not g.any() for g in layer.grads.values())
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_non_contiguous_inputs_and_gradients_give_contiguous_results(name):
+    # Views (Fortran order, strided slices) are copied, not rejected, and give the
+    # same numbers as their contiguous copies.
+    base = normal((2, 2, 12, 10), 3)
+    x = np.asfortranarray(base[:, :, ::2, ::2])
+    layers = [lambda: Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0),
+              lambda: ConvTranspose2d(2, 3, 3, stride=2, dtype=np.float64, rng=0),
+              lambda: MaxPool2d(2, ceil_mode=True), lambda: ReLU()]
+    with select(name):
+        for make in layers:
+            a, b = make(), make()
+            ya, yb = a.forward(x), b.forward(np.ascontiguousarray(x))
+            np.testing.assert_array_equal(ya, yb)
+            dy = np.asfortranarray(normal(ya.shape, 4))
+            np.testing.assert_array_equal(a.backward(dy), b.backward(np.ascontiguousarray(dy)))
+            for k in a.grads:
+                np.testing.assert_array_equal(a.grads[k], b.grads[k])
+
+
+def test_cross_entropy_backward_scales_with_upstream_gradient():
+    rng = np.random.default_rng(6)
+    logits, target = rng.standard_normal((2, 3, 4, 4)), rng.integers(0, 3, (2, 4, 4))
+    loss = CrossEntropyLoss()
+    loss.forward(logits, target)
+    g1 = loss.backward()
+    loss.forward(logits, target)
+    np.testing.assert_allclose(loss.backward(2.5), 2.5 * g1, rtol=1e-15)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_drops_about_p_and_keeps_the_mean(p):
+    layer = Dropout(p, rng=7)
+    y = layer.forward(np.ones((1, 1, 300, 300)))
+    dropped = np.mean(y == 0)
+    # 90 000 Bernoulli(p) draws: the standard deviation of the fraction is at most
+    # 0.0017, so 0.01 is a > 5-sigma bound.
+    assert abs(dropped - p) < 0.01
+    np.testing.assert_array_equal(y[y != 0], 1 / (1 - p))   # inverted: kept values scaled
+    assert np.array_equal(layer.eval().forward(np.ones((2, 2))), np.ones((2, 2)))

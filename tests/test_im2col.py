@@ -154,3 +154,22 @@ def test_identity_kernel_cols_are_the_image():
     x = random_image((2, 3, 4, 5), np.float32)
     np.testing.assert_array_equal(im2col(x, 1), x.reshape(2, 3, 20))
     np.testing.assert_array_equal(col2im(x.reshape(2, 3, 20), x.shape, 1), x)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=3, stride=1, padding=1, dilation=1),
+    dict(kernel_size=(4, 3), stride=(2, 3), padding=(3, 0), dilation=(1, 2)),
+])
+def test_threaded_sizes_agree_exactly(dtype, geometry):
+    # The hypothesis shapes are tiny, below the size where the C kernel splits the
+    # (n, c) planes across OpenMP threads (32768 column entries); this one is above.
+    x = random_image((3, 8, 40, 37), dtype)
+    with backend.using("c"):
+        cols_c = im2col(x, **geometry)
+        back_c = col2im(cols_c, x.shape, **geometry)
+    assert cols_c.size > 32768
+    with backend.using("numpy"):
+        np.testing.assert_array_equal(cols_c, im2col(x, **geometry))
+        np.testing.assert_array_equal(back_c, col2im(cols_c, x.shape, **geometry))
