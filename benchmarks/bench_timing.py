@@ -150,7 +150,18 @@ def peak_rss_mb(argv, env=None):
 
 
 def own_peak_rss_kb():
-    """Peak resident set of this process so far, in KiB (Linux reports KiB)."""
+    """Peak resident set of this process so far, in KiB.
+
+    Read from VmHWM in /proc/self/status: ``getrusage``'s ru_maxrss survives
+    fork+exec, so a child started by a big parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
