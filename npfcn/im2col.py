@@ -35,9 +35,13 @@ def _geometry(kernel_size, stride, padding, dilation, out_size):
 
 
 def _is_identity(H, W, g):
-    """A 1x1 kernel at stride 1 without padding: the columns are the image itself."""
+    """A 1x1 kernel at stride 1 without padding: the columns are the image itself.
+
+    The stride must be checked too: with an explicit grid of H x W, a 1x1 kernel
+    at stride 2 reads every other pixel and then zeros, not the image.
+    """
     kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
-    return (kh, kw, ph, pw) == (1, 1, 0, 0) and (oh, ow) == (H, W)
+    return (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (H, W)
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out_size=None):
