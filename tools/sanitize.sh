@@ -20,7 +20,9 @@
 # sanitizer's malloc so that it sees all of them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_im2col.py)
+# The tests that drive the C kernel (those that exist are run).
+DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_im2col.py
+               tests/test_adjoint_and_pooling.py tests/test_gradients.py tests/test_bad_input_core.py)
 
 WORK="${NPFCN_SANITIZE_DIR:-$(mktemp -d /tmp/npfcn-sanitize.XXXXXX)}"
 echo "sanitize: building a sanitized copy of npfcn in $WORK"
