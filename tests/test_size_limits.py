@@ -16,6 +16,7 @@ Two promises are tested without ever allocating gigabytes:
   ``tracemalloc`` (which sees NumPy's allocations) shows the peak allocation
   during each refused call stays below a megabyte.
 """
+import os
 import tracemalloc
 
 import numpy as np
@@ -31,6 +32,17 @@ from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d, ReLU
 from npfcn.losses import CrossEntropyLoss
 
 needs_c = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+_RUN = {"test_huge_coordinates_follow_the_definition": 0}   # examples run, for tools/sanitize.sh
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_example_counts():
+    yield
+    path = os.environ.get("NPFCN_FUZZ_LOG")
+    if path:
+        with open(path, "a") as log:
+            for name, count in _RUN.items():
+                log.write(f"test_size_limits.py::{name} {count}\n")
 
 
 # --- 64-bit indexing --------------------------------------------------------------------
@@ -97,11 +109,12 @@ def huge_axis(draw):
 
 
 @needs_c
-@settings(max_examples=150)
+@settings(max_examples=int(os.environ.get("NPFCN_FUZZ_EXAMPLES", "0") or 0) or 150)
 @given(h=huge_axis(), w=huge_axis(), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_huge_coordinates_follow_the_definition(h, w, dtype, seed):
     """im2col and col2im on the C kernel with strides/paddings/dilations up to 2**60."""
+    _RUN["test_huge_coordinates_follow_the_definition"] += 1
     (H, kh, sh, ph, dh, oh), (W, kw, sw, pw, dw, ow) = h, w
     geometry = ((kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow))
     rng = np.random.default_rng(seed)
