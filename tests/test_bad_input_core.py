@@ -212,6 +212,17 @@ CASES = [
     ("add mixed dtypes", None, lambda _: Add().forward(img(1, 1, 2, 2), img(1, 1, 2, 2, dtype=f64)),
      TypeError, "dtype"),
     ("float16 layer", None, lambda _: Conv2d(1, 1, 3, dtype=np.float16), TypeError, "dtype"),
+    # --- sizes the kernels cannot index (refused before anything is allocated) ---
+    ("im2col huge grid", None, lambda _: im2col(img(1, 1, 4, 4), 3, out_size=(2 ** 21, 2 ** 21)),
+     ValueError, "more than the supported"),
+    ("col2im huge image", None,
+     lambda _: col2im(img(1, 9, 4), (1, 1, 2 ** 21, 2 ** 21), 3, out_size=(2, 2)),
+     ValueError, "more than the supported"),
+    ("conv huge broadcast input", None,
+     lambda _: Conv2d(1, 1, 1).forward(np.broadcast_to(np.zeros(1, f32), (2 ** 21, 1, 2 ** 10, 2 ** 10))),
+     ValueError, "elements"),
+    ("unpool huge stride", pooled,
+     lambda p: MaxUnpool2d(2, stride=2 ** 21).forward(*p), ValueError, "more than the supported"),
     # --- other shapes and arguments ---
     ("add shapes", None, lambda _: Add().forward(img(1, 1, 2, 2), img(1, 1, 2, 3)), ValueError, "shapes"),
     ("crop does not fit", None, lambda _: Crop(2).forward(img(1, 1, 5, 5), (4, 4)),
