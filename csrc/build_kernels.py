@@ -36,6 +36,14 @@ void im2col_{s}(const {t} *x, {t} *cols, int64_t N, int64_t C, int64_t H, int64_
 void col2im_{s}(const {t} *cols, {t} *x, int64_t N, int64_t C, int64_t H, int64_t W,
                 int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                 int64_t DH, int64_t DW, int64_t OH, int64_t OW);
+void im2col_strided_{s}(const {t} *x, {t} *cols, int64_t N, int64_t C, int64_t H,
+                int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW,
+                int64_t image_stride, int64_t row_stride);
+void col2im_strided_{s}(const {t} *cols, {t} *x, int64_t N, int64_t C, int64_t H,
+                int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW,
+                int64_t image_stride, int64_t row_stride);
 void maxpool_forward_{s}(const {t} *x, {t} *y, int64_t *indices, int64_t NC, int64_t H,
                 int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                 int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW);
@@ -46,6 +54,7 @@ CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
+    + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
 SOURCES = ["im2col.c", "maxpool.c"]

@@ -8,6 +8,42 @@
  */
 #include "npfcn_kernels.h"
 
+/* One step of the scan: does value v at position p beat the best so far?
+ * (NaN wins and, once it has won, keeps winning; ties keep the earlier one.) */
+#define NPFCN_TAKE(v, p)                                                                 \
+    if (best_val == best_val && ((v) > best_val || (v) != (v))) {                        \
+        best_val = (v);                                                                  \
+        best = (p);                                                                      \
+    }
+
+/* The FCN/VGG case, 2x2 windows at stride 2 without padding, on one plane:
+ * the same scan order as the general loop, without its per-tap bounds checks.
+ * With ceil_mode the last row/column of windows may hang over the edge; those
+ * windows just have fewer taps. */
+#define NPFCN_MAXPOOL2X2(T, SUFFIX)                                                      \
+static void maxpool2x2_plane_##SUFFIX(const T *src, T *out, int64_t *idx, int64_t H,    \
+                                      int64_t W, int64_t OH, int64_t OW)                 \
+{                                                                                        \
+    for (int64_t oy = 0; oy < OH; ++oy) {                                                \
+        const int64_t iy = 2 * oy;                                                       \
+        const int has_row2 = iy + 1 < H;                                                 \
+        const T *r0 = src + iy * W, *r1 = r0 + W;                                        \
+        for (int64_t ox = 0; ox < OW; ++ox) {                                            \
+            const int64_t ix = 2 * ox;                                                   \
+            const int has_col2 = ix + 1 < W;                                             \
+            int64_t best = iy * W + ix;                                                  \
+            T best_val = r0[ix];                                                         \
+            if (has_col2) { NPFCN_TAKE(r0[ix + 1], iy * W + ix + 1) }                    \
+            if (has_row2) {                                                              \
+                NPFCN_TAKE(r1[ix], (iy + 1) * W + ix)                                    \
+                if (has_col2) { NPFCN_TAKE(r1[ix + 1], (iy + 1) * W + ix + 1) }          \
+            }                                                                            \
+            out[oy * OW + ox] = best_val;                                                \
+            idx[oy * OW + ox] = best;                                                    \
+        }                                                                                \
+    }                                                                                    \
+}
+
 #define NPFCN_MAXPOOL(T, SUFFIX)                                                         \
 void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,           \
                      int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t SH,           \
@@ -15,11 +51,17 @@ void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,   
                      int64_t OH, int64_t OW)                                             \
 {                                                                                        \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(NC * OH * OW * KH * KW > 32768)")      \
+    const int plain2x2 = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PH == 0 && PW == 0  \
+                         && DH == 1 && DW == 1;                                          \
+    _Pragma("omp parallel for schedule(static) if(NC * H * W > 131072)")                 \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *src = x + plane * H * W;                                                \
         T *out = y + plane * OH * OW;                                                    \
         int64_t *idx = indices + plane * OH * OW;                                        \
+        if (plain2x2) {                                                                  \
+            maxpool2x2_plane_##SUFFIX(src, out, idx, H, W, OH, OW);                      \
+            continue;                                                                    \
+        }                                                                                \
         for (int64_t oy = 0; oy < OH; ++oy) {                                            \
             for (int64_t ox = 0; ox < OW; ++ox) {                                        \
                 int64_t best = -1;                                                       \
@@ -49,7 +91,7 @@ void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64
                      int64_t HW, int64_t OHW)                                            \
 {                                                                                        \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(NC * OHW > 32768)")                    \
+    _Pragma("omp parallel for schedule(static) if(NC * HW > 131072)")                    \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *g = dy + plane * OHW;                                                   \
         const int64_t *idx = indices + plane * OHW;                                      \
@@ -58,5 +100,7 @@ void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64
     }                                                                                    \
 }
 
+NPFCN_MAXPOOL2X2(float, f32)
+NPFCN_MAXPOOL2X2(double, f64)
 NPFCN_MAXPOOL(float, f32)
 NPFCN_MAXPOOL(double, f64)

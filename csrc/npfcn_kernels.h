@@ -12,6 +12,9 @@
  * OH and OW are passed in (not derived) so that callers may ask for any grid;
  * every image access is bounds-checked against H and W.
  * col2im is the adjoint: it ADDS each column entry back into x.
+ * The *_strided variants take the column layout explicitly: row r of image n
+ * starts at cols + n*image_stride + r*row_stride (see im2col.c); the plain
+ * functions are the per-image layout above.
  */
 #ifndef NPFCN_KERNELS_H
 #define NPFCN_KERNELS_H
@@ -24,6 +27,14 @@ void im2col_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t H, int64
 void col2im_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t H, int64_t W, \
                      int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,       \
                      int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW);      \
+void im2col_strided_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t H,    \
+                     int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW,        \
+                     int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,       \
+                     int64_t OW, int64_t image_stride, int64_t row_stride);            \
+void col2im_strided_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t H,    \
+                     int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW,        \
+                     int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,       \
+                     int64_t OW, int64_t image_stride, int64_t row_stride);            \
 void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,          \
                      int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t SH,         \
                      int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,       \
@@ -34,7 +45,9 @@ void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64
 NPFCN_DECLARE(float, f32)
 NPFCN_DECLARE(double, f64)
 
-/* Number of threads the kernels use (1 when built without OpenMP). */
+/* Number of threads the kernels use (1 when built without OpenMP), and a way
+ * to change it at run time (ignored without OpenMP). */
 int npfcn_num_threads(void);
+void npfcn_set_num_threads(int64_t n);
 
 #endif
