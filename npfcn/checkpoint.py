@@ -301,11 +301,18 @@ def load_into(checkpoint, model, optimizer=None):
         raise CheckpointError(f"{checkpoint.path} holds no optimizer state to resume from")
     state = {name: np.asarray(value, dtype=model.params[name].dtype)
              for name, value in checkpoint.model_state.items()}
+    # Both load_state_dict methods check everything before assigning anything.  The
+    # optimizer goes first, so that a mismatched optimizer state (an SGD checkpoint
+    # resumed with Adam) leaves the model untouched; should the model then refuse,
+    # the optimizer gets its previous state back.  Either both load or neither does.
+    previous = optimizer.state_dict() if optimizer is not None else None
     try:
-        model.load_state_dict(state)
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
+        model.load_state_dict(state)
     except (ValueError, TypeError, KeyError) as exc:
+        if previous is not None:
+            optimizer.load_state_dict(previous)
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
     return model
 
