@@ -219,6 +219,8 @@ def add_import_parser(subparsers):
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--preprocessing", choices=("torchvision", "caffe"), default="torchvision",
                    help="input normalisation the weights were trained with (default torchvision)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel width of the VGG16 in FILE (default 1: the real VGG16)")
     p.set_defaults(handler=cmd_import_vgg16)
 
 
@@ -229,7 +231,7 @@ def cmd_import_vgg16(args):
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be positive, got {args.num_classes}")
     state = load_weights_file(args.file)
-    model = vgg16_to_fcn(state, model=args.model, num_classes=args.num_classes)
+    model = vgg16_to_fcn(state, model=args.model, num_classes=args.num_classes, width=args.width)
     class_names = _default_class_names(args.num_classes)
     save_checkpoint(args.output, model, meta={
         "config": {"model": dict(model.config)}, "class_names": class_names,
@@ -241,11 +243,10 @@ def cmd_import_vgg16(args):
 
 
 def _default_class_names(num_classes):
-    from .data import colormap
+    from .data import VOC_CLASSES
 
-    voc = getattr(colormap, "VOC_CLASSES", None)
-    if voc is not None and len(voc) == num_classes:
-        return list(voc)
+    if len(VOC_CLASSES) == num_classes:
+        return list(VOC_CLASSES)
     return [f"class{i}" for i in range(num_classes)]
 
 

@@ -6,24 +6,10 @@ Any size and any format Pillow reads: the FCN takes the whole image at once
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import load_checkpoint, load_model
+from .data import read_image      # any format Pillow reads -> (H, W, 3) uint8 RGB, clear errors
 from .evaluate import predict_labels
-
-
-def read_image(path):
-    """The picture at ``path`` as (H, W, 3) uint8 RGB; ValueError naming the file otherwise."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as picture:
-            picture.load()
-            rgb = picture.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
-    return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def predict_image(model, image, preprocessing="unit"):

@@ -324,6 +324,7 @@ class Trainer:
         self.running = {"loss_sum": 0.0, "batches": 0, "images": 0}
         self.history, self.best_mean_iou, self.best_epoch = [], -1.0, 0
         self.run_dir = run_dir
+        self.on_step = None     # optional callable(trainer) after every completed step (tests)
 
     # -- resuming ------------------------------------------------------------------------
     @classmethod
@@ -472,6 +473,8 @@ class Trainer:
                 self.running["batches"] += 1
                 self.running["images"] += len(x)
                 bar.update(step, len(x), loss=self.running["loss_sum"] / self.running["batches"])
+                if self.on_step is not None:
+                    self.on_step(self)
                 if stop.requested:
                     bar.clear()
                     self._check_finite_weights(epoch_number, step)
