@@ -12,11 +12,13 @@ Every function validates its arguments before any kernel runs; see
 ``npfcn._checks``.  The dtype of ``x`` decides the arithmetic, and weights and
 gradients must have that same dtype (no silent up- or down-casts).
 """
+import threading
+
 import numpy as np
 
-from . import pooling
-from ._checks import as_float_tensor, check_same_shape, check_size, int_pair
-from .im2col import col2im, conv_output_size, im2col
+from . import backend, pooling
+from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
+from .im2col import col2im_rows, conv_output_size, im2col_rows
 
 
 def _weights(w, b, x, name):
@@ -41,6 +43,74 @@ def _grad(dy, shape, dtype, name):
     return dy
 
 
+# --- the shared machinery of the matrix-product layers --------------------------------
+# Convolution and transposed convolution are matrix products over im2col columns.
+# The columns of a whole layer can be KH*KW times larger than its input (410 MB for
+# FCN-8s's conv1_2 on a 224x224 image), so they are built a block of grid rows at a
+# time, all images side by side (im2col_rows), into a workspace reused from call to
+# call: memory stays bounded, a fresh buffer's page faults are paid once, and each
+# block is ONE GEMM for the whole batch instead of one skinny GEMM per image.
+
+WORKSPACE_BYTES = 16 << 20   # columns per block; a block is at least one grid row
+
+
+class _Workspace(threading.local):
+    """Reusable scratch arrays, one set per thread (never returned to callers)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, dtype):
+        size = int(np.prod(shape))
+        buf = self.buffers.get((name, dtype))
+        if buf is None or buf.size < size:
+            buf = self.buffers[(name, dtype)] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)
+
+
+_workspace = _Workspace()
+
+
+def _row_blocks(rows, row_bytes):
+    """Split ``rows`` grid rows into blocks of about WORKSPACE_BYTES of columns.
+
+    The NumPy reference path does the whole grid at once (it is the readable one).
+    """
+    if backend.active() != "c":
+        return [(0, rows)]
+    step = max(1, WORKSPACE_BYTES // max(1, row_bytes))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def _batch_rows(a, p0, p1, name):
+    """Columns [p0, p1) of every image of a: (N, C, P) as one (C, N*(p1-p0)) matrix.
+
+    With one image that is a view (BLAS takes the row stride); otherwise a copy
+    into a workspace.
+    """
+    N, C, _ = a.shape
+    if N == 1:
+        return a[0, :, p0:p1]
+    out = _workspace.get(name, (C, N * (p1 - p0)), a.dtype)
+    out.reshape(C, N, p1 - p0)[...] = a[:, :, p0:p1].transpose(1, 0, 2)
+    return out
+
+
+def _matmul_to_rows(a, b, y, p0, p1):
+    """y[:, :, p0:p1] = a @ b per image, where b: (K, N*(p1-p0)) is batched (see above)."""
+    N, O, _ = y.shape
+    if N == 1:
+        np.matmul(a, b, out=y[0, :, p0:p1])
+    else:
+        y[:, :, p0:p1] = (a @ b).reshape(O, N, p1 - p0).transpose(1, 0, 2)
+
+
+def _is_pointwise(g, H, W):
+    """A 1x1 kernel at stride 1 without padding: the columns are the image itself."""
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    return (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (H, W)
+
+
 # --- convolution ---------------------------------------------------------------------
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
@@ -59,12 +129,23 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     stride, padding, dilation = (int_pair(stride, "stride", 1), int_pair(padding, "padding", 0),
                                  int_pair(dilation, "dilation", 1))
     OH, OW = conv_output_size((H, W), (KH, KW), stride, padding, dilation)
-    cols = im2col(x, (KH, KW), stride, padding, dilation, (OH, OW))      # (N, C*KH*KW, OH*OW)
-    y = np.matmul(w.reshape(O, -1), cols)                                 # (N, O, OH*OW)
+    check_extent((H, W), (KH, KW), stride, padding, dilation, (OH, OW), "conv2d")
+    check_size(N * O * OH * OW, "conv2d output")
+    g = (KH, KW, *stride, *padding, *dilation, OH, OW)
+    K = C * KH * KW
+    w2 = w.reshape(O, K)
+    y = np.empty((N, O, OH * OW), dtype=x.dtype)
+    if _is_pointwise(g, H, W):
+        np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
+    else:
+        for r0, r1 in _row_blocks(OH, K * N * OW * x.itemsize):
+            cols = _workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
+            im2col_rows(x, g, (r0, r1), cols)
+            _matmul_to_rows(w2, cols, y, r0 * OW, r1 * OW)
     if b is not None:
         y += b.reshape(1, O, 1)
-    # Only x is kept, not cols: recomputing im2col in backward is cheap next to the
-    # matmuls, and cols can be KH*KW times larger than x.
+    # Only x is kept, not the columns: rebuilding them in backward is cheap next to
+    # the matrix products, and they can be KH*KW times larger than x.
     cache = (x, w, b is not None, stride, padding, dilation)
     return y.reshape(N, O, OH, OW), cache
 
@@ -76,14 +157,26 @@ def conv2d_backward(dy, cache):
     O, _, KH, KW = w.shape
     OH, OW = conv_output_size((H, W), (KH, KW), stride, padding, dilation)
     dy = _grad(dy, (N, O, OH, OW), x.dtype, "conv2d output")
+    g = (KH, KW, *stride, *padding, *dilation, OH, OW)
+    K = C * KH * KW
+    w2 = w.reshape(O, K)
     dy3 = dy.reshape(N, O, OH * OW)
-    cols = im2col(x, (KH, KW), stride, padding, dilation, (OH, OW))
-    # dw = sum over images of dy_n @ cols_n^T
-    dw = np.zeros((O, C * KH * KW), dtype=x.dtype)
-    for n in range(N):
-        dw += dy3[n] @ cols[n].T
-    dcols = np.matmul(w.reshape(O, -1).T, dy3)                            # (N, C*KH*KW, OH*OW)
-    dx = col2im(dcols, (N, C, H, W), (KH, KW), stride, padding, dilation, (OH, OW))
+    if _is_pointwise(g, H, W):
+        x3 = x.reshape(N, C, H * W)
+        dw = (dy3[0] @ x3[0].T if N == 1
+              else np.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0))
+        dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
+    else:
+        dw = np.zeros((O, K), dtype=x.dtype)
+        dx = np.zeros((N, C, H, W), dtype=x.dtype)
+        for r0, r1 in _row_blocks(OH, K * N * OW * x.itemsize):
+            cols = _workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
+            im2col_rows(x, g, (r0, r1), cols)
+            dy_block = _batch_rows(dy3, r0 * OW, r1 * OW, "dy")          # (O, N*block)
+            dw += dy_block @ cols.T
+            dcols = _workspace.get("dcols", cols.shape, x.dtype)
+            np.matmul(w2.T, dy_block, out=dcols)
+            col2im_rows(dcols, dx, g, (r0, r1))
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
@@ -153,8 +246,19 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     (OH, OW), pad = conv_transpose2d_geometry((H, W), (KH, KW), stride, padding,
                                               output_padding, dilation)
     check_size(N * O * KH * KW * H * W, "conv_transpose2d columns")
-    cols = np.matmul(w.reshape(C, -1).T, x.reshape(N, C, H * W))         # (N, O*KH*KW, H*W)
-    y = col2im(cols, (N, O, OH, OW), (KH, KW), stride, pad, dilation, (H, W))
+    check_size(N * O * OH * OW, "conv_transpose2d output")
+    # The grid of the columns is the input (H, W); the image they sum into is y.
+    check_extent((OH, OW), (KH, KW), stride, pad, dilation, (H, W), "conv_transpose2d")
+    g = (KH, KW, *stride, *pad, *dilation, H, W)
+    OKK = O * KH * KW
+    w2t = w.reshape(C, OKK).T
+    x3 = x.reshape(N, C, H * W)
+    y = np.zeros((N, O, OH, OW), dtype=x.dtype)
+    for r0, r1 in _row_blocks(H, OKK * N * W * x.itemsize):
+        x_block = _batch_rows(x3, r0 * W, r1 * W, "x")                   # (C, N*block)
+        cols = _workspace.get("cols", (OKK, x_block.shape[1]), x.dtype)
+        np.matmul(w2t, x_block, out=cols)
+        col2im_rows(cols, y, g, (r0, r1))
     if b is not None:
         y += b.reshape(1, O, 1, 1)
     cache = (x, w, b is not None, stride, pad, dilation, (OH, OW))
@@ -167,14 +271,19 @@ def conv_transpose2d_backward(dy, cache):
     N, C, H, W = x.shape
     _, O, KH, KW = w.shape
     dy = _grad(dy, (N, O, OH, OW), x.dtype, "conv_transpose2d output")
-    dcols = im2col(dy, (KH, KW), stride, pad, dilation, (H, W))           # (N, O*KH*KW, H*W)
+    g = (KH, KW, *stride, *pad, *dilation, H, W)
+    OKK = O * KH * KW
+    w2 = w.reshape(C, OKK)
     x3 = x.reshape(N, C, H * W)
-    dw = np.zeros((C, O * KH * KW), dtype=x.dtype)
-    for n in range(N):
-        dw += x3[n] @ dcols[n].T
-    dx = np.matmul(w.reshape(C, -1), dcols).reshape(N, C, H, W)
+    dx = np.empty((N, C, H * W), dtype=x.dtype)
+    dw = np.zeros((C, OKK), dtype=x.dtype)
+    for r0, r1 in _row_blocks(H, OKK * N * W * x.itemsize):
+        dcols = _workspace.get("dcols", (OKK, N * (r1 - r0) * W), x.dtype)
+        im2col_rows(dy, g, (r0, r1), dcols)                                # (OKK, N*block)
+        _matmul_to_rows(w2, dcols, dx, r0 * W, r1 * W)
+        dw += _batch_rows(x3, r0 * W, r1 * W, "x") @ dcols.T
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    return dx, dw.reshape(w.shape), db
+    return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
 
 
 # --- max pooling and unpooling -------------------------------------------------------
@@ -289,17 +398,21 @@ def _check_indices(indices, shape, plane_size):
 # --- elementwise ---------------------------------------------------------------------
 
 def relu_forward(x):
-    """y = max(x, 0); NaN stays NaN.  x: any shape."""
+    """y = max(x, 0); NaN stays NaN.  x: any shape.
+
+    The cache is y itself (no mask): y > 0 exactly where x > 0, and y is kept
+    alive anyway as the next layer's input.  So y must not be changed in place
+    before backward (PyTorch's in-place rule for its own saved outputs).
+    """
     x = as_float_tensor(x, "relu input", ndim=None)
-    positive = x > 0
-    y = np.where(positive | np.isnan(x), x, 0).astype(x.dtype, copy=False)
-    return y, (positive, x.dtype)
+    y = np.maximum(x, x.dtype.type(0))   # np.maximum propagates NaN
+    return y, (y, x.dtype)
 
 
 def relu_backward(dy, cache):
-    positive, dtype = cache
-    dy = _grad(dy, positive.shape, dtype, "relu output")
-    return np.where(positive, dy, 0).astype(dtype, copy=False)
+    y, dtype = cache
+    dy = _grad(dy, y.shape, dtype, "relu output")
+    return np.where(y > 0, dy, dtype.type(0))
 
 
 def dropout_forward(x, p, rng, training=True):

@@ -99,6 +99,61 @@ def col2im(cols, image_shape, kernel_size, stride=1, padding=0, dilation=1, out_
     return col2im_numpy(cols, (N, C, H, W), *g)
 
 
+# --- row blocks in the batched layout (the fast path of npfcn.functional) -------------
+# A layer's matrix product runs over a block of grid rows [r0, r1) at a time, for all
+# images at once, with the columns laid out (C*KH*KW, N, rows*OW):
+#     cols[(c*KH + i)*KW + j, n, (oy - r0)*OW + ox] = x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]
+# Blocks bound the memory (columns can be KH*KW times larger than the image) and let
+# one workspace be reused; the layout makes the product one GEMM over the whole batch.
+# Callers pass geometry already validated for the whole grid; a block lies inside it.
+
+def im2col_rows(x, g, rows, out):
+    """Columns of grid rows ``rows = (r0, r1)`` of every image, written into ``out``.
+
+    x: (N, C, H, W) C-contiguous; g: the ``(KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``
+    tuple of the whole grid; out: C-contiguous (C*KH*KW, N*(r1-r0)*OW) of x's dtype.
+    Returns ``out``.
+    """
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    r0, r1 = rows
+    block = (r1 - r0) * ow
+    assert out.shape == (C * kh * kw, N * block) and out.dtype == x.dtype
+    if backend.active() == "c":
+        _, lib = backend.kernels()
+        fn = lib.im2col_strided_f32 if x.dtype == np.float32 else lib.im2col_strided_f64
+        # Rows r0.. of the grid are the grid of an image shifted up by r0*SH rows,
+        # i.e. a top padding of PH - r0*SH (negative is fine: C checks every row).
+        fn(backend.pointer(x), backend.pointer(out), N, C, H, W, kh, kw, sh, sw,
+           ph - r0 * sh, pw, dh, dw, r1 - r0, ow, block, N * block)
+        return out
+    full = im2col_numpy(x, *g)[:, :, r0 * ow:r1 * ow]            # (N, CKK, block)
+    out.reshape(C * kh * kw, N, block)[...] = full.transpose(1, 0, 2)
+    return out
+
+
+def col2im_rows(cols, x, g, rows):
+    """Add columns of grid rows ``rows`` (layout of ``im2col_rows``) into ``x`` in place.
+
+    cols: C-contiguous (C*KH*KW, N*(r1-r0)*OW); x: C-contiguous (N, C, H, W).
+    """
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    r0, r1 = rows
+    block = (r1 - r0) * ow
+    assert cols.shape == (C * kh * kw, N * block) and cols.dtype == x.dtype
+    if backend.active() == "c":
+        _, lib = backend.kernels()
+        fn = lib.col2im_strided_f32 if x.dtype == np.float32 else lib.col2im_strided_f64
+        fn(backend.pointer(cols), backend.pointer(x), N, C, H, W, kh, kw, sh, sw,
+           ph - r0 * sh, pw, dh, dw, r1 - r0, ow, block, N * block)
+        return x
+    full = np.zeros((N, C * kh * kw, oh * ow), dtype=x.dtype)
+    full[:, :, r0 * ow:r1 * ow] = cols.reshape(C * kh * kw, N, block).transpose(1, 0, 2)
+    x += col2im_numpy(full, x.shape, *g)
+    return x
+
+
 def conv_output_size(in_size, kernel_size, stride=1, padding=0, dilation=1, ceil_mode=False):
     """PyTorch's output size of a convolution or pooling window, per spatial axis.
 

@@ -1,0 +1,176 @@
+"""The fast paths of the default (C) backend agree with the NumPy reference.
+
+What is fast-path-only and therefore tested here:
+* convolution and transposed convolution built a block of grid rows at a time
+  (``functional.WORKSPACE_BYTES``), with the batch side by side in one GEMM,
+  through ``im2col_rows``/``col2im_rows`` and the strided C kernels;
+* the 1x1 ("pointwise") convolution that skips im2col;
+* the 2x2 stride-2 max-pool kernel;
+* ReLU caching its output instead of a mask;
+* workspaces reused between calls never leak into returned arrays.
+
+The reference is the NumPy backend (``backend.using("numpy")``), computed
+without row blocks.  Tolerances: copies (im2col, max pool) must match exactly;
+sums whose order differs (GEMM blocking, col2im) are compared with a relative
+tolerance of 1e-12 in float64 (a few ulps of round-off per accumulated
+product) and 1e-4 in float32 (~1e3 ulps: BLAS may block sums differently).
+"""
+import numpy as np
+import pytest
+
+from npfcn import backend, functional as F
+from npfcn.im2col import col2im_numpy, col2im_rows, im2col_numpy, im2col_rows
+
+pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+
+RTOL = {np.float64: 1e-12, np.float32: 1e-4}
+
+
+def close(a, b, dtype):
+    scale = max(1.0, float(np.max(np.abs(b))))
+    np.testing.assert_allclose(a, b, rtol=0, atol=RTOL[dtype] * scale)
+
+
+@pytest.fixture(params=[None, 1], ids=["one-block", "row-blocks"])
+def block_bytes(request, monkeypatch):
+    """Run once with the default workspace and once with one grid row per block."""
+    if request.param is not None:
+        monkeypatch.setattr(F, "WORKSPACE_BYTES", request.param)
+    return request.param
+
+
+def reference(fn, *args):
+    with backend.using("numpy"):
+        return fn(*args)
+
+
+CONV_CASES = [
+    # N, C, O, H, W, k, stride, padding, dilation
+    (1, 3, 5, 9, 7, 3, 1, 1, 1),
+    (3, 4, 6, 8, 9, 3, 2, 1, 1),
+    (2, 2, 3, 11, 10, 5, (2, 1), (2, 0), (1, 2)),
+    (2, 5, 4, 6, 6, 1, 1, 0, 1),          # pointwise: no im2col at all
+    (1, 6, 3, 5, 5, 1, 2, 0, 1),          # 1x1 but strided: im2col
+    (2, 3, 4, 4, 4, 7, 1, 3, 1),          # kernel larger than the image, padded
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_fast_path_matches_reference(case, dtype, block_bytes, rng):
+    N, C, O, H, W, k, s, p, d = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, k, k)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    y, cache = F.conv2d_forward(x, w, b, s, p, d)
+    y_ref, cache_ref = reference(F.conv2d_forward, x, w, b, s, p, d)
+    close(y, y_ref, dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = F.conv2d_backward(dy, cache)
+    want = reference(F.conv2d_backward, dy, cache_ref)
+    for g, r in zip(got, want):
+        assert g.dtype == dtype and g.shape == r.shape
+        close(g, r, dtype)
+
+
+TRANSPOSED_CASES = [
+    # N, Cin, Cout, H, W, k, stride, padding, output_padding
+    (1, 3, 3, 4, 5, 4, 2, 0, 0),          # FCN's upscore2
+    (2, 2, 3, 3, 3, 16, 8, 0, 0),         # FCN's upscore8, batched
+    (3, 4, 2, 5, 4, 3, 2, 1, 1),
+    (2, 3, 2, 4, 4, 3, 2, "same", 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", TRANSPOSED_CASES)
+def test_conv_transpose2d_fast_path_matches_reference(case, dtype, block_bytes, rng):
+    N, C, O, H, W, k, s, p, op = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((C, O, k, k)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    y, cache = F.conv_transpose2d_forward(x, w, b, s, p, op)
+    y_ref, cache_ref = reference(F.conv_transpose2d_forward, x, w, b, s, p, op)
+    close(y, y_ref, dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = F.conv_transpose2d_backward(dy, cache)
+    want = reference(F.conv_transpose2d_backward, dy, cache_ref)
+    for g, r in zip(got, want):
+        assert g.dtype == dtype and g.shape == r.shape
+        close(g, r, dtype)
+
+
+@pytest.mark.parametrize("rows", [(0, 1), (2, 5), (0, 7), (6, 7)])
+def test_row_block_columns_are_the_reference_columns(rows, rng):
+    """im2col_rows copies exactly the reference's columns of rows [r0, r1), batched."""
+    x = rng.standard_normal((3, 2, 13, 11))
+    g = (3, 2, 2, 1, 1, 0, 1, 2, 7, 9)        # KH KW SH SW PH PW DH DW OH OW
+    r0, r1 = rows
+    out = np.full((2 * 3 * 2, 3 * (r1 - r0) * 9), np.nan)
+    im2col_rows(x, g, rows, out)
+    full = im2col_numpy(x, *g)[:, :, r0 * 9:r1 * 9]                # (N, CKK, block)
+    np.testing.assert_array_equal(out.reshape(12, 3, -1), full.transpose(1, 0, 2))
+
+
+def test_row_blocks_of_col2im_add_up_to_the_reference(rng):
+    """col2im_rows over disjoint row blocks sums to the reference col2im of all rows."""
+    g = (3, 3, 2, 2, 1, 1, 1, 1, 6, 5)
+    N, C, H, W = 2, 3, 11, 10
+    cols = rng.standard_normal((N, C * 9, 30))
+    x = np.zeros((N, C, H, W))
+    for r0, r1 in [(0, 2), (2, 3), (3, 6)]:
+        block = np.ascontiguousarray(cols[:, :, r0 * 5:r1 * 5].transpose(1, 0, 2))
+        col2im_rows(block.reshape(C * 9, -1), x, g, (r0, r1))
+    close(x, col2im_numpy(cols, (N, C, H, W), *g), np.float64)
+
+
+def test_threaded_sizes_match_reference(rng):
+    """Big enough for the OpenMP branches (> 131072 elements) of im2col and col2im."""
+    x = rng.standard_normal((2, 8, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    y, cache = F.conv2d_forward(x, w, None, 1, 1)
+    y_ref, cache_ref = reference(F.conv2d_forward, x, w, None, 1, 1)
+    close(y, y_ref, np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    close(F.conv2d_backward(dy, cache)[0], reference(F.conv2d_backward, dy, cache_ref)[0],
+          np.float32)
+
+
+def test_workspace_never_leaks_into_results(rng):
+    """A second call reuses the workspace; the first call's outputs must not change."""
+    x1, x2 = rng.standard_normal((2, 1, 3, 12, 12))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y1, cache1 = F.conv2d_forward(x1, w, None, 1, 1)
+    dx1, dw1, _ = F.conv2d_backward(np.ones_like(y1), cache1)
+    kept = [a.copy() for a in (y1, dx1, dw1)]
+    y2, cache2 = F.conv2d_forward(x2, w, None, 1, 1)
+    F.conv2d_backward(np.ones_like(y2), cache2)
+    for before, after in zip(kept, (y1, dx1, dw1)):
+        np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (1, 1, 3, 5), (2, 2, 5, 2)])
+def test_maxpool_2x2_fast_path_matches_reference(shape, dtype, rng):
+    """Values and indices exactly, with ties, NaN and ceil-mode edge windows."""
+    x = rng.integers(-3, 3, shape).astype(dtype)     # small integers: many ties
+    x.flat[::7] = np.nan
+    for ceil_mode in (False, True):
+        y, idx, _ = F.max_pool2d_forward(x, 2, 2, 0, 1, ceil_mode)
+        y_ref, idx_ref, _ = reference(F.max_pool2d_forward, x, 2, 2, 0, 1, ceil_mode)
+        np.testing.assert_array_equal(idx, idx_ref)
+        np.testing.assert_array_equal(y, y_ref)      # NaN == NaN for assert_array_equal
+
+
+def test_relu_caches_its_output_and_propagates_nan(rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    y, cache = F.relu_forward(x)
+    assert y.dtype == np.float32
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 0 and y[0, 0, 0, 2] == 0
+    np.testing.assert_array_equal(y[~np.isnan(x)], np.where(x > 0, x, 0)[~np.isnan(x)])
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = F.relu_backward(dy, cache)
+    # The gradient passes exactly where x > 0 (not at NaN, 0 or negatives).
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
+    assert dx.dtype == np.float32
