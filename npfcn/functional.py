@@ -163,8 +163,10 @@ def conv2d_backward(dy, cache):
     dy3 = dy.reshape(N, O, OH * OW)
     if _is_pointwise(g, H, W):
         x3 = x.reshape(N, C, H * W)
-        dw = (dy3[0] @ x3[0].T if N == 1
-              else np.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0))
+        # dw^T = x dy^T: OpenBLAS is far faster this way round when O*C is small next
+        # to the pixel count (measured 1.3 ms against 64 ms for 4x36 outputs over 1e5 pixels).
+        dw = (x3[0] @ dy3[0].T if N == 1
+              else np.matmul(x3, dy3.transpose(0, 2, 1)).sum(axis=0)).T
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
     else:
         dw = np.zeros((O, K), dtype=x.dtype)
@@ -173,7 +175,7 @@ def conv2d_backward(dy, cache):
             cols = _workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
             im2col_rows(x, g, (r0, r1), cols)
             dy_block = _batch_rows(dy3, r0 * OW, r1 * OW, "dy")          # (O, N*block)
-            dw += dy_block @ cols.T
+            dw += (cols @ dy_block.T).T       # dw^T = cols dy^T (the fast orientation)
             dcols = _workspace.get("dcols", cols.shape, x.dtype)
             np.matmul(w2.T, dy_block, out=dcols)
             col2im_rows(dcols, dx, g, (r0, r1))
@@ -281,7 +283,7 @@ def conv_transpose2d_backward(dy, cache):
         dcols = _workspace.get("dcols", (OKK, N * (r1 - r0) * W), x.dtype)
         im2col_rows(dy, g, (r0, r1), dcols)                                # (OKK, N*block)
         _matmul_to_rows(w2, dcols, dx, r0 * W, r1 * W)
-        dw += _batch_rows(x3, r0 * W, r1 * W, "x") @ dcols.T
+        dw += (dcols @ _batch_rows(x3, r0 * W, r1 * W, "x").T).T         # as in conv2d
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
 
