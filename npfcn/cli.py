@@ -309,6 +309,10 @@ def gradcheck_case(args):
         distinct = (rng.permutation(n * c * s * s).reshape(n, c, s, s) * 0.01).astype(f64)
         if kind == "maxpool":
             return layers.MaxPool2d(k, stride, args.padding, args.dilation, args.ceil_mode), (distinct,)
+        if stride < k:
+            raise ValueError(f"unpool gradcheck needs --stride >= --kernel-size: overlapping "
+                             f"windows can pick one index twice, and unpooling keeps only one "
+                             f"of the two values (no gradient for the other)")
         pooled, indices = layers.MaxPool2d(k, stride, args.padding, return_indices=True).forward(distinct)
         module = layers.MaxUnpool2d(k, stride, args.padding)
         return module, (rng.standard_normal(pooled.shape), indices, (s, s))

@@ -132,9 +132,23 @@ def build_datasets(config):
         return synthetic_splits(train_size=config.num_train, val_size=config.num_val,
                                 image_size=config.image_size, seed=config.data_seed,
                                 **config.synthetic_options)
-    from .data import open_dataset
+    from .data import FolderDataset, open_dataset
 
-    return open_dataset(config.data, "train"), open_dataset(config.data, "val")
+    train = open_dataset(config.data, "train")
+    if isinstance(train, FolderDataset):
+        # Classes may be inferred from the masks: make the val split agree with train.
+        return train, open_dataset(config.data, "val", num_classes=train.num_classes)
+    return train, open_dataset(config.data, "val")
+
+
+def check_dataset(dataset, what, stream):
+    """Read every item once, so a bad file stops the run before it starts (not hours into
+    it); the loaders raise ValueError/FileNotFoundError naming the file."""
+    bar = ProgressBar(len(dataset), f"checking {len(dataset)} {what} images", stream=stream)
+    for index in range(len(dataset)):
+        dataset[index]
+        bar.update(index + 1, 1)
+    bar.clear()
 
 
 def build_transform(config):
@@ -305,6 +319,9 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(config)
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise ValueError(f"dataset {config.data} has an empty train or val split")
+        if config.data != "synthetic":
+            check_dataset(self.train_set, "training", self.stream)
+            check_dataset(self.val_set, "validation", self.stream)
         self.class_names = list(self.train_set.class_names)
         self.num_classes = len(self.class_names)
         self.transform = build_transform(config)
