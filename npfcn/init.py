@@ -46,8 +46,10 @@ def he_normal(shape, rng, dtype=np.float32):
     through a deep stack of ReLU convolutions (He et al., 2015), which is what
     lets the 15-layer VGG/fc stack train from scratch without batch norm.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     fan_in = int(np.prod(shape[1:]))
-    std = math.sqrt(2.0 / fan_in)
-    out = rng.standard_normal(shape, dtype=np.float32 if np.dtype(dtype) == np.float32 else np.float64)
-    out *= std
-    return out
+    weights = rng.standard_normal(shape, dtype=dtype)     # drawn directly in the target dtype
+    weights *= dtype.type(math.sqrt(2.0 / fan_in))
+    return weights

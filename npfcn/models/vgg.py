@@ -68,22 +68,28 @@ class VGG16Encoder:
     TAPS = ("pool3", "pool4")
 
     def __init__(self, width=1.0, dropout=0.5, dtype=np.float32, init_rng=None, dropout_rng=None):
-        self.convs = {}          # name -> Conv2d, in order
+        self.convs = {}          # name -> Conv2d, in forward order
         self.steps = []          # (name, module) in forward order
         init_rng = np.random.default_rng(init_rng)
-        for name, cin, cout, k, pad in encoder_conv_specs(width):
-            conv = Conv2d(cin, cout, k, padding=pad, dtype=dtype, rng=init_rng)
-            # He normal weights, zero biases (replacing Conv2d's PyTorch-style uniform init).
-            conv.params["weight"][...] = he_normal(conv.params["weight"].shape, init_rng, dtype)
-            conv.params["bias"][...] = 0
-            self.convs[name] = conv
-            self.steps.append((name, conv))
-            suffix = name[len("conv"):] if name.startswith("conv") else name[len("fc"):]
-            self.steps.append((f"relu{suffix}", ReLU()))
-            if name in ("fc6", "fc7"):
-                self.steps.append((f"drop{suffix}", Dropout(dropout, rng=dropout_rng)))
-            if name.startswith("conv") and name.endswith(_LAST_CONV_OF_BLOCK[name[4]]):
-                self.steps.append((f"pool{name[4]}", MaxPool2d(2, 2, ceil_mode=True)))
+        specs = {spec[0]: spec for spec in encoder_conv_specs(width)}
+        for name, _ in VGG16_LAYERS:
+            if name.startswith("pool"):
+                self.steps.append((name, MaxPool2d(2, 2, ceil_mode=True)))
+            else:
+                self._add_conv(specs[name], dtype, init_rng)
+        for name in ("fc6", "fc7"):
+            self._add_conv(specs[name], dtype, init_rng)
+            self.steps.append((f"drop{name[2:]}", Dropout(dropout, rng=dropout_rng)))
+
+    def _add_conv(self, spec, dtype, init_rng):
+        """A convolution with He normal weights and zero biases, then its ReLU."""
+        name, cin, cout, k, pad = spec
+        conv = Conv2d(cin, cout, k, padding=pad, dtype=dtype, rng=init_rng)
+        conv.params["weight"][...] = he_normal(conv.params["weight"].shape, init_rng, dtype)
+        conv.params["bias"][...] = 0
+        self.convs[name] = conv
+        self.steps.append((name, conv))
+        self.steps.append((name.replace("conv", "relu").replace("fc", "relu"), ReLU()))
 
     def modules(self):
         return [module for _, module in self.steps]
@@ -106,6 +112,3 @@ class VGG16Encoder:
             dy = module.backward(dy)
         return dy
 
-
-# Block number -> suffix of its last convolution (pool follows it).
-_LAST_CONV_OF_BLOCK = {"1": "_2", "2": "_2", "3": "_3", "4": "_3", "5": "_3"}
