@@ -13,7 +13,6 @@ from npfcn.init import bilinear_kernel, upsample_filt
 from npfcn.losses import CrossEntropyLoss
 from npfcn.models import (FCN8s, FCN16s, FCN32s, MODEL_NAMES, build_model, count_parameters,
                           parameter_shapes, upsampling_names)
-from npfcn.models.blocks import Upsample
 from npfcn.models.fcn import ARCHITECTURES
 from npfcn.optim import SGD
 
@@ -223,27 +222,6 @@ def test_bilinear_upsampling_reproduces_a_linear_ramp_in_the_interior(kernel, st
     interior = (slice(kernel, -kernel), slice(kernel, -kernel))
     np.testing.assert_allclose(y[0, 0][interior], (2.0 * cy - 3.0 * cx + 1.0)[interior],
                                rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("kernel", ["bilinear", "one channel differs", "off-diagonal", "random"])
-def test_frozen_upsampling_equals_the_full_transposed_convolution(kernel):
-    # The frozen layer takes a per-channel shortcut when the kernel is one filter on the
-    # diagonal; any other kernel must take the general path.  Both must equal the plain op.
-    layer = Upsample(3, 4, 2, learnable=False, dtype=np.float64)
-    w = layer.params["weight"]
-    if kernel == "one channel differs":
-        w[2, 2] *= 2
-    elif kernel == "off-diagonal":
-        w[0, 1, 1, 1] = 0.5
-    elif kernel == "random":
-        w[...] = np.random.default_rng(0).standard_normal(w.shape)
-    x = np.random.default_rng(1).standard_normal((2, 3, 5, 4))
-    expected, cache = F.conv_transpose2d_forward(x, w.copy(), None, 2, 0)
-    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-13, atol=1e-13)
-    dy = np.random.default_rng(2).standard_normal(expected.shape)
-    expected_dx, _, _ = F.conv_transpose2d_backward(dy, cache)
-    np.testing.assert_allclose(layer.backward(dy), expected_dx, rtol=1e-12, atol=1e-12)
-    assert not layer.grads["weight"].any()
 
 
 def test_upsampling_is_frozen_by_default_but_still_passes_the_gradient():
