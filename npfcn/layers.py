@@ -103,8 +103,8 @@ class Conv2d(Module):
         return y
 
     def backward(self, dy):
-        dx, dw, db = F.conv2d_backward(dy, self._take_cache())
-        self._accumulate("weight", dw)
+        # The weight gradient is added straight into grads["weight"] (no temporary).
+        dx, _, db = F.conv2d_backward(dy, self._take_cache(), dw_into=self.grads["weight"])
         if "bias" in self.params:
             self._accumulate("bias", db)
         return dx
@@ -144,8 +144,8 @@ class ConvTranspose2d(Module):
         return y
 
     def backward(self, dy):
-        dx, dw, db = F.conv_transpose2d_backward(dy, self._take_cache())
-        self._accumulate("weight", dw)
+        dx, _, db = F.conv_transpose2d_backward(dy, self._take_cache(),
+                                                dw_into=self.grads["weight"])
         if "bias" in self.params:
             self._accumulate("bias", db)
         return dx

@@ -174,3 +174,37 @@ def test_relu_caches_its_output_and_propagates_nan(rng):
     # The gradient passes exactly where x > 0 (not at NaN, 0 or negatives).
     np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
     assert dx.dtype == np.float32
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, rng):
+    """dw_into receives start + dw (what a layer's grads accumulate), even in column blocks."""
+    x = rng.standard_normal((2, 3, 7, 6))
+    if transposed:
+        w = rng.standard_normal((3, 4, 4, 4))
+        forward, backward = F.conv_transpose2d_forward, F.conv_transpose2d_backward
+        y, cache = forward(x, w, None, 2)
+    else:
+        w = rng.standard_normal((4, 3, 3, 3))
+        forward, backward = F.conv2d_forward, F.conv2d_backward
+        y, cache = forward(x, w, None, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    _, dw, _ = backward(dy, cache)
+    start = rng.standard_normal(w.shape)
+    target = start.copy()
+    _, returned, _ = backward(dy, forward(x, w, None, *((2,) if transposed else (1, 1)))[1],
+                              dw_into=target)
+    assert returned.base is target or returned is target
+    close(target, start + dw, np.float64)
+
+
+def test_big_weight_gradient_in_column_blocks(monkeypatch, rng):
+    """A weight gradient larger than the workspace is summed a block of columns at a time."""
+    monkeypatch.setattr(F, "WORKSPACE_BYTES", 256)
+    x = rng.standard_normal((1, 16, 5, 5))
+    w = rng.standard_normal((40, 16, 3, 3))          # dw: 40 x 144, far more than 256 bytes
+    y, cache = F.conv2d_forward(x, w, None, 1, 0)
+    dy = rng.standard_normal(y.shape)
+    dw = F.conv2d_backward(dy, cache)[1]
+    _, cache_ref = reference(F.conv2d_forward, x, w, None, 1, 0)
+    close(dw, reference(F.conv2d_backward, dy, cache_ref)[1], np.float64)
