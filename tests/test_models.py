@@ -13,6 +13,7 @@ from npfcn.init import bilinear_kernel, upsample_filt
 from npfcn.losses import CrossEntropyLoss
 from npfcn.models import (FCN8s, FCN16s, FCN32s, MODEL_NAMES, build_model, count_parameters,
                           parameter_shapes, upsampling_names)
+from npfcn.models.blocks import Upsample
 from npfcn.models.fcn import ARCHITECTURES
 from npfcn.optim import SGD
 
@@ -222,6 +223,22 @@ def test_bilinear_upsampling_reproduces_a_linear_ramp_in_the_interior(kernel, st
     interior = (slice(kernel, -kernel), slice(kernel, -kernel))
     np.testing.assert_allclose(y[0, 0][interior], (2.0 * cy - 3.0 * cx + 1.0)[interior],
                                rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "random"])
+def test_frozen_upsampling_equals_the_full_transposed_convolution(kernel):
+    # The frozen layer computes d/dx as a plain convolution with the same weight.
+    layer = Upsample(3, 4, 2, learnable=False, dtype=np.float64)
+    w = layer.params["weight"]
+    if kernel == "random":
+        w[...] = np.random.default_rng(0).standard_normal(w.shape)
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 4))
+    expected, cache = F.conv_transpose2d_forward(x, w.copy(), None, 2, 0)
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-13, atol=1e-13)
+    dy = np.random.default_rng(2).standard_normal(expected.shape)
+    expected_dx, _, _ = F.conv_transpose2d_backward(dy, cache)
+    np.testing.assert_allclose(layer.backward(dy), expected_dx, rtol=1e-12, atol=1e-12)
+    assert not layer.grads["weight"].any()
 
 
 def test_upsampling_is_frozen_by_default_but_still_passes_the_gradient():
