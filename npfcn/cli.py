@@ -62,15 +62,30 @@ def add_train_parser(subparsers):
     p.add_argument("--image-size", type=int, help=f"synthetic image side (default {d.image_size})")
     p.add_argument("--output", help=f"runs folder (default {d.output})")
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
+    add_threads_flag(p)
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
                         "OUTPUT/latest); --epochs may extend it")
     p.set_defaults(handler=cmd_train)
 
 
+def add_threads_flag(parser):
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads for BLAS and the C kernel (default: all cores; use 1 when "
+                             "other programs keep the CPU busy)")
+
+
+def apply_threads(args):
+    if getattr(args, "threads", None) is not None:
+        from .sysinfo import set_threads
+
+        set_threads(args.threads)
+
+
 def cmd_train(args):
     from .train import TrainConfig, train
 
+    apply_threads(args)
     given = {TRAIN_FLAGS[k]: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
     if args.resume is not None:
         ignored = sorted(set(given) - {"epochs", "output", "name"})
@@ -100,6 +115,7 @@ def add_eval_parser(subparsers):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("-o", "--output", help="folder for eval.json and confusion.png "
                                           "(default: <run folder>/eval)")
+    add_threads_flag(p)
     p.set_defaults(handler=cmd_eval)
 
 
@@ -110,6 +126,7 @@ def cmd_eval(args):
     from .train import resolve_checkpoint
     from .viz import confusion_matrix_image
 
+    apply_threads(args)
     path = resolve_checkpoint(args.checkpoint)
     checkpoint = load_checkpoint(path)
     model = load_model(checkpoint)
@@ -175,6 +192,7 @@ def add_predict_parser(subparsers):
                    help="checkpoint file or run folder (default runs/latest: its best.npz)")
     p.add_argument("-o", "--output", default="predictions", help="output folder (default predictions)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    add_threads_flag(p)
     p.set_defaults(handler=cmd_predict)
 
 
@@ -182,6 +200,7 @@ def cmd_predict(args):
     from .predict import predict_files
     from .train import resolve_checkpoint
 
+    apply_threads(args)
     path = resolve_checkpoint(args.checkpoint)
     for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha):
         print(f"{source} -> {mask_path}, {overlay_path}")

@@ -16,6 +16,8 @@ from . import __version__, backend
 # (numpy's wheels ship "scipy_openblas" with 64-bit integer symbols).
 _THREAD_SYMBOLS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads_64_",
                    "openblas_get_num_threads64_", "openblas_get_num_threads")
+_SET_THREAD_SYMBOLS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_",
+                       "openblas_set_num_threads64_", "openblas_set_num_threads")
 
 
 def blas_info():
@@ -28,8 +30,8 @@ def blas_info():
         return {"name": "unknown", "version": "unknown"}
 
 
-def blas_threads():
-    """Threads the loaded OpenBLAS uses, or None when that cannot be asked."""
+def _blas_function(symbols):
+    """The first of ``symbols`` exported by a loaded BLAS library, or None."""
     for library in _loaded_libraries():
         if "blas" not in os.path.basename(library).lower():
             continue
@@ -37,12 +39,38 @@ def blas_threads():
             handle = ctypes.CDLL(library)
         except OSError:
             continue
-        for symbol in _THREAD_SYMBOLS:
+        for symbol in symbols:
             function = getattr(handle, symbol, None)
             if function is not None:
-                function.restype = ctypes.c_int
-                return int(function())
+                return function
     return None
+
+
+def blas_threads():
+    """Threads the loaded OpenBLAS uses, or None when that cannot be asked."""
+    function = _blas_function(_THREAD_SYMBOLS)
+    if function is None:
+        return None
+    function.restype = ctypes.c_int
+    return int(function())
+
+
+def set_threads(count):
+    """Use ``count`` threads in BLAS and in the C kernel (OpenMP) from now on.
+
+    Setting the environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS) only works
+    before numpy is imported; this works at any time.  Fewer threads than cores
+    help when other programs share the CPU: busy-waiting threads that cannot
+    get a core slow everything down.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"thread count must be a positive integer, got {count!r}")
+    function = _blas_function(_SET_THREAD_SYMBOLS)
+    if function is not None:
+        function.argtypes = [ctypes.c_int]
+        function(count)
+    if backend.active() == "c":
+        backend.kernels()[1].npfcn_set_num_threads(count)
 
 
 def _loaded_libraries():
