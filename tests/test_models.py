@@ -181,6 +181,38 @@ def test_crop_offsets_are_the_coordinate_map_offsets(name):
     assert final.offset == {"fcn8s": 31, "fcn16s": 27, "fcn32s": 19}[name]
 
 
+def _mirror_symmetric(model):
+    """Make every kernel symmetric under left-right and up-down flips."""
+    for p in model.params.values():
+        if p.ndim == 4:
+            p[...] = (p + p[:, :, ::-1] + p[:, :, :, ::-1] + p[:, :, ::-1, ::-1]) / 4
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_offsets_make_the_net_flip_equivariant_where_the_geometry_is_symmetric(name):
+    # For H, W = 32m - 198 every pool tiles its input exactly and each crop offset
+    # leaves equal margins on both sides (e.g. FCN-8s at 26: score_pool4 is 14 wide,
+    # cropped 5 + 4 + 5; upscore8 is 88 wide, cropped 31 + 26 + 31).  With mirror-
+    # symmetric kernels the net must then commute with flips; an offset one pixel
+    # off breaks that, which the second half of the test demonstrates.
+    model = build_model(name, num_classes=2, width=TINY, dtype=np.float64, dropout=0.0)
+    randomise(model, np.random.default_rng(0))
+    _mirror_symmetric(model)
+    x = np.random.default_rng(1).standard_normal((1, 3, 26, 58))
+    scores = model.forward(x)
+    np.testing.assert_allclose(model.forward(x[:, :, :, ::-1].copy()), scores[:, :, :, ::-1],
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.forward(x[:, :, ::-1].copy()), scores[:, :, ::-1],
+                               rtol=1e-10, atol=1e-12)
+    for crop in [model._final_crop, *model._skip_crops.values()]:
+        right = crop.offset
+        crop.offset = (right[0] - 1, right[1] - 1)
+        shifted = model.forward(x)
+        assert not np.allclose(model.forward(x[:, :, :, ::-1].copy()), shifted[:, :, :, ::-1],
+                               rtol=1e-6, atol=1e-9)
+        crop.offset = right
+
+
 def test_crops_start_at_the_offset_not_the_centre():
     # An impulse at input pixel (0, 0) through FCN-32s with identity-like weights would be
     # hard to build; instead check the final crop directly on the upsampled scores.
