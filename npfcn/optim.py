@@ -105,6 +105,9 @@ class Optimizer:
         self.steps = steps
 
 
+_UPDATE_BLOCK = 1 << 18   # elements per block of an in-place update (1 MiB of float32)
+
+
 class SGD(Optimizer):
     """SGD with momentum and L2 weight decay (PyTorch's rule, dampening 0, no Nesterov).
 
@@ -124,14 +127,26 @@ class SGD(Optimizer):
 
     def _update(self, name, param, grad):
         dtype = param.dtype.type
-        if self.weight_decay and decays(name):
-            grad = grad + dtype(self.weight_decay) * param
-        if self.momentum:
-            velocity = self.state["momentum_buffer"][name]
-            velocity *= dtype(self.momentum)
-            velocity += grad
-            grad = velocity
-        param -= dtype(self.lr) * grad
+        decay = self.weight_decay if decays(name) else 0.0
+        velocity = self.state["momentum_buffer"][name] if self.momentum else None
+        if param.flags.c_contiguous and grad.flags.c_contiguous:   # flat views, not copies
+            param, grad = param.reshape(-1), grad.reshape(-1)
+            velocity = None if velocity is None else velocity.reshape(-1)
+        # A block of elements at a time (same arithmetic, element by element): the
+        # temporaries stay in cache instead of being fresh arrays the size of the
+        # parameter (fc6's are 411 MB each, and their page faults dominated the step).
+        step = _UPDATE_BLOCK if param.ndim == 1 else max(1, len(param))
+        for start in range(0, max(1, len(param)), step):
+            block = slice(start, start + step)
+            g = grad[block]
+            if decay:
+                g = g + dtype(decay) * param[block]
+            if velocity is not None:
+                v = velocity[block]
+                v *= dtype(self.momentum)
+                v += g
+                g = v
+            param[block] -= dtype(self.lr) * g
 
 
 class Adam(Optimizer):
