@@ -16,8 +16,12 @@
 * Ctrl-C (SIGINT) in the middle of an epoch saves the position inside the
   epoch, and the resumed run again matches the uninterrupted one bit for bit.
 
-The kill loop runs 8 kills by default (about a minute on two busy cores);
-``NPFCN_SLOW=1`` runs 20.
+* A soak (slow tier, ``NPFCN_SLOW=1``): 300 training steps of a tiny FCN-8s
+  through ``benchmarks/soak.py``; peak RSS early and late agree within 3 %, and
+  a planted leak of 64 KiB per step is reported as a failure.
+
+The kill loop runs 8 kills by default (under half a minute); ``NPFCN_SLOW=1``
+runs 20 and the soak.
 """
 import hashlib
 import json
@@ -373,3 +377,29 @@ def test_ctrl_c_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path,
     process = npfcn_train(str(tmp_path), name, resume=str(run_dir))
     assert process.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
     assert_same_training_state(final_state(run_dir, epochs=3), uninterrupted_long_epochs)
+
+
+# --- soak ---------------------------------------------------------------------------------------
+
+SOAK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                    "soak.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="soak test (slow tier): set NPFCN_SLOW=1")
+def test_soak_peak_rss_early_and_late_agree(tmp_path):
+    """300 training steps: peak RSS of steps 60-120 and 240-300 within 3 %; and the same
+    script does report a planted leak of 64 KiB per step (about 19 MiB in all)."""
+    clean = subprocess.run([sys.executable, SOAK, "--steps", "300", "--output", str(tmp_path / "clean")],
+                           capture_output=True, text=True, env=ENV, timeout=900)
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
+    result = json.loads((tmp_path / "clean" / "soak.json").read_text())
+    print(f"\nsoak: peak RSS {result['early_peak_rss_mib']} MiB early, "
+          f"{result['late_peak_rss_mib']} MiB late ({result['growth']:+.2%})")
+    assert result["growth"] <= 0.03 and (tmp_path / "clean" / "soak.png").exists()
+
+    leaky = subprocess.run([sys.executable, SOAK, "--steps", "300", "--plant-leak", "64",
+                            "--output", str(tmp_path / "leaky")],
+                           capture_output=True, text=True, env=ENV, timeout=900)
+    assert leaky.returncode == 1, leaky.stdout + leaky.stderr[-2000:]
+    assert json.loads((tmp_path / "leaky" / "soak.json").read_text())["growth"] > 0.03
