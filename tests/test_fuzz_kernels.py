@@ -196,6 +196,27 @@ def naive_im2col(x, kernel, stride, padding, dilation, out):
 
 # --- layers ---------------------------------------------------------------------------
 
+class workspace_of:
+    """Temporarily shrink ``functional.WORKSPACE_BYTES`` (if the module has one) so that
+    the C path builds its columns a block of grid rows at a time: blocks after the first
+    reach C with a negative top padding, a case tiny shapes would never produce."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __enter__(self):
+        self.previous = getattr(F, "WORKSPACE_BYTES", None)
+        if self.size and self.previous is not None:
+            F.WORKSPACE_BYTES = self.size
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            F.WORKSPACE_BYTES = self.previous
+
+
+workspaces = st.sampled_from([0, 1, 300])   # 0: the default; 1: one grid row per block
+
+
 def _run_layer(layer, x, dy_seed):
     """forward, then backward with a seeded upstream gradient; returns y, dx, grads."""
     layer.zero_grad()
@@ -207,13 +228,16 @@ def _run_layer(layer, x, dy_seed):
 
 @examples(80)
 @given(h=conv_axis(), w=conv_axis(), n=st.integers(1, 3), c=st.integers(1, 3),
-       o=st.integers(1, 3), bias=st.booleans(), dtype=dtypes, layout=layouts, seed=seeds)
-def test_conv2d_matches_the_reference(h, w, n, c, o, bias, dtype, layout, seed):
+       o=st.integers(1, 3), bias=st.booleans(), dtype=dtypes, layout=layouts, seed=seeds,
+       workspace=workspaces)
+def test_conv2d_matches_the_reference(h, w, n, c, o, bias, dtype, layout, seed, workspace):
     _RUN["test_conv2d_matches_the_reference"] += 1
     (H, kh, sh, ph, dh), (W, kw, sw, pw, dw) = h, w
     layer = Conv2d(c, o, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias=bias, dtype=dtype, rng=seed)
     x = with_layout(values(np.random.default_rng(seed), (n, c, H, W), dtype), layout)
-    (y, dy, dx, grads), (y_r, _, dx_r, grads_r) = both_backends(lambda: _run_layer(layer, x, seed + 1))
+    with workspace_of(workspace):
+        (y, dy, dx, grads), (y_r, _, dx_r, grads_r) = both_backends(
+            lambda: _run_layer(layer, x, seed + 1))
     OH, OW = y_r.shape[2:]
     assert y.shape == (n, o, OH, OW) and dx.shape == x.shape
 
@@ -245,8 +269,10 @@ def transposed_axis(draw, max_image=6):
 
 @examples(80)
 @given(h=transposed_axis(), w=transposed_axis(), same=st.booleans(), n=st.integers(1, 3),
-       c=st.integers(1, 3), o=st.integers(1, 3), dtype=dtypes, layout=layouts, seed=seeds)
-def test_conv_transpose2d_matches_the_reference(h, w, same, n, c, o, dtype, layout, seed):
+       c=st.integers(1, 3), o=st.integers(1, 3), dtype=dtypes, layout=layouts, seed=seeds,
+       workspace=workspaces)
+def test_conv_transpose2d_matches_the_reference(h, w, same, n, c, o, dtype, layout, seed,
+                                                workspace):
     _RUN["test_conv_transpose2d_matches_the_reference"] += 1
     (H, kh, sh, ph, oph, dh), (W, kw, sw, pw, opw, dw) = h, w
     geometry = dict(kernel_size=(kh, kw), stride=(sh, sw), dilation=(dh, dw),
@@ -254,7 +280,9 @@ def test_conv_transpose2d_matches_the_reference(h, w, same, n, c, o, dtype, layo
                     output_padding=(0, 0) if same else (oph, opw))
     layer = ConvTranspose2d(c, o, dtype=dtype, rng=seed, **geometry)
     x = with_layout(values(np.random.default_rng(seed), (n, c, H, W), dtype), layout)
-    (y, dy, dx, grads), (y_r, _, dx_r, grads_r) = both_backends(lambda: _run_layer(layer, x, seed + 1))
+    with workspace_of(workspace):
+        (y, dy, dx, grads), (y_r, _, dx_r, grads_r) = both_backends(
+            lambda: _run_layer(layer, x, seed + 1))
     if same:
         assert y.shape[2:] == (H * sh, W * sw)
 
