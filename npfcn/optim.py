@@ -108,6 +108,22 @@ class Optimizer:
 _UPDATE_BLOCK = 1 << 18   # elements per block of an in-place update (1 MiB of float32)
 
 
+def _blocks(*arrays):
+    """Matching flat slices of same-shaped arrays, ``_UPDATE_BLOCK`` elements at a time.
+
+    The updates below work block by block (same arithmetic, element by element)
+    so that their temporaries stay in cache instead of being fresh arrays the
+    size of the parameter (fc6's are 411 MB each; their page faults dominated the
+    step).  The slices are views: writing into them updates the arrays.
+    """
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield arrays                      # cannot be flattened without copying: one block
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, flat[0].size, _UPDATE_BLOCK):
+        yield tuple(a[start:start + _UPDATE_BLOCK] for a in flat)
+
+
 class SGD(Optimizer):
     """SGD with momentum and L2 weight decay (PyTorch's rule, dampening 0, no Nesterov).
 
@@ -127,26 +143,18 @@ class SGD(Optimizer):
 
     def _update(self, name, param, grad):
         dtype = param.dtype.type
-        decay = self.weight_decay if decays(name) else 0.0
-        velocity = self.state["momentum_buffer"][name] if self.momentum else None
-        if param.flags.c_contiguous and grad.flags.c_contiguous:   # flat views, not copies
-            param, grad = param.reshape(-1), grad.reshape(-1)
-            velocity = None if velocity is None else velocity.reshape(-1)
-        # A block of elements at a time (same arithmetic, element by element): the
-        # temporaries stay in cache instead of being fresh arrays the size of the
-        # parameter (fc6's are 411 MB each, and their page faults dominated the step).
-        step = _UPDATE_BLOCK if param.ndim == 1 else max(1, len(param))
-        for start in range(0, max(1, len(param)), step):
-            block = slice(start, start + step)
-            g = grad[block]
+        lr, momentum = dtype(self.lr), dtype(self.momentum)
+        decay = dtype(self.weight_decay if decays(name) else 0.0)
+        arrays = (param, grad) + ((self.state["momentum_buffer"][name],) if self.momentum else ())
+        for p, g, *velocity in _blocks(*arrays):
             if decay:
-                g = g + dtype(decay) * param[block]
-            if velocity is not None:
-                v = velocity[block]
-                v *= dtype(self.momentum)
+                g = g + decay * p             # a block-sized temporary; grad stays as it is
+            if velocity:
+                v = velocity[0]
+                v *= momentum
                 v += g
                 g = v
-            param[block] -= dtype(self.lr) * g
+            p -= lr * g
 
 
 class Adam(Optimizer):
@@ -176,19 +184,22 @@ class Adam(Optimizer):
 
     def _update(self, name, param, grad):
         dtype = param.dtype.type
-        if self.weight_decay and decays(name):
-            grad = grad + dtype(self.weight_decay) * param
-        m, v = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
-        m *= dtype(self.beta1)
-        m += dtype(1 - self.beta1) * grad
-        v *= dtype(self.beta2)
-        v += dtype(1 - self.beta2) * np.square(grad)
-        correction1 = 1 - self.beta1 ** self.steps
-        correction2 = 1 - self.beta2 ** self.steps
-        denominator = np.sqrt(v)
-        denominator /= dtype(math.sqrt(correction2))
-        denominator += dtype(self.eps)
-        param -= dtype(self.lr / correction1) * (m / denominator)
+        decay = dtype(self.weight_decay if decays(name) else 0.0)
+        beta1, beta2, eps = dtype(self.beta1), dtype(self.beta2), dtype(self.eps)
+        step_size = dtype(self.lr / (1 - self.beta1 ** self.steps))
+        root_correction2 = dtype(math.sqrt(1 - self.beta2 ** self.steps))
+        exp_avg, exp_avg_sq = self.state["exp_avg"][name], self.state["exp_avg_sq"][name]
+        for p, g, m, v in _blocks(param, grad, exp_avg, exp_avg_sq):
+            if decay:
+                g = g + decay * p
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * np.square(g)
+            denominator = np.sqrt(v)
+            denominator /= root_correction2
+            denominator += eps
+            p -= step_size * (m / denominator)
 
 
 def constant_lr(base_lr):

@@ -225,3 +225,30 @@ def test_schedules():
                 lambda: poly(-1), lambda: constant_lr(float("inf"))):
         with pytest.raises(ValueError):
             bad()
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda m: SGD(m, lr=0.1, momentum=0.0, weight_decay=1e-2),
+    lambda m: Adam(m, lr=0.1, weight_decay=1e-2),
+])
+def test_blockwise_update_equals_the_whole_array_update(make, monkeypatch):
+    # Big parameters are updated a block of elements at a time; with blocks of 4
+    # elements (a 6-element weight spans two, the last one partial) nothing may change.
+    import npfcn.optim as optim
+    rng = np.random.default_rng(5)
+    grads = [{k: rng.standard_normal(v.shape) for k, v in TinyModel().params.items()}
+             for _ in range(3)]
+    results = []
+    for block in (1 << 18, 4):
+        monkeypatch.setattr(optim, "_UPDATE_BLOCK", block)
+        model = TinyModel()
+        opt = make(model)
+        for g in grads:
+            for k, v in g.items():
+                model.grads[k][...] = v
+            opt.step()
+            np.testing.assert_array_equal(model.grads["a.weight"], g["a.weight"])  # untouched
+        results.append(model.params)
+    for k in results[0]:
+        np.testing.assert_array_equal(results[0][k], results[1][k])
