@@ -27,7 +27,7 @@ import numpy as np
 from .._checks import as_float_tensor
 from ..layers import Conv2d, Crop, _as_dtype
 from .blocks import Scale, Upsample
-from .vgg import VGG16Encoder, check_width, encoder_conv_specs, scaled_channels
+from .vgg import FC_CHANNELS, VGG16Encoder, check_width, encoder_conv_specs, scaled_channels
 
 MODEL_NAMES = ("fcn8s", "fcn16s", "fcn32s")
 
@@ -165,6 +165,8 @@ class FCN:
 
     def __init__(self, num_classes=21, width=1.0, dtype=np.float32, learn_upsampling=False,
                  scale_skips=False, dropout=0.5, seed=0):
+        if self.ARCH is None:
+            raise TypeError("FCN is the base class; build FCN8s, FCN16s or FCN32s (or build_model)")
         self.num_classes = _check_num_classes(num_classes)
         self.width = check_width(width)
         self.dtype = _as_dtype(dtype)
@@ -181,7 +183,7 @@ class FCN:
         self._skips, self._final = ARCHITECTURES[self.ARCH]
         self.encoder = VGG16Encoder(self.width, self.dropout, self.dtype, init_rng, self.rng)
         classes = self.num_classes
-        fc_channels = scaled_channels(4096, self.width)
+        fc_channels = scaled_channels(FC_CHANNELS, self.width)
         layers = dict(self.encoder.convs)
         layers["score_fr"] = _zero_conv(fc_channels, classes, self.dtype)
         self._skip_scales = {}
@@ -228,6 +230,8 @@ class FCN:
         x = as_float_tensor(x, "model input", ndim=4, dtype=self.dtype)
         if x.shape[1] != 3:
             raise ValueError(f"model input must have 3 channels (N, 3, H, W), got shape {x.shape}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"model input must be at least 1x1 pixels, got shape {x.shape}")
         layers = self._layers
         taps = self.encoder.forward(x)
         score = layers["score_fr"].forward(taps["fc7"])
