@@ -55,8 +55,9 @@ def _check_hist(hist):
     hist = np.asarray(hist)
     if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
         raise ValueError(f"confusion matrix must be square (K, K), got shape {hist.shape}")
-    if hist.dtype.kind not in "iuf" or (hist.size and hist.min() < 0):
-        raise ValueError("confusion matrix must hold non-negative counts")
+    if hist.dtype.kind not in "iuf" or (hist.size and not (np.all(np.isfinite(hist))
+                                                          and hist.min() >= 0)):
+        raise ValueError("confusion matrix must hold non-negative counts (no NaN or inf)")
     return hist.astype(np.float64)
 
 
