@@ -137,7 +137,7 @@ def cmd_eval(args):
     class_names = meta.get("class_names") or list(dataset.class_names)
     if len(dataset.class_names) != model.num_classes:
         raise ValueError(f"{path} predicts {model.num_classes} classes but the dataset "
-                         f"{args.data or trained.get('data')} has {len(dataset.class_names)}")
+                         f"{args.data or trained.get('data', 'synthetic')} has {len(dataset.class_names)}")
     batch_size = args.batch_size if (args.data or trained.get("data", "synthetic")) == "synthetic" else 1
     bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
     result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
@@ -311,8 +311,9 @@ def gradcheck_case(args):
     x = rng.standard_normal((n, c, s, s))
     kind = args.layer
     if kind in ("conv2d", "conv_transpose2d"):
-        k = args.kernel_size or 3
-        stride = args.stride or 1
+        # "is None", not "or": an explicit --stride 0 must reach the layer's check.
+        k = 3 if args.kernel_size is None else args.kernel_size
+        stride = 1 if args.stride is None else args.stride
         if kind == "conv2d":
             module = layers.Conv2d(c, c + 1, k, stride, args.padding, args.dilation,
                                    dtype=f64, rng=args.seed)
@@ -321,8 +322,8 @@ def gradcheck_case(args):
                                             args.dilation, dtype=f64, rng=args.seed)
         return module, (x,)
     if kind in ("maxpool", "unpool"):
-        k = args.kernel_size or 2
-        stride = args.stride or k
+        k = 2 if args.kernel_size is None else args.kernel_size
+        stride = k if args.stride is None else args.stride
         # Distinct values at least 0.01 apart: a tie (or a near tie closer than the
         # finite-difference step) would make the numerical gradient meaningless.
         distinct = (rng.permutation(n * c * s * s).reshape(n, c, s, s) * 0.01).astype(f64)
@@ -417,7 +418,14 @@ def main(argv=None):
     from .train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
-    args = parser.parse_args(argv)          # usage errors: argparse prints them and exits 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # argparse's REMAINDER does not take a leading option ("bench --full" was an
+        # "unrecognized arguments" error), so bench's arguments bypass this parser.
+        args = parser.parse_args(["bench"])
+        args.bench_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)      # usage errors: argparse prints them and exits 2
     try:
         return args.handler(args)
     except TrainingInterrupted as exc:
