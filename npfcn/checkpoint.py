@@ -234,6 +234,7 @@ def load_checkpoint(path):
             raise CheckpointError(f"{path}: weight {name!r} has non-float dtype {value.dtype}")
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: weight {name!r} contains NaN or inf")
+    _check_config_fits_weights(path, document, model_state)
     optimizer_state = document.pop("optimizer", None)
     if optimizer_state is not None:
         try:
@@ -244,6 +245,38 @@ def load_checkpoint(path):
         document.pop(key, None)
     return Checkpoint(path=path, model_state=model_state, optimizer_state=optimizer_state,
                       meta=document)
+
+
+def _check_config_fits_weights(path, document, model_state):
+    """The recorded architecture must be the one the (checksummed) arrays describe.
+
+    The metadata is not covered by the checksum, and models are rebuilt from it
+    (``load_model``, resuming a run): a corrupted width or class count would
+    otherwise have a model built - terabytes for a width of 64 - before the
+    shapes are compared.  ``parameter_shapes`` computes shapes without allocating.
+    """
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    model_config = config.get("model")
+    if not isinstance(model_config, dict) or "model" not in model_config:
+        return
+    from .models import parameter_shapes
+
+    try:
+        expected = parameter_shapes(model_config["model"], model_config.get("num_classes", 21),
+                                    model_config.get("width", 1.0))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: the recorded model {model_config} is invalid ({exc})") from exc
+    stored = {name: tuple(value.shape) for name, value in model_state.items()}
+    if {name: tuple(shape) for name, shape in expected.items()} != stored:
+        raise CheckpointError(f"{path}: the recorded model ({_describe(model_config)}) does not "
+                              "match the stored weights (corrupted metadata?)")
+    train = config.get("train")
+    if isinstance(train, dict):
+        for key in ("model", "width"):
+            if key in train and train[key] != model_config.get(key):
+                raise CheckpointError(f"{path}: the training settings say {key} {train[key]!r} "
+                                      f"but the model is {model_config.get(key)!r} "
+                                      "(corrupted metadata?)")
 
 
 def _read_arrays(path):
