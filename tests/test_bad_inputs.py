@@ -354,6 +354,15 @@ def _(f):
     load_checkpoint(f.path("plain.npz"))
 @row("checkpoint-nan-weights", CheckpointError, "NaN or inf")
 def _(f): load_checkpoint(f.nan_checkpoint())
+@row("checkpoint-corrupted-metadata", CheckpointError, "corrupted metadata")
+def _(f):
+    with np.load(f.checkpoint()) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes())
+    meta["config"]["model"]["num_classes"] = 7        # the JSON is outside the checksum
+    np.savez(f.path("edited.npz"), **arrays,
+             __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    load_model(f.path("edited.npz"))
 @row("checkpoint-other-class-count", CheckpointError, "different model")
 def _(f): load_into(f.checkpoint(num_classes=5), build_model("fcn32s", num_classes=3, **TINY))
 @row("checkpoint-other-architecture", CheckpointError, "different model")

@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -177,6 +177,41 @@ def test_a_newer_format_version_is_refused(tmp_path):
                                         "config": {"model": model.config}})
     with pytest.raises(CheckpointError, match="version 2"):
         load_checkpoint(path)
+
+
+def tampered_metadata(tmp_path, change):
+    """A good checkpoint whose JSON metadata (outside the checksum) was edited by ``change``."""
+    model = tiny_model()
+    good = save_checkpoint(tmp_path / "good.npz", model,
+                           meta={"config": {"train": {"model": "fcn32s", "width": 0.015625}}})
+    arrays = raw_arrays(good)
+    document = json.loads(arrays.pop("__meta__").tobytes())
+    change(document["config"])
+    path = tmp_path / "tampered.npz"
+    np.savez(path, **arrays, __meta__=np.frombuffer(json.dumps(document).encode(), np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["model"].update(width=0.25),          # 16x the weights: tens of MB if built
+    lambda c: c["model"].update(num_classes=40),
+    lambda c: c["model"].update(model="fcn8s"),
+    lambda c: c["model"].update(width=-1),
+    lambda c: c["train"].update(width=0.25),          # what a resumed run would build
+], ids=["width", "num_classes", "architecture", "negative-width", "training-width"])
+def test_corrupted_metadata_is_refused_before_any_model_is_built(tmp_path, change):
+    """The metadata is not checksummed, and models are rebuilt from it: the recorded
+    architecture is checked against the stored arrays first.  (A corrupted width of 64
+    once had load_model allocate 22 GB.)  tracemalloc shows nothing model-sized is made."""
+    path = tampered_metadata(tmp_path, change)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="corrupted metadata|invalid"):
+            load_model(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2 ** 20, f"{peak} bytes allocated before the refusal"
 
 
 # --- a refused load changes nothing -----------------------------------------------------------
