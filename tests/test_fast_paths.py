@@ -52,6 +52,8 @@ CONV_CASES = [
     (2, 5, 4, 6, 6, 1, 1, 0, 1),          # pointwise: no im2col at all
     (1, 6, 3, 5, 5, 1, 2, 0, 1),          # 1x1 but strided: im2col
     (2, 3, 4, 4, 4, 7, 1, 3, 1),          # kernel larger than the image, padded
+    (1, 3, 16, 12, 12, 3, 1, 1, 1),       # >= 16 channels, many pixels: transposed GEMM
+    (2, 4, 20, 9, 9, 3, 1, 1, 1),         # the same, batched
 ]
 
 
