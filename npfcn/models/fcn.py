@@ -19,6 +19,7 @@ bilinear interpolation and, as in the reference (``lr_mult: 0``), frozen
 unless ``learn_upsampling=True``.  The score layers start at zero, as in the
 reference; training still starts because their weight gradients are not zero.
 """
+import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
@@ -110,6 +111,28 @@ def count_parameters(model="fcn8s", num_classes=21, width=1.0):
     return learned, fixed
 
 
+def physical_memory_bytes():
+    """This machine's RAM in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits_in_memory(model, num_classes, width, dtype):
+    """Refuse, before allocating anything, a model whose weights and gradients alone
+    exceed the machine's RAM (a width of 64, or 100000 classes with their C x C
+    upsampling kernels, would otherwise allocate until the OOM killer strikes)."""
+    learned, fixed = count_parameters(model, num_classes, width)
+    needed = 2 * (learned + fixed) * np.dtype(dtype).itemsize
+    available = physical_memory_bytes()
+    if available and needed > available:
+        raise ValueError(
+            f"{model} with {num_classes} classes and width {width:g} has {learned + fixed:,} "
+            f"parameters: {needed >> 30:,} GiB for weights and gradients, more than this "
+            f"machine's {available >> 30:,} GiB of memory")
+
+
 class _NamedArrays(MutableMapping):
     """``{"layer.key": array}`` over the layers' own dicts (``params`` or ``grads``).
 
@@ -174,6 +197,7 @@ class FCN:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.learn_upsampling, self.scale_skips = bool(learn_upsampling), bool(scale_skips)
+        check_fits_in_memory(self.ARCH, self.num_classes, self.width, self.dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
