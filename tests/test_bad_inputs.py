@@ -52,8 +52,16 @@ def cli_row(row_id, code, keyword):
 class Files:
     """Files a row needs, made on demand in the test's temporary folder."""
 
-    def __init__(self, root):
+    def __init__(self, root, monkeypatch):
         self.root = root
+        self.monkeypatch = monkeypatch
+
+    def pretend_memory(self, nbytes):
+        """Make the model builder believe the machine has ``nbytes`` of RAM, so the refusal
+        of models too large for memory is tested with small ones (were the check missing,
+        the real thing would allocate until the OOM killer struck)."""
+        import npfcn.models.fcn
+        self.monkeypatch.setattr(npfcn.models.fcn, "physical_memory_bytes", lambda: nbytes)
 
     def path(self, name):
         return str(self.root / name)
@@ -152,7 +160,7 @@ class Files:
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)      # CLI defaults (runs/, predictions/) land here
-    return Files(tmp_path)
+    return Files(tmp_path, monkeypatch)
 
 
 def x(shape=(1, 3, 8, 8), dtype=F32):
@@ -258,6 +266,10 @@ def _(f): build_model("fcn8s", num_classes=3, **TINY).forward(x(dtype=np.float16
 def _(f): build_model("fcn8s", num_classes=3, **TINY).forward(x(dtype=object))
 @row("model-empty-image", ValueError, "at least 1x1")
 def _(f): build_model("fcn8s", num_classes=3, **TINY).forward(x((1, 3, 0, 8)))
+@row("model-weights-exceed-memory", ValueError, "GiB")
+def _(f):
+    f.pretend_memory(2 ** 20)
+    build_model("fcn8s", num_classes=3, width=0.25)
 @row("model-unknown-architecture", ValueError, "unknown model")
 def _(f): build_model("fcn4s", num_classes=3, **TINY)
 @row("model-zero-classes", ValueError, "num_classes")
@@ -401,6 +413,10 @@ def _(f): return ["train", "--speed", "11"]
 def _(f): return ["train", "--lr", "-1"]
 @cli_row("cli-train-zero-epochs", 1, "epochs")
 def _(f): return ["train", "--epochs", "0"]
+@cli_row("cli-train-model-exceeds-memory", 1, "GiB")
+def _(f):
+    f.pretend_memory(2 ** 20)
+    return ["train", "--width", "0.25"]
 @cli_row("cli-train-empty-dataset-folder", 1, "no images")
 def _(f): return ["train", "--data", f.folder_dataset("empty")]
 @cli_row("cli-train-image-without-mask", 1, "has no mask")
