@@ -114,11 +114,8 @@ def im2col_rows(x, g, rows, out):
     tuple of the whole grid; out: C-contiguous (C*KH*KW, N*(r1-r0)*OW) of x's dtype.
     Returns ``out``.
     """
-    N, C, H, W = x.shape
-    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
-    r0, r1 = rows
+    N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, r0, r1 = _check_rows(x, out, g, rows)
     block = (r1 - r0) * ow
-    assert out.shape == (C * kh * kw, N * block) and out.dtype == x.dtype
     if backend.active() == "c":
         _, lib = backend.kernels()
         fn = lib.im2col_strided_f32 if x.dtype == np.float32 else lib.im2col_strided_f64
@@ -137,11 +134,8 @@ def col2im_rows(cols, x, g, rows):
 
     cols: C-contiguous (C*KH*KW, N*(r1-r0)*OW); x: C-contiguous (N, C, H, W).
     """
-    N, C, H, W = x.shape
-    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
-    r0, r1 = rows
+    N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, r0, r1 = _check_rows(x, cols, g, rows)
     block = (r1 - r0) * ow
-    assert cols.shape == (C * kh * kw, N * block) and cols.dtype == x.dtype
     if backend.active() == "c":
         _, lib = backend.kernels()
         fn = lib.col2im_strided_f32 if x.dtype == np.float32 else lib.col2im_strided_f64
@@ -152,6 +146,30 @@ def col2im_rows(cols, x, g, rows):
     full[:, :, r0 * ow:r1 * ow] = cols.reshape(C * kh * kw, N, block).transpose(1, 0, 2)
     x += col2im_numpy(full, x.shape, *g)
     return x
+
+
+def _check_rows(x, cols, g, rows):
+    """Check what the row-block kernels rely on; returns (N, C, H, W, *g, r0, r1).
+
+    Explicit checks, not ``assert``: asserts vanish under ``python -O``, and a
+    buffer of the wrong size would then be written out of bounds by C.
+    """
+    for name, a in (("x", x), ("cols", cols)):
+        if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+                and a.flags.c_contiguous):
+            raise ValueError(f"{name} must be a C-contiguous float32/float64 ndarray")
+    if x.ndim != 4 or cols.dtype != x.dtype:
+        raise ValueError(f"x must be (N, C, H, W) and cols of its dtype, got {x.shape} {x.dtype} "
+                         f"and {cols.dtype}")
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(*(tuple(g[i:i + 2]) for i in range(0, 10, 2)))
+    check_extent((H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), "im2col rows")
+    r0, r1 = (int(r) for r in rows)
+    if not 0 <= r0 < r1 <= oh:
+        raise ValueError(f"grid rows {rows} are not a block of the {oh} rows of the grid")
+    if cols.shape != (C * kh * kw, N * (r1 - r0) * ow):
+        raise ValueError(f"cols has shape {cols.shape}, expected {(C * kh * kw, N * (r1 - r0) * ow)}")
+    return N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, r0, r1
 
 
 def conv_output_size(in_size, kernel_size, stride=1, padding=0, dilation=1, ceil_mode=False):
