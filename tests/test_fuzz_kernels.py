@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from npfcn import backend, pooling
 from npfcn import functional as F
-from npfcn.im2col import col2im, conv_output_size, im2col
+from npfcn.im2col import col2im, col2im_rows, conv_output_size, im2col, im2col_rows
 from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
@@ -387,6 +387,7 @@ def _x(dtype=np.float64, shape=(1, 2, 5, 5)):
 
 
 _GOOD_IDX = np.zeros((1, 2, 2, 2), dtype=np.int64)
+_GRID = (3, 3, 1, 1, 0, 0, 1, 1, 3, 3)     # (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW) on 5x5
 _GOOD_DY = np.ones((1, 2, 2, 2))
 
 BAD_CALLS = [
@@ -452,6 +453,20 @@ BAD_CALLS = [
         _GOOD_DY, _GOOD_IDX, (1, 3, 5, 5)), ValueError, "(N, C)"),
     ("max_pool-backward-image-shape-negative", lambda: pooling.max_pool_backward(
         _GOOD_DY, _GOOD_IDX, (1, 2, -5, 5)), ValueError, "image_shape"),
+    ("im2col_rows-buffer-too-small", lambda: im2col_rows(
+        _x(), _GRID, (0, 3), np.empty((18, 4))), ValueError, "cols has shape"),
+    ("im2col_rows-rows-beyond-grid", lambda: im2col_rows(
+        _x(), _GRID, (2, 4), np.empty((18, 6))), ValueError, "grid rows"),
+    ("im2col_rows-buffer-other-dtype", lambda: im2col_rows(
+        _x(), _GRID, (0, 3), np.empty((18, 9), np.float32)), ValueError, "dtype"),
+    ("im2col_rows-strided-buffer", lambda: im2col_rows(
+        _x(), _GRID, (0, 3), np.empty((18, 18))[:, ::2]), ValueError, "C-contiguous"),
+    ("col2im_rows-buffer-too-small", lambda: col2im_rows(
+        np.empty((18, 4)), _x(), _GRID, (0, 3)), ValueError, "cols has shape"),
+    ("col2im_rows-fortran-image", lambda: col2im_rows(
+        np.empty((18, 9)), np.asfortranarray(_x()), _GRID, (0, 3)), ValueError, "C-contiguous"),
+    ("col2im_rows-negative-stride-geometry", lambda: col2im_rows(
+        np.empty((18, 9)), _x(), (3, 3, -1, 1, 0, 0, 1, 1, 3, 3), (0, 3)), ValueError, "stride"),
     ("max_unpool2d-index-out-of-range", lambda: F.max_unpool2d_forward(
         np.ones((1, 2, 2, 2)), _GOOD_IDX + 16, 2), ValueError, "out of range"),
     ("max_unpool2d-float-indices", lambda: F.max_unpool2d_forward(
@@ -471,3 +486,17 @@ def test_bad_direct_calls_are_refused_before_c(call, exc, keyword, monkeypatch):
     with backend.using("c"), pytest.raises(exc) as info:
         call()
     assert keyword in str(info.value), f"message {info.value!r} lacks {keyword!r}"
+
+
+def test_refusals_do_not_rely_on_assert():
+    """The same table under ``python -O``, where ``assert`` statements vanish: every
+    refusal must be an explicit check (an assert-only guard once let a too-small
+    buffer be written out of bounds)."""
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-O", "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "bad_direct_calls"], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, NPFCN_FUZZ_LOG=""))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
