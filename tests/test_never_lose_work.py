@@ -111,6 +111,30 @@ def test_checkpoint_carries_format_version_and_checksum(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f != "ckpt.npz"], "temporary files left behind"
 
 
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Disk full halfway through a save: the error reaches the caller, the previous
+    checkpoint is untouched and no temporary file is left behind."""
+    import errno
+    import npfcn.checkpoint
+
+    model, optimizer = trained_pair(seed=0)
+    path = save_checkpoint(tmp_path / "last.npz", model, optimizer)
+    before = open(path, "rb").read()
+
+    def disk_full(handle, **arrays):
+        handle.write(b"PK\x03\x04 half a zip")          # some bytes reach the temp file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(npfcn.checkpoint.np, "savez", disk_full)
+    other, other_optimizer = trained_pair(seed=1)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, other, other_optimizer)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["last.npz"]
+    assert_same_state(load_checkpoint(path).model_state, model.state_dict())
+
+
 def test_every_truncation_fails_clearly(tmp_path):
     model, optimizer = trained_pair()
     good = tmp_path / "good.npz"
