@@ -237,14 +237,17 @@ def loss_case(torch, batch, rng):
                         limit=lambda: (np.copyto(buf, logits), np.copyto(buf, logits))))
 
 
-def build_cases(torch, batch=1, quick=False, seed=0):
+def build_cases(torch, batch=1, quick=False, seed=0, only=None):
+    """The benchmark cases; ``quick`` keeps QUICK, ``only`` those whose name contains it."""
     rng = np.random.default_rng(seed)
-    cases = [conv_case(torch, *c, batch, rng) for c in VGG_CONVS + FCN_CONVS
-             if not quick or c[0] in QUICK]
-    cases += [transposed_case(torch, *c, batch, rng) for c in TRANSPOSED
-              if not quick or c[0] in QUICK]
-    cases += [c for c in pool_cases(torch, batch, rng) if not quick or c["name"] in QUICK]
-    if not quick:
+
+    def keep(name):
+        return (not quick or name in QUICK) and (only is None or only in name)
+
+    cases = [conv_case(torch, *c, batch, rng) for c in VGG_CONVS + FCN_CONVS if keep(c[0])]
+    cases += [transposed_case(torch, *c, batch, rng) for c in TRANSPOSED if keep(c[0])]
+    cases += [c for c in pool_cases(torch, batch, rng) if keep(c["name"])]
+    if keep("cross-entropy 21 @224"):
         cases.append(loss_case(torch, batch, rng))
     return cases
 
@@ -295,12 +298,14 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reference", action="store_true",
                         help="also time the pure-NumPy reference path")
+    parser.add_argument("--only", default=None, help="only layers whose name contains this")
     parser.add_argument("--name", default=None, help="results file name (default: layers)")
     args = parser.parse_args(argv)
     import torch
     threads = bt.pin_threads(args.threads)
     info = bt.machine()
-    rows = run(build_cases(torch, args.batch, args.quick), args.repeats, args.reference)
+    rows = run(build_cases(torch, args.batch, args.quick, only=args.only), args.repeats,
+               args.reference)
     columns = COLUMNS + ([("numpy_ref_ms", "numpy-ref ms")] if args.reference else [])
     header = (f"Layers, float32, N={args.batch}, median of {args.repeats} alternated runs "
               f"(backend {backend.active()}). {bt.describe(info, threads)}")

@@ -11,6 +11,13 @@ The C extension ``npfcn._kernels`` is built by ``pip install`` from ``csrc/``.
 """
 import os
 
+# The OpenMP runtime reads OMP_WAIT_POLICY once, when the kernel loads it.  npfcn's
+# kernels are short bursts between BLAS calls; by default an idle OpenMP thread
+# then spins and takes the core the next matrix product needs.  "passive" (sleep
+# at once) is set only while the extension loads, so a user's own setting wins
+# and other libraries loaded later (PyTorch's own OpenMP) keep their defaults.
+_user_wait_policy = os.environ.get("OMP_WAIT_POLICY")
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 try:  # the compiled extension; absent in a source tree that was never built
     from . import _kernels as _compiled
 except ImportError as exc:  # pragma: no cover - depends on the build
@@ -18,6 +25,9 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _import_error = exc
 else:
     _import_error = None
+finally:
+    if _user_wait_policy is None:
+        del os.environ["OMP_WAIT_POLICY"]
 
 _NAMES = ("c", "numpy")
 _active = None
