@@ -75,6 +75,11 @@ class ProgressBar:
         self.stream.flush()
         self._last_len = 0
 
+    def status(self, text):
+        """Replace the in-place line by ``text`` (e.g. "validating...") on a terminal."""
+        if self.interactive:
+            self._draw(f"{self.label}  {text}")
+
     def clear(self):
         """Erase the in-place line (before printing a message under it)."""
         if self.interactive and self._last_len:

@@ -578,6 +578,7 @@ class Trainer:
         epoch_number = self.epoch + 1
         self._check_finite_weights(epoch_number, self.step_in_epoch)
         seconds = time.perf_counter() - self._bar.start
+        self._bar.status(f"validating on {len(self.val_set)} images...")
         evaluation = self.validate()
         record = {"epoch": epoch_number, "lr": float(self.optimizer.lr),
                   "train_loss": self.running["loss_sum"] / max(self.running["batches"], 1),
