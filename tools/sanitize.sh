@@ -24,7 +24,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_im2col.py
                tests/test_adjoint_and_pooling.py tests/test_gradients.py tests/test_bad_input_core.py)
 
-WORK="${NPFCN_SANITIZE_DIR:-$(mktemp -d /tmp/npfcn-sanitize.XXXXXX)}"
+WORK="${NPFCN_SANITIZE_DIR:-}"
+if [ -z "$WORK" ]; then
+    WORK="$(mktemp -d /tmp/npfcn-sanitize.XXXXXX)"
+    REMOVE_ON_SUCCESS=1      # a folder of our own: removed after a clean run, kept to debug a failure
+fi
 echo "sanitize: building a sanitized copy of npfcn in $WORK"
 mkdir -p "$WORK"
 for item in csrc npfcn tests setup.py pyproject.toml README.md; do
@@ -67,7 +71,15 @@ PY
 
 if [ "$#" -gt 0 ]; then tests=("$@"); else tests=(); for t in "${DEFAULT_TESTS[@]}"; do [ -e "$t" ] && tests+=("$t"); done; fi
 echo "sanitize: running ${tests[*]}"
-python -m pytest -q -p no:cacheprovider "${tests[@]}"
+status=0
+python -m pytest -q -p no:cacheprovider "${tests[@]}" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "sanitize: FAILED (exit $status); the sanitized copy is kept in $WORK" >&2
+    exit "$status"
+fi
 if [ -s "$NPFCN_FUZZ_LOG" ]; then
     sort "$NPFCN_FUZZ_LOG" | awk '{n[$1]+=$2; t+=$2} END {for (k in n) printf "sanitize:   %-75s %6d examples\n", k, n[k]; printf "sanitize: %d fuzz examples ran under ASan+UBSan with no report\n", t}' 
+fi
+if [ "${REMOVE_ON_SUCCESS:-0}" = 1 ]; then
+    cd / && rm -rf "$WORK"
 fi
