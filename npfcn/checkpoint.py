@@ -282,11 +282,32 @@ def _check_config_fits_weights(path, document, model_state):
 def _read_arrays(path):
     """Every array of the .npz, fully read (so zip CRC errors surface here), as a dict."""
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+    except (OSError, ValueError, EOFError, KeyError, MemoryError, zipfile.BadZipFile,
+            zipfile.LargeZipFile) as exc:
         raise CheckpointError(f"{path} is not a readable npfcn checkpoint (truncated or "
                               f"corrupted?): {exc}") from exc
+
+
+def _check_declared_sizes(path):
+    """Each .npy member's header must not claim more bytes than the member holds.
+
+    np.load allocates the shape the header declares before reading the data, so a
+    corrupted header (a shape of 10**12) would otherwise ask for terabytes.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise ValueError(f"array {info.filename} declares shape {shape} "
+                                     f"({declared} bytes) but holds {info.file_size} bytes")
 
 
 def check_compatible(checkpoint, model):

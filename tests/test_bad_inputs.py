@@ -364,6 +364,16 @@ def _(f): load_checkpoint(f.text_file())
 def _(f):
     np.savez(f.path("plain.npz"), w=np.ones(3))
     load_checkpoint(f.path("plain.npz"))
+@row("checkpoint-array-header-claims-terabytes", CheckpointError, "declares shape")
+def _(f):
+    import io
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    with zipfile.ZipFile(f.path("bomb.npz"), "w") as archive:
+        archive.writestr("model/conv1_1.weight.npy", header.getvalue() + bytes(16))
+    load_checkpoint(f.path("bomb.npz"))
 @row("checkpoint-nan-weights", CheckpointError, "NaN or inf")
 def _(f): load_checkpoint(f.nan_checkpoint())
 @row("checkpoint-corrupted-metadata", CheckpointError, "corrupted metadata")
