@@ -102,6 +102,17 @@ class Files:
                  __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         return self.path("nan.npz")
 
+    def bomb_checkpoint(self):
+        """An .npz whose one array header claims 10**12 float64 (8 TB) but holds 16 bytes."""
+        import io
+        import zipfile
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+        with zipfile.ZipFile(self.path("bomb.npz"), "w") as archive:
+            archive.writestr("model/conv1_1.weight.npy", header.getvalue() + bytes(16))
+        return self.path("bomb.npz")
+
     def text_file(self, name="notes.npz"):
         with open(self.path(name), "w") as handle:
             handle.write("this is not a checkpoint\n")
@@ -365,15 +376,7 @@ def _(f):
     np.savez(f.path("plain.npz"), w=np.ones(3))
     load_checkpoint(f.path("plain.npz"))
 @row("checkpoint-array-header-claims-terabytes", CheckpointError, "declares shape")
-def _(f):
-    import io
-    import zipfile
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
-    with zipfile.ZipFile(f.path("bomb.npz"), "w") as archive:
-        archive.writestr("model/conv1_1.weight.npy", header.getvalue() + bytes(16))
-    load_checkpoint(f.path("bomb.npz"))
+def _(f): load_checkpoint(f.bomb_checkpoint())
 @row("checkpoint-nan-weights", CheckpointError, "NaN or inf")
 def _(f): load_checkpoint(f.nan_checkpoint())
 @row("checkpoint-corrupted-metadata", CheckpointError, "corrupted metadata")
@@ -443,6 +446,8 @@ def _(f): return ["eval", "--checkpoint", f.path("missing.npz")]
 def _(f): return ["eval", "--checkpoint", f.truncated_checkpoint()]
 @cli_row("cli-eval-corrupted-checkpoint", 1, "corrupted")
 def _(f): return ["eval", "--checkpoint", f.corrupted_checkpoint()]
+@cli_row("cli-predict-array-header-claims-terabytes", 1, "declares shape")
+def _(f): return ["predict", "--checkpoint", f.bomb_checkpoint(), f.image()]
 @cli_row("cli-eval-nan-weights", 1, "NaN or inf")
 def _(f): return ["eval", "--checkpoint", f.nan_checkpoint()]
 @cli_row("cli-eval-dataset-with-other-class-count", 1, "classes")
