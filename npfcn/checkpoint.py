@@ -282,7 +282,7 @@ def _check_config_fits_weights(path, document, model_state):
 def _read_arrays(path):
     """Every array of the .npz, fully read (so zip CRC errors surface here), as a dict."""
     try:
-        _check_declared_sizes(path)
+        check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, KeyError, MemoryError, zipfile.BadZipFile,
@@ -291,7 +291,7 @@ def _read_arrays(path):
                               f"corrupted?): {exc}") from exc
 
 
-def _check_declared_sizes(path):
+def check_npz_sizes(path):
     """Each .npy member's header must not claim more bytes than the member holds.
 
     np.load allocates the shape the header declares before reading the data, so a

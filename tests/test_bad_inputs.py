@@ -472,6 +472,14 @@ def _(f): return ["import-vgg16", f.path("vgg16.npz"), "-o", f.path("fcn.npz")]
 def _(f):
     np.savez(f.path("resnet.npz"), **{"conv1.weight": np.ones((64, 3, 7, 7), F32)})
     return ["import-vgg16", f.path("resnet.npz"), "-o", f.path("fcn.npz")]
+@cli_row("cli-import-vgg16-truncated-file", 1, "not a readable .npz")
+def _(f):
+    np.savez(f.path("vgg16.npz"), **{"features.0.weight": np.ones((64, 3, 3, 3), F32)})
+    data = open(f.path("vgg16.npz"), "rb").read()
+    open(f.path("vgg16.npz"), "wb").write(data[:len(data) // 2])
+    return ["import-vgg16", f.path("vgg16.npz"), "-o", f.path("fcn.npz")]
+@cli_row("cli-import-vgg16-array-header-claims-terabytes", 1, "declares shape")
+def _(f): return ["import-vgg16", f.bomb_checkpoint(), "-o", f.path("fcn.npz")]
 @cli_row("cli-import-vgg16-zero-classes", 1, "num-classes")
 def _(f): return ["import-vgg16", f.path("vgg16.npz"), "-o", f.path("fcn.npz"), "--num-classes", "0"]
 @cli_row("cli-gradcheck-unknown-layer", 2, "invalid choice")

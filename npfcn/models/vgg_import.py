@@ -13,6 +13,7 @@ Those weights expect torchvision's input preprocessing (RGB in [0, 1], ImageNet
 mean and std), named ``PREPROCESSING`` here so a checkpoint can record it.
 """
 import os
+import zipfile
 
 import numpy as np
 
@@ -36,10 +37,12 @@ def load_weights_file(path):
         raise FileNotFoundError(f"{path}: no such weights file")
     extension = os.path.splitext(path)[1].lower()
     if extension == ".npz":
+        from ..checkpoint import check_npz_sizes
         try:
+            check_npz_sizes(path)          # no 8 TB allocation from a corrupted array header
             with np.load(path, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
-        except (OSError, ValueError, EOFError) as error:
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
     if extension in (".pth", ".pt"):
         try:
