@@ -102,13 +102,17 @@ class Stats:
                 "spread": self.spread, "runs": len(self.times)}
 
 
-def compare(cases, repeats=5, warmup=1, min_time=0.0):
+def compare(cases, repeats=5, warmup=1, min_time=0.0, pause=0.02):
     """Time every callable in ``cases`` (name -> fn()) alternately.
 
     Each case runs ``warmup`` times first (page faults, caches, thread start),
     then the cases take turns ``repeats`` times: a, b, c, a, b, c, ...  With
     ``min_time`` > 0 one "run" repeats the call until that many seconds have
     passed and reports the time per call (for very fast cases).
+    Before each timed run the process sleeps ``pause`` seconds (untimed): an
+    OpenMP runtime keeps its idle threads spinning for a few milliseconds after
+    a parallel region (PyTorch's does by default), and without the pause they
+    would take the cores from whichever case runs next.
     Returns name -> Stats.
     """
     inner = {}
@@ -125,6 +129,8 @@ def compare(cases, repeats=5, warmup=1, min_time=0.0):
     for _ in range(repeats):
         for name, fn in cases.items():
             k = inner[name]
+            if pause > 0:
+                time.sleep(pause)
             start = time.perf_counter()
             for _ in range(k):
                 fn()
