@@ -8,13 +8,17 @@
  */
 #include "npfcn_kernels.h"
 
-/* One step of the scan: does value v at position p beat the best so far?
- * (NaN wins and, once it has won, keeps winning; ties keep the earlier one.) */
-#define NPFCN_TAKE(v, p)                                                                 \
-    if (best_val == best_val && ((v) > best_val || (v) != (v))) {                        \
-        best_val = (v);                                                                  \
-        best = (p);                                                                      \
-    }
+/* One step of the scan: value v at position p replaces the best so far when it
+ * is larger, or when it is NaN and the best is not (NaN wins and then keeps
+ * winning; ties keep the earlier one).  Written as selects, not branches: on
+ * real data "is it larger?" is a coin toss the branch predictor keeps losing. */
+#define NPFCN_TAKE(T, v, p)                                                                 \
+    do {                                                                                 \
+        const T v_ = (v);                                                                \
+        const int take_ = (v_ > best_val) | ((v_ != v_) & (best_val == best_val));       \
+        best_val = take_ ? v_ : best_val;                                                \
+        best = take_ ? (p) : best;                                                       \
+    } while (0)
 
 /* The FCN/VGG case, 2x2 windows at stride 2 without padding, on one plane:
  * the same scan order as the general loop, without its per-tap bounds checks.
@@ -24,22 +28,32 @@
 static void maxpool2x2_plane_##SUFFIX(const T *src, T *out, int64_t *idx, int64_t H,    \
                                       int64_t W, int64_t OH, int64_t OW)                 \
 {                                                                                        \
+    const int64_t full_ow = W / 2;   /* windows with both columns inside */             \
     for (int64_t oy = 0; oy < OH; ++oy) {                                                \
         const int64_t iy = 2 * oy;                                                       \
         const int has_row2 = iy + 1 < H;                                                 \
-        const T *r0 = src + iy * W, *r1 = r0 + W;                                        \
-        for (int64_t ox = 0; ox < OW; ++ox) {                                            \
+        const T *r0 = src + iy * W, *r1 = has_row2 ? r0 + W : r0;                        \
+        const int64_t p1 = has_row2 ? (iy + 1) * W : iy * W; /* row 2, or row 1 again */ \
+        T *o = out + oy * OW;                                                            \
+        int64_t *k = idx + oy * OW;                                                      \
+        for (int64_t ox = 0; ox < full_ow && ox < OW; ++ox) {                            \
             const int64_t ix = 2 * ox;                                                   \
-            const int has_col2 = ix + 1 < W;                                             \
             int64_t best = iy * W + ix;                                                  \
             T best_val = r0[ix];                                                         \
-            if (has_col2) { NPFCN_TAKE(r0[ix + 1], iy * W + ix + 1) }                    \
-            if (has_row2) {                                                              \
-                NPFCN_TAKE(r1[ix], (iy + 1) * W + ix)                                    \
-                if (has_col2) { NPFCN_TAKE(r1[ix + 1], (iy + 1) * W + ix + 1) }          \
-            }                                                                            \
-            out[oy * OW + ox] = best_val;                                                \
-            idx[oy * OW + ox] = best;                                                    \
+            NPFCN_TAKE(T, r0[ix + 1], iy * W + ix + 1);                                     \
+            /* Without a second row this re-reads row 1: never larger, no change. */     \
+            NPFCN_TAKE(T, r1[ix], p1 + ix);                                                 \
+            NPFCN_TAKE(T, r1[ix + 1], p1 + ix + 1);                                         \
+            o[ox] = best_val;                                                            \
+            k[ox] = best;                                                                \
+        }                                                                                \
+        for (int64_t ox = full_ow; ox < OW; ++ox) {  /* the last column alone */         \
+            const int64_t ix = 2 * ox;                                                   \
+            int64_t best = iy * W + ix;                                                  \
+            T best_val = r0[ix];                                                         \
+            if (has_row2) NPFCN_TAKE(T, r1[ix], p1 + ix);                                   \
+            o[ox] = best_val;                                                            \
+            k[ox] = best;                                                                \
         }                                                                                \
     }                                                                                    \
 }
