@@ -155,10 +155,12 @@ def check_dataset(dataset, what, stream):
     """Read every item once, so a bad file stops the run before it starts (not hours into
     it); the loaders raise ValueError/FileNotFoundError naming the file."""
     bar = ProgressBar(len(dataset), f"checking {len(dataset)} {what} images", stream=stream)
+    sizes = set()
     for index in range(len(dataset)):
-        dataset[index]
+        sizes.add(dataset[index][1].shape)
         bar.update(index + 1, 1)
     bar.clear()
+    return sizes
 
 
 def class_weights(dataset, num_classes, how):
@@ -378,18 +380,25 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise ValueError(f"dataset {config.data} has an empty train or val split")
         if config.data != "synthetic":
-            check_dataset(self.train_set, "training", self.stream)
+            sizes = check_dataset(self.train_set, "training", self.stream)
             check_dataset(self.val_set, "validation", self.stream)
+            if len(sizes) > 1 and config.batch_size > 1 and not config.crop_size:
+                raise ValueError(f"the training images in {config.data} differ in size; "
+                                 "use --crop-size N (random crops) or --batch-size 1")
         self.class_names = list(self.train_set.class_names)
         self.num_classes = len(self.class_names)
         self.transform = build_transform(config)
         self.model = build_model_for(config, self.num_classes)
         if config.init == "lsuv":
-            # The first training images, in order (no random draw), preprocessed as in training.
-            from .data import iterate_batches
+            # The first (up to 8) training images in order; images of mixed sizes (a folder
+            # dataset without --crop-size) cannot share a batch, so then only the first.
+            # No random draw: the data stream stays untouched.
+            from .data import RandomCrop, iterate_batches
 
-            x, _ = next(iterate_batches(self.train_set, min(len(self.train_set), 8),
-                                        preprocessing=config.preprocessing))
+            same_size = config.data == "synthetic" or config.crop_size
+            crop = RandomCrop(config.crop_size) if config.crop_size else None
+            x, _ = next(iterate_batches(self.train_set, min(len(self.train_set), 8 if same_size else 1),
+                                        transform=crop, preprocessing=config.preprocessing))
             lsuv_init(self.model, x)
         self.optimizer = build_optimizer(config, self.model)
         self.data_rng = data_rng(config.seed)

@@ -215,3 +215,16 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_mixed_image_sizes_need_a_crop_or_batch_1(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data")
+    extra = np.zeros((12, 10), np.uint8)
+    Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(data / "train" / "images" / "b.png")
+    Image.fromarray(extra).save(data / "train" / "masks" / "b.png")
+    common = ["train", "--data", str(data), "--epochs", "1", "--width", "0.03125",
+              "--output", str(tmp_path / "runs")]
+    assert main(common + ["--batch-size", "2"]) == 1
+    assert "--crop-size" in error_line(capsys)
+    assert not (tmp_path / "runs").exists()          # refused before any run folder is made
+    assert main(common + ["--batch-size", "2", "--crop-size", "8"]) == 0
