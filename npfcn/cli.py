@@ -28,6 +28,7 @@ TRAIN_FLAGS = {
     "seed": "seed", "output": "output", "name": "name", "num_train": "num_train",
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
+    "class_weighting": "class_weighting", "init": "init",
 }
 
 
@@ -54,6 +55,10 @@ def add_train_parser(subparsers):
     p.add_argument("--dropout", type=float, help=f"dropout after fc6/fc7 (default {d.dropout:g})")
     p.add_argument("--learn-upsampling", action="store_true", default=None,
                    help="learn the transposed convolutions (default: frozen bilinear)")
+    p.add_argument("--class-weighting", choices=("none", "sqrt"),
+                   help=f"loss weights per class (default {d.class_weighting}: 1/sqrt(frequency))")
+    p.add_argument("--init", choices=("he", "lsuv"),
+                   help=f"initialisation (default {d.init}: He rescaled to unit variance on data)")
     p.add_argument("--preprocessing", choices=("unit", "torchvision", "caffe"),
                    help=f"input normalisation (default {d.preprocessing})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
