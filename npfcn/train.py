@@ -83,8 +83,8 @@ class TrainConfig:
     # optimisation
     epochs: int = 12
     batch_size: int = 2
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
+    lr: float = 0.02
     schedule: str = "poly"      # "poly" (power 0.9) or "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0

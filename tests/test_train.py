@@ -142,7 +142,7 @@ def test_overfits_two_images(tmp_path):
     # the loss down by 10x and label every pixel right.  Measured: 1.61 -> ~0.01 and mean
     # IoU 1.0 after ~40 steps; 60 epochs of one step leave margin.
     config = tiny_config(tmp_path, "overfit", num_train=2, num_val=1, batch_size=2, epochs=60,
-                         flip=False, dropout=0.0, learn_upsampling=True, lr=1e-2,
+                         flip=False, dropout=0.0, learn_upsampling=True, optimizer="adam", lr=1e-2,
                          schedule="constant", num_samples=0, init="he", class_weighting="none",
                          synthetic_options={})
     trainer = Trainer(config, stream=io.StringIO())
