@@ -81,7 +81,7 @@ class TrainConfig:
     class_weighting: str = "sqrt"   # "none" or "sqrt" (weights 1/sqrt(class frequency))
     init: str = "lsuv"              # "he" (the model's own) or "lsuv" (rescaled on data, see below)
     # optimisation
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
     lr: float = 0.02
