@@ -228,12 +228,8 @@ def main(argv=None):
     rows = run(configs, args.repeats, args.threads, rss=not args.no_rss)
     header = (f"FCN-8s training step (forward, loss, backward, SGD), float32, median of "
               f"{args.repeats} alternated steps. {bt.describe(info, threads)}")
-    table = bt.markdown_table(rows, COLUMNS)
-    print(header + "\n\n" + table)
-    paths = bt.save_results("fcn_quick" if args.quick else "fcn",
-                            {"machine": info, "threads": threads, "rows": rows},
-                            header + "\n\n" + table)
-    bt.progress(f"wrote {paths[0]} and {paths[1]}")
+    bt.report("fcn_quick" if args.quick else "fcn", header, rows, COLUMNS,
+              {"machine": info, "threads": threads})
     return 0
 
 

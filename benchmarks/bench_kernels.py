@@ -91,12 +91,8 @@ def main(argv=None):
     rows = run(cases, args.repeats)
     header = (f"im2col/col2im kernels, float32, N=1, median of {args.repeats} alternated runs. "
               f"{bt.describe(info, threads)}")
-    table = bt.markdown_table(rows, COLUMNS)
-    print(header + "\n\n" + table)
-    paths = bt.save_results("kernels_quick" if args.quick else "kernels",
-                            {"machine": info, "threads": threads, "rows": rows},
-                            header + "\n\n" + table)
-    bt.progress(f"wrote {paths[0]} and {paths[1]}")
+    bt.report("kernels_quick" if args.quick else "kernels", header, rows, COLUMNS,
+              {"machine": info, "threads": threads})
     return 0
 
 

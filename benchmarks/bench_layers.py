@@ -309,13 +309,9 @@ def main(argv=None):
     columns = COLUMNS + ([("numpy_ref_ms", "numpy-ref ms")] if args.reference else [])
     header = (f"Layers, float32, N={args.batch}, median of {args.repeats} alternated runs "
               f"(backend {backend.active()}). {bt.describe(info, threads)}")
-    table = bt.markdown_table(rows, columns)
-    print(header + "\n\n" + table)
     name = args.name or ("layers_quick" if args.quick else "layers")
-    paths = bt.save_results(name, {"machine": info, "threads": threads, "batch": args.batch,
-                                   "repeats": args.repeats, "rows": rows},
-                            header + "\n\n" + table)
-    bt.progress(f"wrote {paths[0]} and {paths[1]}")
+    bt.report(name, header, rows, columns, {"machine": info, "threads": threads,
+                                            "batch": args.batch, "repeats": args.repeats})
     return 0
 
 

@@ -240,6 +240,16 @@ def save_results(name, payload, markdown, directory=RESULTS_DIR):
     return json_path, md_path
 
 
+def report(name, header, rows, columns, payload):
+    """Print ``header`` and the table on stdout, save both as ``<name>.md`` and
+    ``payload`` (plus the rows) as ``<name>.json``; say where on stderr."""
+    text = header + "\n\n" + markdown_table(rows, columns)
+    print(text)
+    paths = save_results(name, {**payload, "rows": rows}, text)
+    progress(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
 def progress(message):
     """Progress on stderr, so that stdout stays the table."""
     print(message, file=sys.stderr, flush=True)
