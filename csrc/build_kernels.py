@@ -50,14 +50,23 @@ void maxpool_forward_{s}(const {t} *x, {t} *y, int64_t *indices, int64_t NC, int
 void maxpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
                 int64_t HW, int64_t OHW);
 """
+# Max unpooling (unpool.c).
+_UNPOOL_SIGNATURES = """
+void max_unpool_forward_{s}(const {t} *x, const int64_t *indices, {t} *y, int64_t NC,
+                int64_t HW, int64_t OHW);
+void max_unpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
+                int64_t HW, int64_t OHW);
+"""
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
+    + _UNPOOL_SIGNATURES.format(s="f32", t="float")
+    + _UNPOOL_SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c"]
+SOURCES = ["im2col.c", "maxpool.c", "unpool.c"]
 
 
 def _flag(name, default):

@@ -50,4 +50,14 @@ NPFCN_DECLARE(double, f64)
 int npfcn_num_threads(void);
 void npfcn_set_num_threads(int64_t n);
 
+/* Max unpooling (unpool.c): x, indices: (NC, HW) -> y: (NC, OHW), and the gather
+ * back.  Indices lie in [0, OHW), checked by Python. */
+#define NPFCN_DECLARE_UNPOOL(T, SUFFIX)                                                 \
+void max_unpool_forward_##SUFFIX(const T *x, const int64_t *indices, T *y, int64_t NC, \
+                                 int64_t HW, int64_t OHW);                               \
+void max_unpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx,          \
+                                  int64_t NC, int64_t HW, int64_t OHW);
+
+NPFCN_DECLARE_UNPOOL(float, f32)
+NPFCN_DECLARE_UNPOOL(double, f64)
 #endif

@@ -1,11 +1,11 @@
-"""Max pooling with argmax indices: the NumPy reference and the dispatch to C.
+"""Max pooling with argmax indices, and unpooling: NumPy reference and dispatch to C.
 
 Indices follow PyTorch: ``indices[n, c, oy, ox] = iy*W + ix``, the flat
 position of the maximum inside its own (unpadded) H x W plane.  Padding never
 wins (every window holds at least one real pixel), NaN wins over any number,
 and ties keep the first position in scan order.
 
-Callers (``npfcn.functional``) validate shapes and sizes.  The two dispatch
+Callers (``npfcn.functional``) validate shapes and sizes.  The dispatch
 functions check again what the C kernel relies on (dtype, contiguity, shapes,
 geometry, index range), because they are the last gate before C: a direct
 call with bad arguments must raise, not write out of bounds.
@@ -43,7 +43,7 @@ def max_pool_backward(dy, indices, image_shape):
     dy = as_float_tensor(dy, "max_pool output gradient")
     N, C, H, W = image_shape = _checked_backward_args(dy, indices, image_shape)
     if backend.active() == "c":
-        dx = np.zeros(image_shape, dtype=dy.dtype)
+        dx = np.empty(image_shape, dtype=dy.dtype)   # the kernel writes every element
         _, lib = backend.kernels()
         fn = lib.maxpool_backward_f32 if dy.dtype == np.float32 else lib.maxpool_backward_f64
         fn(backend.pointer(dy), backend.pointer(indices), backend.pointer(dx),
@@ -67,9 +67,85 @@ def _checked_backward_args(dy, indices, image_shape):
         raise ValueError(f"max_pool output gradient has shape {dy.shape}, "
                          f"expected (N, C, OH, OW) with (N, C) = {(N, C)}")
     check_same_shape(indices, dy.shape, "max_pool indices")
-    if indices.size and (indices.min() < 0 or indices.max() >= H * W):
+    if not indices_in_range(indices, H * W):
         raise ValueError(f"max_pool index out of range for an {H}x{W} plane")
     return N, C, H, W
+
+
+def indices_in_range(indices, size):
+    """True when every entry of the int64 array ``indices`` lies in [0, size).
+
+    One pass instead of min() and max(): seen as unsigned, a negative index
+    becomes a number of at least 2**63, so the largest unsigned value alone
+    decides (the check is a full read of the indices, as costly as the kernel).
+    """
+    return indices.size == 0 or int(indices.view(np.uint64).max()) < size
+
+
+# --- max unpooling --------------------------------------------------------------------
+
+def max_unpool_forward(x, indices, out_size):
+    """Place each value at its index in a zero image ("max unpooling").
+
+    x, indices: (N, C, H, W) -> y: (N, C, OH, OW) with
+    ``y[n, c].flat[indices[n, c, h, w]] = x[n, c, h, w]`` (a repeated index keeps
+    the last value in scan order, as PyTorch's CPU loop does).
+    """
+    x = as_float_tensor(x, "max_unpool2d input")
+    oh, ow = int_pair(out_size, "output size", 1)
+    N, C, H, W = x.shape
+    indices = checked_unpool_indices(indices, x.shape, oh * ow)
+    check_size(N * C * oh * ow, "max_unpool2d output")
+    if backend.active() == "c":
+        y = np.empty((N, C, oh, ow), dtype=x.dtype)   # the kernel writes every element
+        _, lib = backend.kernels()
+        fn = lib.max_unpool_forward_f32 if x.dtype == np.float32 else lib.max_unpool_forward_f64
+        fn(backend.pointer(x), backend.pointer(indices), backend.pointer(y),
+           N * C, H * W, oh * ow)
+        return y
+    return max_unpool_forward_numpy(x, indices, (oh, ow))
+
+
+def max_unpool_backward(dy, indices):
+    """The gradient of unpooling, a gather: dy: (N, C, OH, OW), indices: (N, C, H, W) -> dx.
+
+    ``dx[n, c, h, w] = dy[n, c].flat[indices[n, c, h, w]]``.
+    """
+    dy = as_float_tensor(dy, "max_unpool2d output gradient")
+    N, C, OH, OW = dy.shape
+    if isinstance(indices, np.ndarray) and (indices.ndim != 4 or indices.shape[:2] != (N, C)):
+        raise ValueError(f"max_unpool2d indices must have shape (N, C, H, W) with "
+                         f"(N, C) = {(N, C)}, got {indices.shape}")
+    indices = checked_unpool_indices(indices, getattr(indices, "shape", None), OH * OW)
+    if backend.active() == "c":
+        dx = np.empty(indices.shape, dtype=dy.dtype)
+        _, lib = backend.kernels()
+        fn = lib.max_unpool_backward_f32 if dy.dtype == np.float32 else lib.max_unpool_backward_f64
+        fn(backend.pointer(dy), backend.pointer(indices), backend.pointer(dx),
+           N * C, indices.shape[2] * indices.shape[3], OH * OW)
+        return dx
+    return max_unpool_backward_numpy(dy, indices)
+
+
+def checked_unpool_indices(indices, shape, plane_size):
+    """indices as a C-contiguous int64 array, after checking type, shape and range.
+
+    Every index must lie in [0, plane_size): the C kernels write (forward) or
+    read (backward) at it without further checks.
+    """
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
+    check_same_shape(indices, shape, "indices")
+    # The cast wraps a uint64 index of 2**63 or more to a negative one: still refused.
+    as_int64 = np.ascontiguousarray(indices, dtype=np.int64)
+    if not indices_in_range(as_int64, plane_size):
+        low, high = int(indices.min()), int(indices.max())
+        bad = low if low < 0 else high
+        raise ValueError(f"unpooling index {bad} is out of range for an output plane of "
+                         f"{plane_size} pixels")
+    return as_int64
 
 
 # --- the NumPy reference -------------------------------------------------------------
@@ -113,3 +189,18 @@ def scatter_add_planes(values, indices, image_shape):
     flat = np.bincount((plane + indices).ravel(), weights=values.ravel().astype(np.float64),
                        minlength=N * C * H * W)
     return flat.astype(values.dtype).reshape(image_shape)
+
+
+def max_unpool_forward_numpy(x, indices, out_size):
+    """Reference: a zero image, then each plane's values put at their indices."""
+    N, C, H, W = x.shape
+    y = np.zeros((N * C, out_size[0] * out_size[1]), dtype=x.dtype)
+    np.put_along_axis(y, indices.reshape(N * C, H * W), x.reshape(N * C, H * W), axis=1)
+    return y.reshape(N, C, *out_size)
+
+
+def max_unpool_backward_numpy(dy, indices):
+    """Reference: each plane of dy read at the indices."""
+    N, C, OH, OW = dy.shape
+    dx = np.take_along_axis(dy.reshape(N * C, OH * OW), indices.reshape(N * C, -1), axis=1)
+    return dx.reshape(indices.shape)
