@@ -202,5 +202,6 @@ def max_unpool_forward_numpy(x, indices, out_size):
 def max_unpool_backward_numpy(dy, indices):
     """Reference: each plane of dy read at the indices."""
     N, C, OH, OW = dy.shape
-    dx = np.take_along_axis(dy.reshape(N * C, OH * OW), indices.reshape(N * C, -1), axis=1)
+    H, W = indices.shape[2:]
+    dx = np.take_along_axis(dy.reshape(N * C, OH * OW), indices.reshape(N * C, H * W), axis=1)
     return dx.reshape(indices.shape)
