@@ -50,6 +50,19 @@ void maxpool_forward_{s}(const {t} *x, {t} *y, int64_t *indices, int64_t NC, int
 void maxpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
                 int64_t HW, int64_t OHW);
 """
+_WINOGRAD_SIGNATURES = """
+void winograd_input_{s}(const {t} *x, {t} *V, int64_t N, int64_t C, int64_t H, int64_t W,
+                int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
+void winograd_input_adj_{s}(const {t} *dV, {t} *dx, int64_t N, int64_t C, int64_t H,
+                int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW,
+                {t} *scratch);
+void winograd_output_{s}(const {t} *M, {t} *y, int64_t N, int64_t O, int64_t OH, int64_t OW,
+                int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
+void winograd_output_adj_{s}(const {t} *dy, {t} *dM, int64_t N, int64_t O, int64_t OH,
+                int64_t OW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
+void winograd_weight_{s}(const {t} *w, {t} *U, int64_t O, int64_t C);
+void winograd_weight_adj_{s}(const {t} *dU, {t} *dw, int64_t O, int64_t C);
+"""
 # Max unpooling (unpool.c).
 _UNPOOL_SIGNATURES = """
 void max_unpool_forward_{s}(const {t} *x, const int64_t *indices, {t} *y, int64_t NC,
@@ -60,13 +73,15 @@ void max_unpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
+    + _WINOGRAD_SIGNATURES.format(s="f32", t="float")
+    + _WINOGRAD_SIGNATURES.format(s="f64", t="double")
     + _UNPOOL_SIGNATURES.format(s="f32", t="float")
     + _UNPOOL_SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c", "unpool.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c"]
 
 
 def _flag(name, default):

@@ -26,9 +26,11 @@
 #include <omp.h>
 int npfcn_num_threads(void) { return omp_get_max_threads(); }
 void npfcn_set_num_threads(int64_t n) { if (n >= 1) omp_set_num_threads((int)n); }
+int npfcn_thread_id(void) { return omp_get_thread_num(); }
 #else
 int npfcn_num_threads(void) { return 1; }
 void npfcn_set_num_threads(int64_t n) { (void)n; }
+int npfcn_thread_id(void) { return 0; }
 #endif
 
 /* Below 131072 elements copied (the number in the pragmas), one thread does the

@@ -49,6 +49,29 @@ NPFCN_DECLARE(double, f64)
  * to change it at run time (ignored without OpenMP). */
 int npfcn_num_threads(void);
 void npfcn_set_num_threads(int64_t n);
+/* The calling thread's number inside a parallel region (0 outside one): it
+ * picks the thread's slice of a scratch buffer of npfcn_num_threads() slices. */
+int npfcn_thread_id(void);
+
+/* Winograd F(2x2, 3x3) transforms (winograd.c; layouts described there).
+ * scratch: npfcn_num_threads() * 32 * (TW + 1) elements. */
+#define NPFCN_DECLARE_WINOGRAD(T, SUFFIX)                                               \
+void winograd_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,        \
+                             int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, \
+                             int64_t TW, T *scratch);                                    \
+void winograd_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64_t H,  \
+                                 int64_t W, int64_t PH, int64_t PW, int64_t t0,          \
+                                 int64_t t1, int64_t TW, T *scratch);                    \
+void winograd_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH,      \
+                              int64_t OW, int64_t t0, int64_t t1, int64_t TW, T *scratch); \
+void winograd_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int64_t OH,\
+                                  int64_t OW, int64_t t0, int64_t t1, int64_t TW,        \
+                                  T *scratch);                                           \
+void winograd_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C);                 \
+void winograd_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C);
+
+NPFCN_DECLARE_WINOGRAD(float, f32)
+NPFCN_DECLARE_WINOGRAD(double, f64)
 
 /* Max unpooling (unpool.c): x, indices: (NC, HW) -> y: (NC, OHW), and the gather
  * back.  Indices lie in [0, OHW), checked by Python. */

@@ -12,13 +12,12 @@ Every function validates its arguments before any kernel runs; see
 ``npfcn._checks``.  The dtype of ``x`` decides the arithmetic, and weights and
 gradients must have that same dtype (no silent up- or down-casts).
 """
-import threading
-
 import numpy as np
 
-from . import backend, pooling
+from . import backend, pooling, winograd
 from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
 from .im2col import col2im_rows, conv_output_size, im2col_rows
+from .workspace import WORKSPACE_BYTES, workspace
 
 
 def _weights(w, b, x, name):
@@ -51,24 +50,7 @@ def _grad(dy, shape, dtype, name):
 # call: memory stays bounded, a fresh buffer's page faults are paid once, and each
 # block is ONE GEMM for the whole batch instead of one skinny GEMM per image.
 
-WORKSPACE_BYTES = 16 << 20   # columns per block; a block is at least one grid row
-
-
-class _Workspace(threading.local):
-    """Reusable scratch arrays, one set per thread (never returned to callers)."""
-
-    def __init__(self):
-        self.buffers = {}
-
-    def get(self, name, shape, dtype):
-        size = int(np.prod(shape))
-        buf = self.buffers.get((name, dtype))
-        if buf is None or buf.size < size:
-            buf = self.buffers[(name, dtype)] = np.empty(size, dtype=dtype)
-        return buf[:size].reshape(shape)
-
-
-_workspace = _Workspace()
+_workspace = workspace        # reusable scratch, see npfcn.workspace
 
 
 def _row_blocks(rows, row_bytes):
@@ -99,46 +81,36 @@ def _batch_rows(a, p0, p1, name):
 def _matmul_to_rows(a, b, y, p0, p1):
     """y[:, :, p0:p1] = a @ b per image, where b: (K, N*(p1-p0)) is batched (see above).
 
-    With many more pixels than output channels (and not a handful of channels,
-    where every orientation is memory-bound) the product is computed transposed,
-    b.T @ a.T, and copied back transposed: OpenBLAS's threaded GEMM is much
-    faster with the long dimension as its rows (measured on 2 threads: 17 ms
-    against 51 ms for 64 channels x 7000 pixels, K = 576).
+    One image: the product is written straight into y (BLAS takes the row stride).
+    Several: one product for the whole batch, then each image's block is copied to
+    its place; the copy moves contiguous runs of p1-p0 values.  (The product is never
+    computed transposed and copied back: NumPy's transposing copy of a tall matrix is
+    slower than the GEMM itself - 20 ms for 64 x 50176 floats.)
     """
     N, O, _ = y.shape
     block = p1 - p0
-    if O >= 16 and N * block > 4 * O:
-        t = _workspace.get("product", (N * block, O), y.dtype)
-        np.matmul(b.T, a.T, out=t)
-        y[:, :, p0:p1] = t.reshape(N, block, O).transpose(0, 2, 1)
-    elif N == 1:
+    if N == 1:
         np.matmul(a, b, out=y[0, :, p0:p1])
     else:
-        y[:, :, p0:p1] = (a @ b).reshape(O, N, block).transpose(1, 0, 2)
+        product = _workspace.get("product", (O, N * block), y.dtype)
+        np.matmul(a, b, out=product)
+        y[:, :, p0:p1] = product.reshape(O, N, block).transpose(1, 0, 2)
 
 
 def _add_outer(dw, a, b):
     """dw += a @ b.T for a: (O, P), b: (K, P) - a weight gradient summed over pixels.
 
-    A result wider than tall is computed transposed, as b @ a.T: OpenBLAS's
-    threaded GEMM is several times slower with few rows and a long inner
-    dimension (measured on 2 threads: 288 ms against 16 ms for a 64 x 576 result
-    over 7000 pixels; 36 ms against 16 ms for 512 x 4608 over 196).  A big
-    result (fc6's is 4096 x 25088, 411 MB) is done a block of columns at a
-    time through a workspace: no parameter-sized temporary per step.
+    A big result (fc6's is 4096 x 25088, 411 MB) is done a block of columns at a
+    time through a workspace: no parameter-sized temporary per step, and each
+    addition runs over contiguous rows.
     """
     O, K = dw.shape
     step = max(1, WORKSPACE_BYTES // (O * dw.itemsize))
     for k0 in range(0, K, step):
         k1 = min(K, k0 + step)
-        if k1 - k0 > O:
-            part = _workspace.get("outer", (k1 - k0, O), dw.dtype)
-            np.matmul(b[k0:k1], a.T, out=part)
-            dw[:, k0:k1] += part.T
-        else:
-            part = _workspace.get("outer", (O, k1 - k0), dw.dtype)
-            np.matmul(a, b[k0:k1].T, out=part)
-            dw[:, k0:k1] += part
+        part = _workspace.get("outer", (O, k1 - k0), dw.dtype)
+        np.matmul(a, b[k0:k1].T, out=part)
+        dw[:, k0:k1] += part
 
 
 def _gradient_target(dw_into, w):
@@ -184,6 +156,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
+    elif winograd.applies((KH, KW), stride, dilation, C, O):    # every VGG16 3x3 convolution
+        winograd.conv3x3_forward(x, w, padding, y.reshape(N, O, OH, OW))
     else:
         for r0, r1 in _row_blocks(OH, K * N * OW * x.itemsize):
             cols = _workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
@@ -219,6 +193,8 @@ def conv2d_backward(dy, cache, dw_into=None):
         for n in range(N):
             _add_outer(dw, dy3[n], x3[n])
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
+    elif winograd.applies((KH, KW), stride, dilation, C, O):
+        dx = winograd.conv3x3_backward(np.ascontiguousarray(dy), x, w, padding, dw)
     else:
         dx = np.zeros((N, C, H, W), dtype=x.dtype)
         for r0, r1 in _row_blocks(OH, K * N * OW * x.itemsize):

@@ -1,0 +1,32 @@
+"""Reusable scratch arrays for the convolution kernels.
+
+A freshly allocated buffer of a hundred megabytes costs milliseconds in page
+faults every time it is touched for the first time; layers called every step
+would pay that each call.  ``workspace.get`` hands out views of buffers that
+are kept from call to call, one set per thread (so two threads never share
+scratch).  Nothing obtained here is ever returned to a caller: the next call
+overwrites it.
+"""
+import threading
+
+import numpy as np
+
+WORKSPACE_BYTES = 16 << 20   # the block size the im2col and Winograd paths aim for
+
+
+class Workspace(threading.local):
+    """Named scratch arrays, grown on demand and reused (one set per thread)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, dtype):
+        """A C-contiguous array of ``shape`` and ``dtype`` (contents undefined)."""
+        size = int(np.prod(shape))
+        buf = self.buffers.get((name, np.dtype(dtype)))
+        if buf is None or buf.size < size:
+            buf = self.buffers[(name, np.dtype(dtype))] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)
+
+
+workspace = Workspace()
