@@ -1,0 +1,172 @@
+"""The Winograd F(2x2, 3x3) path of the C backend (npfcn/winograd.py, csrc/winograd.c).
+
+The reference is the NumPy backend's im2col convolution, an independent
+computation: every result here is compared with it, never with itself.
+
+Tolerances: in float64 the two differ only by rounding; the Winograd transforms
+add at most 3 x 3 terms with coefficients 1 and 1/2 around products of up to
+C*9 terms, so relative errors stay within a few hundred ulps: 1e-12 is used.
+In float32 the same argument gives ~1e-6; 2e-5 (relative to the largest value)
+leaves room for the longer sums of the bigger cases.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from npfcn import backend, functional as F, winograd
+from npfcn.gradcheck import gradcheck
+from npfcn.layers import Conv2d
+
+pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+
+
+def reference_conv(x, w, padding):
+    """y, dx, dw of sum(y * dy) on the NumPy im2col path, with a fixed dy."""
+    with backend.using("numpy"):
+        y, cache = F.conv2d_forward(x, w, None, 1, padding)
+        dy = np.cos(np.arange(y.size, dtype=x.dtype)).reshape(y.shape)
+        dx, dw, _ = F.conv2d_backward(dy, cache)
+    return y, dy, dx, dw
+
+
+def winograd_conv(x, w, padding, dy):
+    """The same three arrays from the Winograd functions directly."""
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    y = np.empty((N, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2), dtype=x.dtype)
+    with backend.using("c"):
+        winograd.conv3x3_forward(x, w, padding, y)
+        dw = np.zeros((O, C * 9), dtype=x.dtype)
+        dx = winograd.conv3x3_backward(dy, x, w, padding, dw)
+    return y, dx, dw.reshape(w.shape)
+
+
+def relative(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+@st.composite
+def cases(draw):
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    # the padded input must hold one 3x3 window
+    H = draw(st.integers(max(1, 3 - 2 * padding[0]), 13))
+    W = draw(st.integers(max(1, 3 - 2 * padding[1]), 13))
+    return dict(N=draw(st.integers(1, 3)), C=draw(st.integers(1, 9)), O=draw(st.integers(1, 9)),
+                H=H, W=W, padding=padding, seed=draw(st.integers(0, 2**16)))
+
+
+def make(case, dtype):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    w = rng.standard_normal((case["O"], case["C"], 3, 3)).astype(dtype)
+    return x, w
+
+
+@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_matches_the_im2col_reference(case, dtype):
+    x, w = make(case, dtype)
+    y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
+    y1, dx1, dw1 = winograd_conv(x, w, case["padding"], dy)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert relative(y1, y0) < tol
+    assert relative(dx1, dx0) < tol
+    assert relative(dw1, dw0) < tol
+
+
+@given(case=cases())
+def test_tile_row_blocks_give_the_same_result(case):
+    """One tile row per block (BLOCK_BYTES = 1) against one block for everything."""
+    x, w = make(case, np.float64)
+    _, dy, _, _ = reference_conv(x, w, case["padding"])
+    whole = winograd_conv(x, w, case["padding"], dy)
+    saved = winograd.BLOCK_BYTES
+    winograd.BLOCK_BYTES = 1
+    try:
+        rows = winograd_conv(x, w, case["padding"], dy)
+    finally:
+        winograd.BLOCK_BYTES = saved
+    for a, b in zip(rows, whole):
+        assert relative(a, b) < 1e-13
+
+
+@pytest.mark.parametrize("size, padding", [((1, 1), (1, 1)), ((5, 4), (0, 0)), ((6, 7), (2, 1)),
+                                           ((2, 3), (100, 100))])
+def test_gradcheck_through_the_layer(size, padding):
+    """Central differences through a float64 Conv2d that takes the Winograd path."""
+    layer = Conv2d(3, 4, 3, padding=padding, dtype=np.float64, rng=1)
+    assert winograd.applies((3, 3), (1, 1), (1, 1), 3, 4)
+    x = np.random.default_rng(2).standard_normal((2, 3, *size))
+    with backend.using("c"):
+        report = gradcheck(layer, (x,))
+    # float64 central differences with eps=1e-6: truncation ~1e-12, rounding ~1e-10
+    assert report.max_error < 1e-6, report
+
+
+def test_vgg_sized_layer_in_float32():
+    """64 -> 64 channels on 30x30, the shape class of VGG16's conv1_2 (multiple blocks)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    y0, dy, dx0, dw0 = reference_conv(x, w, (1, 1))
+    saved = winograd.BLOCK_BYTES
+    winograd.BLOCK_BYTES = 1 << 16
+    try:
+        y1, dx1, dw1 = winograd_conv(x, w, (1, 1), dy)
+    finally:
+        winograd.BLOCK_BYTES = saved
+    for a, b in ((y1, y0), (dx1, dx0), (dw1, dw0)):
+        assert relative(a, b) < 2e-5
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, cin, cout, expected", [
+    ((3, 3), (1, 1), (1, 1), 64, 64, True),
+    ((3, 3), (1, 1), (1, 1), 256, 512, True),   # 2*C = O still pays off
+    ((3, 3), (1, 1), (1, 1), 3, 64, False),     # VGG's conv1_1: im2col is faster
+    ((3, 3), (2, 2), (1, 1), 8, 8, False),
+    ((3, 3), (1, 1), (2, 2), 8, 8, False),
+    ((3, 1), (1, 1), (1, 1), 8, 8, False),
+    ((5, 5), (1, 1), (1, 1), 8, 8, False),
+])
+def test_which_convolutions_take_the_winograd_path(kernel, stride, dilation, cin, cout, expected):
+    with backend.using("c"):
+        assert winograd.applies(kernel, stride, dilation, cin, cout) is expected
+    with backend.using("numpy"):     # the reference path is always im2col
+        assert winograd.applies(kernel, stride, dilation, cin, cout) is False
+
+
+def test_layer_accumulates_the_weight_gradient():
+    """Two backward passes without zero_grad add up (the dw_into route)."""
+    rng = np.random.default_rng(4)
+    layer = Conv2d(4, 4, 3, padding=1, dtype=np.float64, rng=5)
+    x = rng.standard_normal((1, 4, 6, 6))
+    dy = rng.standard_normal((1, 4, 6, 6))
+    with backend.using("c"):
+        layer.zero_grad()
+        layer.forward(x)
+        layer.backward(dy)
+        once = layer.grads["weight"].copy()
+        layer.forward(x)
+        layer.backward(dy)
+    np.testing.assert_allclose(layer.grads["weight"], 2 * once, rtol=1e-12)
+    with backend.using("numpy"):
+        _, cache = F.conv2d_forward(x, layer.params["weight"], None, 1, 1)
+        _, dw_numpy, _ = F.conv2d_backward(dy, cache)
+    np.testing.assert_allclose(once, dw_numpy, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["output shape", "weight shape", "dtype", "non-contiguous"])
+def test_the_python_gate_refuses_bad_arrays(bad):
+    """The module's own checks run before any C code, even when called directly."""
+    x = np.zeros((1, 2, 5, 5))
+    w = np.zeros((3, 2, 3, 3))
+    y = np.zeros((1, 3, 5, 5))
+    if bad == "output shape":
+        y = np.zeros((1, 3, 6, 5))
+    elif bad == "weight shape":
+        w = np.zeros((3, 2, 5, 5))
+    elif bad == "dtype":
+        w = w.astype(np.float32)
+    else:
+        x = np.zeros((1, 2, 5, 10))[..., ::2]
+    with backend.using("c"), pytest.raises(ValueError, match="winograd conv"):
+        winograd.conv3x3_forward(x, w, (1, 1), y)
