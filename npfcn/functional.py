@@ -395,35 +395,17 @@ def max_unpool2d_forward(x, indices, kernel_size, stride=None, padding=0, output
     x = as_float_tensor(x, "max_unpool2d input")
     N, C, H, W = x.shape
     OH, OW = max_unpool2d_output_size((H, W), kernel_size, stride, padding, output_size)
-    indices = _check_indices(indices, x.shape, OH * OW)
-    check_size(N * C * OH * OW, "max_unpool2d output")
-    y = np.zeros((N * C, OH * OW), dtype=x.dtype)
-    np.put_along_axis(y, indices.reshape(N * C, H * W), x.reshape(N * C, H * W), axis=1)
-    return y.reshape(N, C, OH, OW), (x.shape, x.dtype, indices, (OH, OW))
+    # Indices are checked (type, shape, range) where C uses them, in pooling; the
+    # backward pass checks them again, so changing them in between cannot reach C.
+    y = pooling.max_unpool_forward(x, indices, (OH, OW))
+    return y, (x.shape, x.dtype, indices, (OH, OW))
 
 
 def max_unpool2d_backward(dy, cache):
     """dy: (N, C, OH, OW) -> dx: (N, C, H, W), gathered at the indices (as PyTorch)."""
     shape, dtype, indices, (OH, OW) = cache
-    N, C, H, W = shape
-    dy = _grad(dy, (N, C, OH, OW), dtype, "max_unpool2d output")
-    dx = np.take_along_axis(dy.reshape(N * C, OH * OW), indices.reshape(N * C, H * W), axis=1)
-    return dx.reshape(shape)
-
-
-def _check_indices(indices, shape, plane_size):
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
-    if indices.dtype.kind not in "iu" :
-        raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
-    check_same_shape(indices, shape, "indices")
-    if indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= plane_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"unpooling index {bad} is out of range for an output plane of "
-                             f"{plane_size} pixels")
-    return np.ascontiguousarray(indices, dtype=np.int64)
+    dy = _grad(dy, (*shape[:2], OH, OW), dtype, "max_unpool2d output")
+    return pooling.max_unpool_backward(dy, indices)
 
 
 # --- elementwise ---------------------------------------------------------------------
