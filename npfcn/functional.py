@@ -156,7 +156,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
-    elif winograd.applies((KH, KW), stride, dilation, C, O):    # every VGG16 3x3 convolution
+    elif winograd.applies((KH, KW), stride, dilation, C, O,
+                              winograd.tile_count(N, OH, OW)):    # every VGG16 3x3 convolution
         winograd.conv3x3_forward(x, w, padding, y.reshape(N, O, OH, OW))
     else:
         for r0, r1 in _row_blocks(OH, K * N * OW * x.itemsize):
@@ -193,7 +194,8 @@ def conv2d_backward(dy, cache, dw_into=None):
         for n in range(N):
             _add_outer(dw, dy3[n], x3[n])
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
-    elif winograd.applies((KH, KW), stride, dilation, C, O):
+    elif winograd.applies((KH, KW), stride, dilation, C, O,
+                              winograd.tile_count(N, OH, OW)):
         dx = winograd.conv3x3_backward(np.ascontiguousarray(dy), x, w, padding, dw)
     else:
         dx = np.zeros((N, C, H, W), dtype=x.dtype)

@@ -37,23 +37,35 @@ from .workspace import workspace
 BLOCK_BYTES = 8 << 20   # V and M of one block of tile rows (about 2x L2 + some L3)
 
 
-def applies(kernel_size, stride, dilation, in_channels, out_channels):
+def applies(kernel_size, stride, dilation, in_channels, out_channels, tiles):
     """True when the C backend computes this convolution with Winograd F(2x2, 3x3).
 
-    Only 3x3, stride 1, no dilation - and not when the input has far fewer channels
-    than the output (VGG's first layer, 3 -> 64): the transformed output, 16 x O
-    per tile, then dwarfs a product whose inner dimension is only C, and im2col
-    wins (measured on one core: 3 -> 64 at 224x224 2.8x and 8 -> 64 at 112x112
-    1.6x slower by Winograd; 4 -> 8, 8 -> 16 and 16 -> 32 break even or gain).
+    ``tiles``: the number of 2x2 output tiles of the whole batch, N*ceil(OH/2)*ceil(OW/2).
+    Only 3x3, stride 1, no dilation, and only where it pays (measured on one core):
+
+    * not when the input has far fewer channels than the output (VGG's first
+      layer, 3 -> 64): the transformed output, 16 x O per tile, then dwarfs a
+      product whose inner dimension is only C (3 -> 64 at 224x224 2.8x and
+      8 -> 64 at 112x112 1.6x slower than im2col; 4 -> 8, 8 -> 16 and 16 -> 32
+      break even or gain);
+    * not on fewer than 64 tiles (512 -> 512 at 14x14 has 49): the 16 products
+      are then too thin for BLAS and transforming the weights (16/9 of their
+      size, every pass) is not paid back.
     """
     return (backend.active() == "c" and tuple(kernel_size) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and 2 * in_channels >= out_channels)
+            and 2 * in_channels >= out_channels and tiles >= 64)
 
 
 def _tiles(OH, OW):
     """Number of 2x2 output tiles per column and per row: (TH, TW)."""
     return (OH + 1) // 2, (OW + 1) // 2
+
+
+def tile_count(N, OH, OW):
+    """2x2 output tiles in a batch of N outputs of OH x OW (the ``tiles`` of ``applies``)."""
+    TH, TW = _tiles(OH, OW)
+    return N * TH * TW
 
 
 def _tile_row_blocks(N, C, O, TH, TW, itemsize):

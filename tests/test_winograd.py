@@ -94,10 +94,15 @@ def test_tile_row_blocks_give_the_same_result(case):
 def test_gradcheck_through_the_layer(size, padding):
     """Central differences through a float64 Conv2d that takes the Winograd path."""
     layer = Conv2d(3, 4, 3, padding=padding, dtype=np.float64, rng=1)
-    assert winograd.applies((3, 3), (1, 1), (1, 1), 3, 4)
     x = np.random.default_rng(2).standard_normal((2, 3, *size))
-    with backend.using("c"):
-        report = gradcheck(layer, (x,))
+    saved = winograd.applies
+    winograd.applies = lambda *args: saved(*args[:5], tiles=64)   # however few tiles
+    try:
+        assert winograd.applies((3, 3), (1, 1), (1, 1), 3, 4, 1)
+        with backend.using("c"):
+            report = gradcheck(layer, (x,))
+    finally:
+        winograd.applies = saved
     # float64 central differences with eps=1e-6: truncation ~1e-12, rounding ~1e-10
     assert report.max_error < 1e-6, report
 
@@ -118,28 +123,32 @@ def test_vgg_sized_layer_in_float32():
         assert relative(a, b) < 2e-5
 
 
-@pytest.mark.parametrize("kernel, stride, dilation, cin, cout, expected", [
-    ((3, 3), (1, 1), (1, 1), 64, 64, True),
-    ((3, 3), (1, 1), (1, 1), 256, 512, True),   # 2*C = O still pays off
-    ((3, 3), (1, 1), (1, 1), 3, 64, False),     # VGG's conv1_1: im2col is faster
-    ((3, 3), (2, 2), (1, 1), 8, 8, False),
-    ((3, 3), (1, 1), (2, 2), 8, 8, False),
-    ((3, 1), (1, 1), (1, 1), 8, 8, False),
-    ((5, 5), (1, 1), (1, 1), 8, 8, False),
+@pytest.mark.parametrize("kernel, stride, dilation, cin, cout, out_size, expected", [
+    ((3, 3), (1, 1), (1, 1), 64, 64, 224, True),
+    ((3, 3), (1, 1), (1, 1), 256, 512, 28, True),   # 2*C = O still pays off
+    ((3, 3), (1, 1), (1, 1), 512, 512, 16, True),   # 64 tiles
+    ((3, 3), (1, 1), (1, 1), 512, 512, 14, False),  # 49 tiles: too few
+    ((3, 3), (1, 1), (1, 1), 3, 64, 224, False),    # VGG's conv1_1: im2col is faster
+    ((3, 3), (2, 2), (1, 1), 8, 8, 64, False),
+    ((3, 3), (1, 1), (2, 2), 8, 8, 64, False),
+    ((3, 1), (1, 1), (1, 1), 8, 8, 64, False),
+    ((5, 5), (1, 1), (1, 1), 8, 8, 64, False),
 ])
-def test_which_convolutions_take_the_winograd_path(kernel, stride, dilation, cin, cout, expected):
+def test_which_convolutions_take_the_winograd_path(kernel, stride, dilation, cin, cout,
+                                                   out_size, expected):
+    tiles = winograd.tile_count(1, out_size, out_size)
     with backend.using("c"):
-        assert winograd.applies(kernel, stride, dilation, cin, cout) is expected
+        assert winograd.applies(kernel, stride, dilation, cin, cout, tiles) is expected
     with backend.using("numpy"):     # the reference path is always im2col
-        assert winograd.applies(kernel, stride, dilation, cin, cout) is False
+        assert winograd.applies(kernel, stride, dilation, cin, cout, tiles) is False
 
 
 def test_layer_accumulates_the_weight_gradient():
     """Two backward passes without zero_grad add up (the dw_into route)."""
     rng = np.random.default_rng(4)
     layer = Conv2d(4, 4, 3, padding=1, dtype=np.float64, rng=5)
-    x = rng.standard_normal((1, 4, 6, 6))
-    dy = rng.standard_normal((1, 4, 6, 6))
+    x = rng.standard_normal((1, 4, 16, 16))        # 64 tiles: the Winograd path
+    dy = rng.standard_normal((1, 4, 16, 16))
     with backend.using("c"):
         layer.zero_grad()
         layer.forward(x)
