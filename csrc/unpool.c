@@ -5,7 +5,8 @@
  *   y          : (NC, OHW)  output plane, checked by Python to lie in [0, OHW)
  *
  * Forward:  y = 0, then y[plane, indices[plane, k]] = x[plane, k] in order of k
- *           (with repeated indices the last value wins, as in PyTorch's CPU loop).
+ *           (with repeated indices the last value wins; PyTorch does not promise
+ *           which one wins).
  * Backward: dx[plane, k] = dy[plane, indices[plane, k]].
  */
 #include <string.h>
