@@ -180,6 +180,21 @@ def test_unpool_forward_and_backward_match_reference(n, c, h, w, oh, ow, repeats
         np.testing.assert_array_equal(y, y_ref)
 
 
+def test_calls_large_enough_to_run_on_several_threads_match_reference(rng):
+    """The kernels split planes across threads above 131072 elements; here 8 x 129 x 160."""
+    x = pool_input(rng, (2, 4, 129, 160), np.float32, specials=True)
+
+    def run():
+        y, idx, cache = F.max_pool2d_forward(x, 2, 2, ceil_mode=True)
+        dx = F.max_pool2d_backward(small_int_grad(np.random.default_rng(1), y.shape, y.dtype),
+                                   cache)
+        u, ucache = F.max_unpool2d_forward(y, idx, 2, output_size=x.shape)
+        return y, idx, dx, u, F.max_unpool2d_backward(x, ucache)
+
+    for got, expect in zip(*both(run)):
+        np.testing.assert_array_equal(got, expect)
+
+
 def test_unpool_backward_rechecks_indices_changed_after_forward():
     """The cache holds the caller's indices: making them bad later must not reach C."""
     x = np.ones((1, 1, 2, 2), np.float32)
