@@ -70,18 +70,28 @@ void max_unpool_forward_{s}(const {t} *x, const int64_t *indices, {t} *y, int64_
 void max_unpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
                 int64_t HW, int64_t OHW);
 """
+_SUBPIXEL_SIGNATURES = """
+void phases_to_image_{s}(const {t} *phases, {t} *image, int64_t N, int64_t O, int64_t SH,
+                int64_t SW, int64_t GH, int64_t GW, int64_t OH, int64_t OW, int64_t PH,
+                int64_t PW);
+void image_to_phases_{s}(const {t} *image, {t} *phases, int64_t N, int64_t O, int64_t SH,
+                int64_t SW, int64_t GH, int64_t GW, int64_t OH, int64_t OW, int64_t PH,
+                int64_t PW);
+"""
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
     + _WINOGRAD_SIGNATURES.format(s="f32", t="float")
     + _WINOGRAD_SIGNATURES.format(s="f64", t="double")
+    + _SUBPIXEL_SIGNATURES.format(s="f32", t="float")
+    + _SUBPIXEL_SIGNATURES.format(s="f64", t="double")
     + _UNPOOL_SIGNATURES.format(s="f32", t="float")
     + _UNPOOL_SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c"]
 
 
 def _flag(name, default):

@@ -73,6 +73,19 @@ void winograd_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C);
 NPFCN_DECLARE_WINOGRAD(float, f32)
 NPFCN_DECLARE_WINOGRAD(double, f64)
 
+/* Sub-pixel phases <-> image for transposed convolutions (subpixel.c):
+ * phases (SH*SW*O, N, GH, GW), image (N, O, OH, OW). */
+#define NPFCN_DECLARE_SUBPIXEL(T, SUFFIX)                                               \
+void phases_to_image_##SUFFIX(const T *phases, T *image, int64_t N, int64_t O,         \
+                              int64_t SH, int64_t SW, int64_t GH, int64_t GW,           \
+                              int64_t OH, int64_t OW, int64_t PH, int64_t PW);          \
+void image_to_phases_##SUFFIX(const T *image, T *phases, int64_t N, int64_t O,         \
+                              int64_t SH, int64_t SW, int64_t GH, int64_t GW,           \
+                              int64_t OH, int64_t OW, int64_t PH, int64_t PW);
+
+NPFCN_DECLARE_SUBPIXEL(float, f32)
+NPFCN_DECLARE_SUBPIXEL(double, f64)
+
 /* Max unpooling (unpool.c): x, indices: (NC, HW) -> y: (NC, OHW), and the gather
  * back.  Indices lie in [0, OHW), checked by Python. */
 #define NPFCN_DECLARE_UNPOOL(T, SUFFIX)                                                 \

@@ -39,6 +39,11 @@ def as_float_tensor(x, name="x", ndim=4, dtype=None):
 
 def int_pair(value, name, minimum):
     """``value`` (an int or a pair of ints) as a tuple ``(h, w)``, each >= ``minimum``."""
+    # The common case, a pair the library built itself, without the general checks
+    # (layers validate their geometry on every call; this keeps small layers cheap).
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum:
+        return value
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")

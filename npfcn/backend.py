@@ -11,6 +11,8 @@ The C extension ``npfcn._kernels`` is built by ``pip install`` from ``csrc/``.
 """
 import os
 
+import numpy as np
+
 # The OpenMP runtime reads OMP_WAIT_POLICY once, when the kernel loads it.  npfcn's
 # kernels are short bursts between BLAS calls; by default an idle OpenMP thread
 # then spins and takes the core the next matrix product needs.  "passive" (sleep
@@ -65,7 +67,8 @@ def kernels():
     return _compiled.ffi, _compiled.lib
 
 
-_CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
+_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]",
+           np.dtype(np.int64): "int64_t[]"}
 
 
 def pointer(array):
@@ -76,7 +79,7 @@ def pointer(array):
     """
     assert array.flags.c_contiguous, "arrays must be C-contiguous before they reach C"
     ffi = _compiled.ffi
-    return ffi.from_buffer(_CTYPES[array.dtype.name], array,
+    return ffi.from_buffer(_CTYPES[array.dtype], array,
                            require_writable=array.flags.writeable)
 
 

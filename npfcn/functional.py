@@ -14,7 +14,7 @@ gradients must have that same dtype (no silent up- or down-casts).
 """
 import numpy as np
 
-from . import backend, pooling, winograd
+from . import backend, pooling, subpixel, winograd
 from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
 from .im2col import col2im_rows, conv_output_size, im2col_rows
 from .workspace import WORKSPACE_BYTES, workspace
@@ -279,6 +279,13 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     check_size(N * O * OH * OW, "conv_transpose2d output")
     # The grid of the columns is the input (H, W); the image they sum into is y.
     check_extent((OH, OW), (KH, KW), stride, pad, dilation, (H, W), "conv_transpose2d")
+    cache = (x, w, b is not None, stride, pad, dilation, (OH, OW))
+    if subpixel.applies((KH, KW), stride, dilation):     # FCN's upsampling layers
+        check_size(C * KH * KW * N * (H + KH) * (W + KW), "conv_transpose2d phase columns")
+        y, phase_weights = subpixel.conv_transpose2d_forward(x, w, stride, pad, (OH, OW))
+        if b is not None:
+            y += b.reshape(1, O, 1, 1)
+        return y, cache + (phase_weights,)
     g = (KH, KW, *stride, *pad, *dilation, H, W)
     OKK = O * KH * KW
     w2t = w.reshape(C, OKK).T
@@ -291,7 +298,6 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
         col2im_rows(cols, y, g, (r0, r1))
     if b is not None:
         y += b.reshape(1, O, 1, 1)
-    cache = (x, w, b is not None, stride, pad, dilation, (OH, OW))
     return y, cache
 
 
@@ -300,22 +306,26 @@ def conv_transpose2d_backward(dy, cache, dw_into=None):
 
     ``dw_into``: as in ``conv2d_backward``, an array the weight gradient is added into.
     """
-    x, w, has_bias, stride, pad, dilation, (OH, OW) = cache
+    x, w, has_bias, stride, pad, dilation, (OH, OW) = cache[:7]
     N, C, H, W = x.shape
     _, O, KH, KW = w.shape
     dy = _grad(dy, (N, O, OH, OW), x.dtype, "conv_transpose2d output")
+    dw = _gradient_target(dw_into, w)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    if len(cache) == 8:                  # the forward pass went by sub-pixel phases
+        dx = subpixel.conv_transpose2d_backward(np.ascontiguousarray(dy), x, cache[7], stride,
+                                                pad, dw.reshape(w.shape))
+        return dx, dw.reshape(w.shape), db
     g = (KH, KW, *stride, *pad, *dilation, H, W)
     OKK = O * KH * KW
     w2 = w.reshape(C, OKK)
     x3 = x.reshape(N, C, H * W)
     dx = np.empty((N, C, H * W), dtype=x.dtype)
-    dw = _gradient_target(dw_into, w)
     for r0, r1 in _row_blocks(H, OKK * N * W * x.itemsize):
         dcols = _workspace.get("dcols", (OKK, N * (r1 - r0) * W), x.dtype)
         im2col_rows(dy, g, (r0, r1), dcols)                                # (OKK, N*block)
         _matmul_to_rows(w2, dcols, dx, r0 * W, r1 * W)
         _add_outer(dw, _batch_rows(x3, r0 * W, r1 * W, "x"), dcols)
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
 
 
