@@ -79,12 +79,14 @@ def test_tile_row_blocks_give_the_same_result(case):
     x, w = make(case, np.float64)
     _, dy, _, _ = reference_conv(x, w, case["padding"])
     whole = winograd_conv(x, w, case["padding"], dy)
-    saved = winograd.BLOCK_BYTES
-    winograd.BLOCK_BYTES = 1
+    saved = winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES
+    winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = 1, 1
     try:
+        TH = (case["H"] + 2 * case["padding"][0] - 1) // 2       # ceil(OH / 2)
+        assert len(winograd._tile_row_blocks(case["N"], case["C"], case["O"], TH, 1, 8)) == TH
         rows = winograd_conv(x, w, case["padding"], dy)
     finally:
-        winograd.BLOCK_BYTES = saved
+        winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = saved
     for a, b in zip(rows, whole):
         assert relative(a, b) < 1e-13
 
@@ -113,12 +115,13 @@ def test_vgg_sized_layer_in_float32():
     x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
     y0, dy, dx0, dw0 = reference_conv(x, w, (1, 1))
-    saved = winograd.BLOCK_BYTES
-    winograd.BLOCK_BYTES = 1 << 16
+    saved = winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES
+    winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = 1 << 16, 1
     try:
+        assert len(winograd._tile_row_blocks(2, 64, 64, 15, 15, 4)) > 1
         y1, dx1, dw1 = winograd_conv(x, w, (1, 1), dy)
     finally:
-        winograd.BLOCK_BYTES = saved
+        winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = saved
     for a, b in ((y1, y0), (dx1, dx0), (dw1, dw0)):
         assert relative(a, b) < 2e-5
 
