@@ -136,6 +136,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul.
 
     x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None  ->  y: (N, O, OH, OW)
+    On the C backend most 3x3 stride-1 convolutions go by Winograd instead
+    (``npfcn.winograd``): the same result with 2.25x fewer multiplications.
     """
     x = as_float_tensor(x, "conv2d input")
     w, b = _weights(w, b, x, "conv2d")
@@ -259,6 +261,9 @@ def check_output_padding(padding, output_padding, stride, dilation):
 
 def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1):
     """Transposed convolution (the adjoint of conv2d) by matmul + col2im.
+
+    On the C backend a kernel that is a multiple of the stride goes by sub-pixel
+    phases instead (``npfcn.subpixel``): one matmul and no scatter-add.
 
     x: (N, Cin, H, W), w: (Cin, Cout, KH, KW), b: (Cout,) or None -> y: (N, Cout, OH, OW)
     Every input pixel scatters ``x[n, c, h, w] * w[c, :, :, :]`` onto the output
