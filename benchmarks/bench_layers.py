@@ -12,7 +12,10 @@ alternately with PyTorch in one process (see bench_timing.compare).  Columns:
                                convolutions the matrix products an im2col design
                                must do (the same GEMM shapes, NumPy's BLAS); for
                                memory-bound layers a copy of the same bytes.  1.0
-                               means npfcn adds nothing around that limit;
+                               means npfcn adds nothing around that limit.  Above
+                               1.0 npfcn needs fewer multiplications than that
+                               design (Winograd for 3x3 convolutions, sub-pixel
+                               phases for transposed ones: see README);
 * ``spread``                   (max - min) / median over the runs of npfcn;
 * ``numpy-ref ms``             (``--reference``) the pure-NumPy reference path.
 
