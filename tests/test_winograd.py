@@ -182,3 +182,26 @@ def test_the_python_gate_refuses_bad_arrays(bad):
         x = np.zeros((1, 2, 5, 10))[..., ::2]
     with backend.using("c"), pytest.raises(ValueError, match="winograd conv"):
         winograd.conv3x3_forward(x, w, (1, 1), y)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
+    """Conv2d forward and backward against torch.nn.functional.conv2d, 8 -> 8 channels
+    on 2 x 15x17 (2 x 8 x 9 = 144 tiles, so the layer takes the Winograd path)."""
+    rng = np.random.default_rng(7)
+    layer = Conv2d(8, 8, 3, padding=1, dtype=dtype, rng=8)
+    x = rng.standard_normal((2, 8, 15, 17)).astype(dtype)
+    with backend.using("c"):
+        assert winograd.applies((3, 3), (1, 1), (1, 1), 8, 8, winograd.tile_count(2, 15, 17))
+        layer.zero_grad()
+        y = layer.forward(x)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = layer.backward(dy)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(layer.params["weight"], requires_grad=True)
+    tb = torch.tensor(layer.params["bias"], requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, padding=1)
+    ty.backward(torch.tensor(dy))
+    for ours, theirs in ((y, ty), (dx, tx.grad), (layer.grads["weight"], tw.grad),
+                         (layer.grads["bias"], tb.grad)):
+        assert relative(ours, theirs.detach().numpy()) < tol
