@@ -40,7 +40,7 @@ except ImportError:  # parity columns become null
     torch = None
 
 LAYERS = ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "relu", "dropout",
-          "crop", "add", "cross_entropy"]
+          "crop", "add", "cross_entropy", "conv2d_winograd"]
 
 
 # --- configurations ------------------------------------------------------------------
@@ -56,6 +56,17 @@ def conv_config(rng):
     return dict(n=int(rng.integers(1, 3)), cin=int(rng.integers(1, 4)),
                 cout=int(rng.integers(1, 4)), size=size, k=k, s=s, p=p, d=d,
                 bias=bool(rng.integers(0, 2)))
+
+
+def winograd_config(rng):
+    """A 3x3 stride-1 convolution with at least 64 output tiles: the C backend's
+    Winograd path (npfcn/winograd.py; the small random convolutions above have
+    too few tiles for it)."""
+    p = pair(rng, 0, 2)
+    cin = int(rng.integers(1, 4))
+    size = tuple(17 - 2 * pi + int(rng.integers(0, 4)) for pi in p)    # output >= 15x15
+    return dict(n=1, cin=cin, cout=int(rng.integers(1, 2 * cin + 1)), size=size,
+                k=(3, 3), s=(1, 1), p=p, d=(1, 1), bias=bool(rng.integers(0, 2)))
 
 
 def conv_transpose_config(rng):
@@ -96,8 +107,8 @@ def distinct(shape, rng):
 
 def case(layer, rng, dtype):
     """(module, inputs, cfg) of one random configuration of ``layer`` in ``dtype``."""
-    if layer == "conv2d":
-        c = conv_config(rng)
+    if layer in ("conv2d", "conv2d_winograd"):
+        c = conv_config(rng) if layer == "conv2d" else winograd_config(rng)
         m = Conv2d(c["cin"], c["cout"], c["k"], c["s"], c["p"], c["d"], bias=c["bias"],
                    dtype=dtype, rng=rng)
         return m, (rng.standard_normal((c["n"], c["cin"], *c["size"])).astype(dtype),), c
@@ -188,7 +199,7 @@ def parity(layer, rng, dtype):
     leaves = [torch.tensor(inputs[0], requires_grad=True)]
     params = [torch.tensor(module.params[k], requires_grad=True) for k in module.params]
     x = leaves[0]
-    if layer == "conv2d":
+    if layer in ("conv2d", "conv2d_winograd"):
         ty = TF.conv2d(x, params[0], params[1] if c["bias"] else None, c["s"], c["p"], c["d"])
     elif layer == "conv_transpose2d":
         ty = torch_conv_transpose(x, params[0], params[1] if c["bias"] else None, c)
