@@ -31,7 +31,7 @@ workspaces, so memory stays bounded like the im2col path's.
 """
 import numpy as np
 
-from . import backend
+from . import backend, blocks
 from .workspace import workspace
 
 # A block of tile rows is sized by two needs (measured on one core): its V and M
@@ -40,6 +40,7 @@ from .workspace import workspace
 # at 28x28: 68 ms with 112 tiles per block, 57 ms with all 196).
 BLOCK_BYTES = 8 << 20
 MIN_BLOCK_TILES = 768
+MIN_PARALLEL_TILES = 128     # the thinnest block worth a core of its own
 
 
 def applies(kernel_size, stride, dilation, in_channels, out_channels, tiles):
@@ -75,9 +76,17 @@ def tile_count(N, OH, OW):
 
 def _tile_row_blocks(N, C, O, TH, TW, itemsize):
     """Blocks [t0, t1) of tile rows: V (16*C) and M (16*O) within BLOCK_BYTES, unless
-    that leaves fewer than MIN_BLOCK_TILES tiles (columns of the products) per block."""
+    that leaves fewer than MIN_BLOCK_TILES tiles (columns of the products) per block.
+
+    With several threads and tiles enough for it, up to four blocks per thread (of
+    at least MIN_PARALLEL_TILES each), so that npfcn.blocks can give every core
+    whole blocks to itself.
+    """
     per_row = 16 * (C + O) * N * TW * itemsize
     step = max(1, BLOCK_BYTES // max(1, per_row), -(-MIN_BLOCK_TILES // (N * TW)))
+    threads = backend.num_threads()
+    if threads > 1 and N * TH * TW >= 2 * threads * MIN_PARALLEL_TILES:
+        step = min(step, max(-(-TH // (4 * threads)), -(-MIN_PARALLEL_TILES // (N * TW))))
     return [(t, min(t + step, TH)) for t in range(0, TH, step)]
 
 
@@ -129,16 +138,21 @@ def conv3x3_forward(x, w, padding, y):
     kernel = _lib(x.dtype)
     TH, TW = _tiles(OH, OW)
     U = transform_weight(w)
-    scratch = _scratch(TW, x.dtype)
-    for t0, t1 in _tile_row_blocks(N, C, O, TH, TW, x.itemsize):
+
+    def forward_block(rows):
+        """The output rows of tile rows [t0, t1): no other block writes them."""
+        t0, t1 = rows
         T = N * (t1 - t0) * TW
         V = workspace.get("wino_V", (16, C, T), x.dtype)
         M = workspace.get("wino_M", (16, O, T), x.dtype)
+        scratch = _scratch(TW, x.dtype)
         kernel("input")(backend.pointer(x), backend.pointer(V), N, C, H, W, PH, PW,
                         t0, t1, TW, backend.pointer(scratch))
         np.matmul(U, V, out=M)
         kernel("output")(backend.pointer(M), backend.pointer(y), N, O, OH, OW, t0, t1, TW,
                          backend.pointer(scratch))
+
+    blocks.run(_tile_row_blocks(N, C, O, TH, TW, x.itemsize), forward_block)
     return y
 
 
@@ -157,11 +171,13 @@ def conv3x3_backward(dy, x, w, padding, dw2):
     kernel = _lib(x.dtype)
     TH, TW = _tiles(OH, OW)
     U = transform_weight(w)
-    dU = workspace.get("wino_dU", (16, O, C), x.dtype)
     dx = np.zeros((N, C, H, W), dtype=x.dtype)
-    scratch = _scratch(TW, x.dtype)
-    for block, (t0, t1) in enumerate(_tile_row_blocks(N, C, O, TH, TW, x.itemsize)):
+
+    def backward_block(rows):
+        """Adds the block's share into dx; returns its share of dU = sum dM V^T."""
+        t0, t1 = rows
         T = N * (t1 - t0) * TW
+        scratch = _scratch(TW, x.dtype)
         dM = workspace.get("wino_M", (16, O, T), x.dtype)
         kernel("output_adj")(backend.pointer(dy), backend.pointer(dM), N, O, OH, OW, t0, t1, TW,
                              backend.pointer(scratch))
@@ -174,15 +190,20 @@ def conv3x3_backward(dy, x, w, padding, dw2):
             np.matmul(U[xi].T, dM[xi], out=dV[xi])
         kernel("input_adj")(backend.pointer(dV), backend.pointer(dx), N, C, H, W, PH, PW,
                             t0, t1, TW, backend.pointer(scratch))
-        # dU += dM V^T, with V rebuilt from x (cheaper than keeping it from forward)
+        # dM V^T, with V rebuilt from x (cheaper than keeping it from forward)
         V = dV
         kernel("input")(backend.pointer(x), backend.pointer(V), N, C, H, W, PH, PW,
                         t0, t1, TW, backend.pointer(scratch))
-        if block == 0:
-            np.matmul(dM, V.transpose(0, 2, 1), out=dU)
-        else:
-            part = workspace.get("wino_dU_part", (16, O, C), x.dtype)
-            np.matmul(dM, V.transpose(0, 2, 1), out=part)
-            dU += part
+        return np.matmul(dM, V.transpose(0, 2, 1))
+
+    plan = _tile_row_blocks(N, C, O, TH, TW, x.itemsize)
+    parallel = len(plan) >= 2 * backend.num_threads()
+    # Neighbouring blocks add into two shared rows of dx, blocks two apart never
+    # do: in parallel, the even blocks go first, then the odd ones.
+    phases = [plan[0::2], plan[1::2]] if parallel else [plan]
+    dU = None
+    for phase in phases:
+        for part in blocks.run(phase, backward_block, parallel=parallel):
+            dU = part if dU is None else dU + part   # the first part is a fresh array
     kernel("weight_adj")(backend.pointer(dU), backend.pointer(dw2), O, C)
     return dx

@@ -1,0 +1,96 @@
+"""npfcn.blocks: independent blocks of a layer on several threads.
+
+The results must not depend on how the blocks were spread: the parallel
+Winograd path is compared with the same computation on one thread.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+from npfcn import backend, blocks, functional as F, sysinfo, winograd
+
+pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+
+
+@pytest.fixture
+def two_threads():
+    before = backend.num_threads(), sysinfo.blas_threads()
+    sysinfo.set_threads(2)
+    yield
+    sysinfo.set_threads(before[0])
+    if before[1] is not None:
+        assert sysinfo.blas_threads() == 2      # a section restores what it found
+        sysinfo.set_threads(before[1])
+
+
+def test_results_come_back_in_block_order_from_worker_threads(two_threads):
+    names = []
+
+    def work(block):
+        names.append(threading.current_thread().name)
+        return block * block
+
+    with backend.using("c"):
+        assert blocks.run(list(range(10)), work) == [b * b for b in range(10)]
+    assert all(name.startswith("npfcn-block") for name in names)
+
+
+def test_workers_run_blas_on_one_thread_and_the_setting_is_restored(two_threads):
+    seen = []
+    with backend.using("c"):
+        blocks.run([0, 1, 2, 3], lambda block: seen.append(
+            (sysinfo.blas_threads(), backend.num_threads())))
+        assert backend.num_threads() == 2
+    if sysinfo.blas_threads() is not None:
+        assert sysinfo.blas_threads() == 2
+        assert {s[0] for s in seen} == {1}
+    assert {s[1] for s in seen} == {1}       # OpenMP: the workers' own setting
+
+
+def test_an_error_in_a_block_reaches_the_caller_and_nothing_is_left_running(two_threads):
+    started = []
+
+    def work(block):
+        started.append(block)
+        if block == 1:
+            raise ValueError("block 1 failed")
+        return block
+
+    with backend.using("c"), pytest.raises(ValueError, match="block 1 failed"):
+        blocks.run(list(range(40)), work)
+    count = len(started)
+    with backend.using("c"):
+        assert blocks.run([5, 6], lambda b: b) == [5, 6]   # the pool still works
+    assert len(started) == count                          # no stray block ran later
+
+
+def test_one_thread_runs_in_the_caller():
+    before = backend.num_threads()
+    sysinfo.set_threads(1)
+    try:
+        with backend.using("c"):
+            names = blocks.run([0, 1, 2], lambda b: threading.current_thread().name)
+    finally:
+        sysinfo.set_threads(before)
+    assert set(names) == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_parallel_winograd_equals_the_one_thread_result(two_threads, dtype, tol):
+    """2 x 8 channels on 64x64: 2048 tiles, split into blocks on two threads."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 64, 64)).astype(dtype)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 8, 64, 64)).astype(dtype)
+    with backend.using("c"):
+        plan = winograd._tile_row_blocks(2, 8, 8, 32, 32, x.itemsize)
+        assert len(plan) >= 4                       # the parallel path is taken
+        y2, cache = F.conv2d_forward(x, w, None, 1, 1)
+        dx2, dw2, _ = F.conv2d_backward(dy, cache)
+        sysinfo.set_threads(1)
+        y1, cache = F.conv2d_forward(x, w, None, 1, 1)
+        dx1, dw1, _ = F.conv2d_backward(dy, cache)
+        sysinfo.set_threads(2)
+    for a, b in ((y2, y1), (dx2, dx1), (dw2, dw1)):
+        assert np.abs(a - b).max() <= tol * np.abs(b).max()
