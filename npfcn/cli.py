@@ -53,8 +53,9 @@ def add_train_parser(subparsers):
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum:g})")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
     p.add_argument("--dropout", type=float, help=f"dropout after fc6/fc7 (default {d.dropout:g})")
-    p.add_argument("--learn-upsampling", action="store_true", default=None,
-                   help="learn the transposed convolutions (default: frozen bilinear)")
+    p.add_argument("--learn-upsampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn the transposed convolutions, initialised bilinear (default "
+                        f"{'on' if d.learn_upsampling else 'off: frozen bilinear'})")
     p.add_argument("--class-weighting", choices=("none", "sqrt"),
                    help=f"loss weights per class (default {d.class_weighting}: 1/sqrt(frequency))")
     p.add_argument("--init", choices=("he", "lsuv"),

@@ -163,3 +163,30 @@ def test_bad_configs_are_refused(tmp_path):
     for bad in (dict(epochs=0), dict(lr=-1.0), dict(model="fcn4s"), dict(optimizer="rmsprop")):
         with pytest.raises(ValueError):
             tiny_config(tmp_path, "bad", **bad).validate()
+
+
+def test_clip_gradients_rescales_only_a_norm_above_the_limit():
+    from npfcn.models import FCN8s
+    from npfcn.train import clip_gradients
+
+    model = FCN8s(num_classes=2, width=1 / 32, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for name in model.trainable:
+        model.grads[name][...] = rng.normal(size=model.grads[name].shape)
+    before = {name: model.grads[name].copy() for name in model.trainable}
+    # The global norm, by hand: one vector of every trainable gradient.
+    norm = np.linalg.norm(np.concatenate([g.ravel() for g in before.values()]))
+
+    assert clip_gradients(model, 2 * norm) == pytest.approx(norm, rel=1e-12)
+    for name in model.trainable:            # under the limit: untouched
+        np.testing.assert_array_equal(model.grads[name], before[name])
+
+    clip_gradients(model, norm / 4)
+    for name in model.trainable:            # above: every gradient scaled by the same 1/4
+        np.testing.assert_allclose(model.grads[name], before[name] / 4, rtol=1e-12)
+
+
+def test_clip_grad_norm_must_be_a_non_negative_number(tmp_path):
+    for bad in (-1.0, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="clip_grad_norm"):
+            tiny_config(tmp_path, "bad", clip_grad_norm=bad).validate()
