@@ -78,6 +78,18 @@ void image_to_phases_{s}(const {t} *image, {t} *phases, int64_t N, int64_t O, in
                 int64_t SW, int64_t GH, int64_t GW, int64_t OH, int64_t OW, int64_t PH,
                 int64_t PW);
 """
+_DIRECT_SIGNATURES = """
+void direct_conv_forward_{s}(const {t} *x, const {t} *wb, {t} *y, int64_t N, int64_t C,
+                int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,
+                int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,
+                int64_t ox1, {t} *scratch);
+void direct_conv_weight_grad_{s}(const {t} *x, const {t} *dy, {t} *dw, int64_t N,
+                int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
+                int64_t PH, int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1,
+                int64_t ox0, int64_t ox1, {t} *scratch);
+int64_t direct_conv_scratch_{s}(int64_t weight_grad, int64_t C, int64_t O, int64_t KH,
+                int64_t KW, int64_t RX);
+"""
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
@@ -87,11 +99,13 @@ CDEF = (
     + _SUBPIXEL_SIGNATURES.format(s="f64", t="double")
     + _UNPOOL_SIGNATURES.format(s="f32", t="float")
     + _UNPOOL_SIGNATURES.format(s="f64", t="double")
+    + _DIRECT_SIGNATURES.format(s="f32", t="float")
+    + _DIRECT_SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c", "direct.c"]
 
 
 def _flag(name, default):

@@ -14,7 +14,7 @@ gradients must have that same dtype (no silent up- or down-casts).
 """
 import numpy as np
 
-from . import backend, pooling, subpixel, winograd
+from . import backend, direct, pooling, subpixel, winograd
 from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
 from .im2col import col2im_rows, conv_output_size, im2col_rows
 from .workspace import WORKSPACE_BYTES, workspace
@@ -136,8 +136,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul.
 
     x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None  ->  y: (N, O, OH, OW)
-    On the C backend most 3x3 stride-1 convolutions go by Winograd instead
-    (``npfcn.winograd``): the same result with 2.25x fewer multiplications.
+    On the C backend, stride-1 convolutions with at most 32 channels in and out go
+    by a direct loop (``npfcn.direct``: no column matrix at all), and the other 3x3
+    stride-1 ones by Winograd (``npfcn.winograd``): the same result with 2.25x
+    fewer multiplications.
     """
     x = as_float_tensor(x, "conv2d input")
     w, b = _weights(w, b, x, "conv2d")
@@ -158,6 +160,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
+    elif direct.applies((KH, KW), stride, dilation, C, O):   # few channels (narrow FCNs)
+        direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW))
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):    # every VGG16 3x3 convolution
         winograd.conv3x3_forward(x, w, padding, y.reshape(N, O, OH, OW))
@@ -196,6 +200,8 @@ def conv2d_backward(dy, cache, dw_into=None):
         for n in range(N):
             _add_outer(dw, dy3[n], x3[n])
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
+    elif direct.applies((KH, KW), stride, dilation, C, O):
+        dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw)
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):
         dx = winograd.conv3x3_backward(np.ascontiguousarray(dy), x, w, padding, dw)

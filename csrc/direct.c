@@ -1,0 +1,307 @@
+/* Direct stride-1 convolution for layers with few channels.
+ *
+ * Why this exists: im2col copies every input pixel KH*KW times into a column
+ * matrix and Winograd copies it 4 times into transformed tiles; with a handful
+ * of channels (FCN-8s at width 1/16 has 4 to 32) the matrix products that
+ * follow are so small that those copies ARE the layer's cost.  Here each output
+ * row is computed straight from the input rows it needs, which are staged once
+ * (zero-padded) into a small per-thread buffer that stays in L1 cache.
+ *
+ * Definitions (stride 1, no dilation; PH/PW may be negative, which crops):
+ *
+ *   forward   y[n, o, oy, ox] = sum_{c, i, j} w[o, c, i, j] * x[n, c, oy - PH + i, ox - PW + j]
+ *   weights   dw[o, c, i, j] += sum_{n, oy, ox} dy[n, o, oy, ox] * x[n, c, oy - PH + i, ox - PW + j]
+ *
+ * with x = 0 outside the image.  (The input gradient is a forward call on dy
+ * with the flipped, transposed weights; see npfcn/direct.py.)  Only the output
+ * window [oy0, oy1) x [ox0, ox1) can see the image; outside it y is 0, and the
+ * weight gradient skips it.  Python computes the window and checks every size.
+ *
+ * Layouts:
+ *   wb      (ceil(O/4), C*KH*KW, 4): the weights of 4 output channels side by
+ *           side per tap, zero for channels past O (Python builds it).
+ *   stage   per thread, C*KH rows of SW = (ox1-ox0) + KW - 1 + VL values: row
+ *           (c*KH + i) holds x[n, c, oy - PH + i, ox0 - PW + s] at s, 0 outside the
+ *           image; the VL spare zeros let a last partial chunk of VL outputs read
+ *           a full chunk.
+ *   scratch npfcn_num_threads() slices of direct_conv_scratch() elements each
+ *           (the weight gradient's slice is described above its function).
+ *
+ * Threads: forward splits by (n, output row); every y row is written by one
+ * thread.  The weight gradient splits the same way into per-thread partial
+ * sums, added up at the end by one thread: no two threads write one element.
+ *
+ * The inner loop keeps 4 output channels x VL columns in four vector
+ * variables (GCC/Clang vector extensions, 64 bytes each); where the compiler can,
+ * the functions are built for AVX-512, AVX2 and baseline x86-64 and the best
+ * the CPU has is picked at load time (target_clones).  Still no -ffast-math:
+ * every sum runs in a fixed order.  The forward pass (and so the input
+ * gradient) does not depend on the thread count; the weight gradient's
+ * per-thread partial sums, in double, do only in their last bits.
+ */
+#include <string.h>
+#include "npfcn_kernels.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NPFCN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NPFCN_CLONES
+#endif
+
+/* Helpers are forced inline so that each clone compiles them for its own
+ * instruction set (called out of line they are the baseline SSE2 version). */
+#if defined(__GNUC__)
+#define NPFCN_INLINE static inline __attribute__((always_inline))
+#else
+#define NPFCN_INLINE static inline
+#endif
+
+#define NPFCN_OB 4      /* output channels per register block */
+
+/* Stage the C*KH input rows output row oy needs (see "stage" above); with KH
+ * set to rows+KH-1 it stages the input of a block of output rows. */
+#define NPFCN_STAGE_ROWS(T, SUFFIX)                                                       \
+static void stage_rows_##SUFFIX(const T *xn, T *stage, int64_t C, int64_t H, int64_t W,  \
+                                int64_t KH, int64_t oy, int64_t PH, int64_t PW,           \
+                                int64_t ox0, int64_t SW)                                  \
+{                                                                                         \
+    /* stage column s holds input column ix = s + first; inside the image for s in       \
+     * [s_lo, s_hi) */                                                                    \
+    const int64_t first = ox0 - PW;                                                       \
+    int64_t s_lo = first < 0 ? -first : 0;                                                \
+    int64_t s_hi = W - first < SW ? W - first : SW;                                       \
+    if (s_lo > SW) s_lo = SW;                                                             \
+    if (s_hi < s_lo) s_hi = s_lo;                                                         \
+    for (int64_t c = 0; c < C; ++c) {                                                     \
+        for (int64_t i = 0; i < KH; ++i) {                                                \
+            T *row = stage + (c * KH + i) * SW;                                           \
+            const int64_t iy = oy - PH + i;                                               \
+            if (iy < 0 || iy >= H || s_lo == s_hi) {                                      \
+                memset(row, 0, (size_t)SW * sizeof(T));                                   \
+                continue;                                                                 \
+            }                                                                             \
+            memset(row, 0, (size_t)s_lo * sizeof(T));                                     \
+            memcpy(row + s_lo, xn + (c * H + iy) * W + (s_lo + first),                    \
+                   (size_t)(s_hi - s_lo) * sizeof(T));                                    \
+            memset(row + s_hi, 0, (size_t)(SW - s_hi) * sizeof(T));                       \
+        }                                                                                 \
+    }                                                                                     \
+}
+
+/* VL outputs of 4 channels from the staged rows: out[o][v] for v < count.
+ * VEC is a GCC vector type of VL elements: the 4 accumulators are four
+ * variables, so they stay in registers (an array acc[4][VL] indexed in loops
+ * was kept on the stack: 5 cycles per multiply-add). */
+#define NPFCN_DIRECT_CHUNK(T, SUFFIX, VEC, VL)                                            \
+NPFCN_INLINE VEC load_##SUFFIX(const T *p)                                               \
+{                                                                                         \
+    VEC v;                                                                                \
+    memcpy(&v, p, sizeof v);          /* an unaligned vector load */                      \
+    return v;                                                                             \
+}                                                                                         \
+NPFCN_INLINE void direct_chunk_##SUFFIX(const T *restrict stage, const T *restrict wb,  \
+                                         int64_t taps_c, int64_t KW, int64_t SW,          \
+                                         int64_t s, T *restrict out[NPFCN_OB],            \
+                                         int64_t nob, int64_t count)                      \
+{                                                                                         \
+    VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                           \
+    for (int64_t r = 0; r < taps_c; ++r) {          /* r = c*KH + i */                    \
+        const T *row = stage + r * SW + s;                                                \
+        const T *wr = wb + r * KW * NPFCN_OB;                                             \
+        for (int64_t j = 0; j < KW; ++j) {                                                \
+            const VEC xv = load_##SUFFIX(row + j);                                        \
+            const T *wj = wr + j * NPFCN_OB;                                              \
+            a0 += wj[0] * xv;                                                             \
+            a1 += wj[1] * xv;                                                             \
+            a2 += wj[2] * xv;                                                             \
+            a3 += wj[3] * xv;                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    T lanes[NPFCN_OB][VL];                                                                \
+    memcpy(lanes[0], &a0, sizeof a0);                                                     \
+    memcpy(lanes[1], &a1, sizeof a1);                                                     \
+    memcpy(lanes[2], &a2, sizeof a2);                                                     \
+    memcpy(lanes[3], &a3, sizeof a3);                                                     \
+    for (int64_t o = 0; o < nob; ++o)                                                     \
+        memcpy(out[o], lanes[o], (size_t)count * sizeof(T));                              \
+}
+
+#define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
+NPFCN_CLONES                                                                              \
+void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int64_t C,   \
+        int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
+        int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
+        T *scratch)                                                                       \
+{                                                                                         \
+    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + VL;                                  \
+    const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
+    const int64_t tasks = N * OH;                                                         \
+    int64_t task;                                                                         \
+    _Pragma("omp parallel for schedule(static) if(N * O * OH * OW > 65536)")              \
+    for (task = 0; task < tasks; ++task) {                                                \
+        const int64_t n = task / OH, oy = task % OH;                                      \
+        T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
+        if (oy < oy0 || oy >= oy1 || RX <= 0) {                                           \
+            for (int64_t o = 0; o < O; ++o)                                               \
+                memset(yrow + o * OH * OW, 0, (size_t)OW * sizeof(T));                    \
+            continue;                                                                     \
+        }                                                                                 \
+        T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SW;                    \
+        stage_rows_##SUFFIX(x + n * C * H * W, stage, C, H, W, KH, oy, PH, PW, ox0, SW);  \
+        for (int64_t b = 0; b < blocks; ++b) {                                            \
+            const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
+            T *out[NPFCN_OB];                                                             \
+            for (int64_t o = 0; o < NPFCN_OB; ++o)                                        \
+                out[o] = yrow + (b * NPFCN_OB + (o < nob ? o : 0)) * OH * OW;             \
+            for (int64_t o = 0; o < nob; ++o) {                                           \
+                memset(out[o], 0, (size_t)ox0 * sizeof(T));                               \
+                memset(out[o] + ox1, 0, (size_t)(OW - ox1) * sizeof(T));                  \
+            }                                                                             \
+            const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
+            for (int64_t s = 0; s < RX; s += VL) {                                        \
+                T *dst[NPFCN_OB];                                                         \
+                for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;             \
+                direct_chunk_##SUFFIX(stage, wblock, taps_c, KW, SW, s, dst, nob,     \
+                                      RX - s < VL ? RX - s : VL);                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+}
+
+/* Elements of T a thread's scratch slice holds, rounded up to whole doubles. */
+static int64_t npfcn_round8(int64_t elements, int64_t size)
+{
+    return (elements * size + 7) / 8 * 8 / size;
+}
+
+/* sum_v a[v] * b[v] for v < n, n a multiple of VL: four vectors of partial sums
+ * (four independent chains keep the adder busy), then the VL lanes in double. */
+#define NPFCN_DOT(T, SUFFIX, VEC, VL)                                                     \
+NPFCN_INLINE double dot_##SUFFIX(const T *restrict a, const T *restrict b, int64_t n)   \
+{                                                                                         \
+    VEC s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};                                           \
+    int64_t k = 0;                                                                        \
+    for (; k + 4 * VL <= n; k += 4 * VL) {                                                \
+        s0 += load_##SUFFIX(a + k) * load_##SUFFIX(b + k);                                \
+        s1 += load_##SUFFIX(a + k + VL) * load_##SUFFIX(b + k + VL);                      \
+        s2 += load_##SUFFIX(a + k + 2 * VL) * load_##SUFFIX(b + k + 2 * VL);              \
+        s3 += load_##SUFFIX(a + k + 3 * VL) * load_##SUFFIX(b + k + 3 * VL);              \
+    }                                                                                     \
+    for (; k < n; k += VL)                                                                \
+        s0 += load_##SUFFIX(a + k) * load_##SUFFIX(b + k);                                \
+    s0 = (s0 + s1) + (s2 + s3);                                                           \
+    T lanes[VL];                                                                          \
+    memcpy(lanes, &s0, sizeof s0);                                                        \
+    double total = 0;                                                                     \
+    for (int v = 0; v < VL; ++v) total += lanes[v];                                       \
+    return total;                                                                         \
+}
+
+/* The weight gradient works on blocks of output rows (enough for dots of
+ * NPFCN_DW_MIN_DOT elements), with the
+ * staged input rows and dy's rows all GW = round_up(RX + KW - 1, VL) apart and
+ * zero past their data.  Then, flattened, dy's block g and input plane c line
+ * up so that
+ *     dw[o, c, i, j] += dot(g[o], xs[c] + i*GW + j, rows*GW)
+ * ONE long dot product per weight and block: g is zero wherever an output lies
+ * outside the window, so the pairs that wrap into the next row add nothing.
+ * Scratch per thread, in elements of T (direct_conv_scratch): the staged block
+ * (C planes of rows+KH-1 rows, plus VL zeros the last shifted read runs into),
+ * dy's block (O planes of rows) and the partial sums (doubles). */
+#define NPFCN_DW_MIN_DOT 2048   /* block rows: dots at least this long (or the image) */
+#define NPFCN_DIRECT_SCRATCH(T, SUFFIX, VL)                                               \
+static int64_t dw_row_##SUFFIX(int64_t RX, int64_t KW)                                    \
+{                                                                                         \
+    return ((RX > 0 ? RX : 0) + KW - 1 + VL - 1) / VL * VL;                               \
+}                                                                                         \
+static int64_t dw_block_rows_##SUFFIX(int64_t RX, int64_t KW)                             \
+{                                                                                         \
+    const int64_t rows = (NPFCN_DW_MIN_DOT + dw_row_##SUFFIX(RX, KW) - 1) / dw_row_##SUFFIX(RX, KW); \
+    return rows > 8 ? rows : 8;                                                           \
+}                                                                                         \
+static int64_t dw_stage_len_##SUFFIX(int64_t C, int64_t KH, int64_t KW, int64_t RX)       \
+{                                                                                         \
+    return npfcn_round8(C * (dw_block_rows_##SUFFIX(RX, KW) + KH - 1)                     \
+                        * dw_row_##SUFFIX(RX, KW) + VL, sizeof(T));                       \
+}                                                                                         \
+int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O,         \
+                                     int64_t KH, int64_t KW, int64_t RX)                  \
+{                                                                                         \
+    if (!weight_grad)                                                                     \
+        return npfcn_round8(C * KH * ((RX > 0 ? RX : 0) + KW - 1 + VL), sizeof(T));       \
+    return dw_stage_len_##SUFFIX(C, KH, KW, RX)                                           \
+         + npfcn_round8(O * dw_block_rows_##SUFFIX(RX, KW) * dw_row_##SUFFIX(RX, KW),     \
+                        sizeof(T))                                                        \
+         + O * C * KH * KW * (int64_t)(sizeof(double) / sizeof(T));                       \
+}
+
+#define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, VL)                                      \
+NPFCN_CLONES                                                                              \
+void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,         \
+        int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,  \
+        int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,       \
+        int64_t ox1, T *scratch)                                                          \
+{                                                                                         \
+    const int64_t RX = ox1 - ox0, RY = oy1 - oy0, GW = dw_row_##SUFFIX(RX, KW);           \
+    const int64_t wsize = O * C * KH * KW, threads = npfcn_num_threads();                 \
+    const int64_t stage_len = dw_stage_len_##SUFFIX(C, KH, KW, RX);                       \
+    const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                    \
+    const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                           \
+    const int64_t slice = direct_conv_scratch_##SUFFIX(1, C, O, KH, KW, RX);              \
+    for (int64_t t = 0; t < threads; ++t)                                                 \
+        memset(scratch + t * slice + stage_len + g_len, 0, (size_t)wsize * sizeof(double)); \
+    if (RX > 0 && RY > 0) {                                                               \
+        const int64_t row_blocks = (RY + BR - 1) / BR;                                    \
+        const int64_t tasks = N * row_blocks;                                             \
+        int64_t task;                                                                     \
+        _Pragma("omp parallel for schedule(static) if(N * O * RY * RX > 65536)")          \
+        for (task = 0; task < tasks; ++task) {                                            \
+            const int64_t n = task / row_blocks;                                          \
+            const int64_t first = oy0 + (task % row_blocks) * BR;                         \
+            const int64_t rows = oy1 - first < BR ? oy1 - first : BR;                     \
+            const int64_t rows_in = rows + KH - 1;                                        \
+            T *stage = scratch + (int64_t)npfcn_thread_id() * slice;                      \
+            T *g = stage + stage_len;                                                     \
+            double *partial = (double *)(g + g_len);                                      \
+            /* input rows first-PH .. first-PH+rows_in-1; plane c at c*rows_in*GW */      \
+            stage_rows_##SUFFIX(x + n * C * H * W, stage, C, H, W, rows_in, first, PH, PW, \
+                                ox0, GW);                                                 \
+            memset(stage + C * rows_in * GW, 0, VL * sizeof(T));                          \
+            for (int64_t o = 0; o < O; ++o)                                               \
+                for (int64_t r = 0; r < rows; ++r) {                                      \
+                    T *gr = g + (o * rows + r) * GW;                                      \
+                    memcpy(gr, dy + ((n * O + o) * OH + first + r) * OW + ox0,            \
+                           (size_t)RX * sizeof(T));                                       \
+                    memset(gr + RX, 0, (size_t)(GW - RX) * sizeof(T));                    \
+                }                                                                         \
+            for (int64_t o = 0; o < O; ++o)                                               \
+                for (int64_t c = 0; c < C; ++c)                                           \
+                    for (int64_t i = 0; i < KH; ++i)                                      \
+                        for (int64_t j = 0; j < KW; ++j)                                  \
+                            partial[((o * C + c) * KH + i) * KW + j] += dot_##SUFFIX(     \
+                                g + o * rows * GW, stage + (c * rows_in + i) * GW + j,    \
+                                rows * GW);                                               \
+        }                                                                                 \
+    }                                                                                     \
+    for (int64_t k = 0; k < wsize; ++k) {                                                 \
+        double total = 0;                                                                 \
+        for (int64_t t = 0; t < threads; ++t)                                             \
+            total += ((const double *)(scratch + t * slice + stage_len + g_len))[k];      \
+        dw[k] += (T)total;                                                                \
+    }                                                                                     \
+}
+
+NPFCN_STAGE_ROWS(float, f32)
+NPFCN_STAGE_ROWS(double, f64)
+typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
+typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
+NPFCN_DIRECT_CHUNK(float, f32, npfcn_vf32, 16)
+NPFCN_DIRECT_CHUNK(double, f64, npfcn_vf64, 8)
+NPFCN_DIRECT_FORWARD(float, f32, 16)
+NPFCN_DIRECT_FORWARD(double, f64, 8)
+NPFCN_DOT(float, f32, npfcn_vf32, 16)
+NPFCN_DOT(double, f64, npfcn_vf64, 8)
+NPFCN_DIRECT_SCRATCH(float, f32, 16)
+NPFCN_DIRECT_SCRATCH(double, f64, 8)
+NPFCN_DIRECT_WEIGHT_GRAD(float, f32, npfcn_vf32, 16)
+NPFCN_DIRECT_WEIGHT_GRAD(double, f64, npfcn_vf64, 8)

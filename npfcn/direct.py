@@ -1,0 +1,138 @@
+"""Direct stride-1 convolution for layers with few channels (C backend).
+
+With 4 to 32 channels (FCN-8s at width 1/16) the matrix products of the im2col
+and Winograd paths are tiny, and what they cost is building their operands:
+im2col copies every input pixel KH*KW times, Winograd 4 times.  This path
+computes each output row straight from the (at most C*KH) input rows it needs,
+staged in a small buffer that stays in cache (``csrc/direct.c``)::
+
+    y[n, o, oy, ox] = sum_{c,i,j} w[o, c, i, j] * x[n, c, oy - PH + i, ox - PW + j]
+
+The backward pass reuses it: the input gradient is the same kind of
+convolution of dy with the flipped, transposed weights (padding KH-1-PH, which
+is negative for FCN's conv1_1 and then crops), and the weight gradient sums
+``dy * x`` over the same staged rows.
+
+Only the output window that can see the image is computed (with FCN's padding
+of 100, conv1_1's output is 326x326 for a 128x128 image, and all but the middle
+130x130 is zero before the bias): ``window`` finds it.
+"""
+import numpy as np
+
+from . import backend
+from .workspace import workspace
+
+MAX_CHANNELS = 32   # measured crossover with Winograd/im2col, see applies()
+BLOCK = 4           # output channels per register block (NPFCN_OB in direct.c)
+
+
+def applies(kernel_size, stride, dilation, in_channels, out_channels):
+    """True when the C backend computes this convolution directly.
+
+    Stride 1, no dilation, kernels up to 5x5 (every VGG16 3x3 layer), and at most
+    MAX_CHANNELS channels in and out, where it beat the Winograd and im2col paths
+    (benchmarks/bench_direct.py).
+    """
+    return (backend.active() == "c" and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and max(kernel_size) <= 5
+            and in_channels <= MAX_CHANNELS and out_channels <= MAX_CHANNELS)
+
+
+def window(size, out_size, kernel, pad):
+    """[lo, hi): the outputs along one axis whose receptive field overlaps the input.
+
+    Output o reads inputs o - pad .. o - pad + kernel - 1; it sees the image
+    [0, size) when o - pad + kernel - 1 >= 0 and o - pad < size.
+    """
+    lo = min(max(0, pad - kernel + 1), out_size)
+    hi = max(min(out_size, size + pad), lo)
+    return lo, hi
+
+
+def blocked_weight(w):
+    """w: (O, C, KH, KW) -> (ceil(O/4), C*KH*KW, 4): the 4 channels of a block side by
+    side per tap, zeros past O (the layout direct.c reads)."""
+    O = w.shape[0]
+    blocks = -(-O // BLOCK)
+    wb = np.zeros((blocks * BLOCK, w[0].size), dtype=w.dtype)
+    wb[:O] = w.reshape(O, -1)
+    return np.ascontiguousarray(wb.reshape(blocks, BLOCK, -1).transpose(0, 2, 1))
+
+
+def _check(x, w, padding, out_size):
+    """The sizes direct.c relies on (the callers have checked the user's input)."""
+    for name, a in (("input", x), ("weight", w)):
+        if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+                and a.flags.c_contiguous and a.ndim == 4):
+            raise ValueError(f"direct conv: {name} must be a C-contiguous 4-D float array")
+    if w.dtype != x.dtype or w.shape[1] != x.shape[1]:
+        raise ValueError(f"direct conv: weight {w.shape} {w.dtype} does not fit input "
+                         f"{x.shape} {x.dtype}")
+    (N, C, H, W), (O, _, KH, KW), (PH, PW), (OH, OW) = x.shape, w.shape, padding, out_size
+    if (OH, OW) != (H + 2 * PH - KH + 1, W + 2 * PW - KW + 1) or OH < 1 or OW < 1:
+        raise ValueError(f"direct conv: output {out_size} does not fit input {x.shape}, "
+                         f"kernel {KH}x{KW} and padding {padding}")
+    return N, C, H, W, O, KH, KW, PH, PW, OH, OW
+
+
+def _lib(dtype, name):
+    suffix = "f32" if dtype == np.float32 else "f64"
+    return getattr(backend.kernels()[1], f"direct_conv_{name}_{suffix}")
+
+
+def _scratch(name, weight_grad, C, O, KH, KW, RX, dtype):
+    """Per-thread scratch slices, sized by direct.c itself (direct_conv_scratch)."""
+    per_thread = _lib(dtype, "scratch")(int(weight_grad), C, O, KH, KW, RX)
+    return workspace.get(name, (backend.num_threads() * per_thread,), dtype)
+
+
+def conv_forward(x, w, padding, y=None):
+    """y = the stride-1 cross-correlation of x and w (no bias); padding may be negative.
+
+    x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW) -> y: (N, O, OH, OW)
+    with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y`` when given.
+    """
+    N, C, H, W = x.shape
+    O, _, KH, KW = w.shape
+    out_size = (H + 2 * padding[0] - KH + 1, W + 2 * padding[1] - KW + 1)
+    N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding, out_size)
+    if y is None:
+        y = np.empty((N, O, OH, OW), dtype=x.dtype)
+    elif not (y.shape == (N, O, OH, OW) and y.dtype == x.dtype and y.flags.c_contiguous):
+        raise ValueError(f"direct conv: out must be a C-contiguous {x.dtype} array {(N, O, OH, OW)}")
+    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
+    scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
+    wb = blocked_weight(w)
+    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb), backend.pointer(y),
+                             N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                             backend.pointer(scratch))
+    return y
+
+
+def flipped_transposed(w):
+    """w: (O, C, KH, KW) -> (C, O, KH, KW) rotated by 180 degrees: the weights whose
+    forward convolution is the input gradient of a convolution with w."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def conv_backward(dy, x, w, padding, dw2):
+    """Gradients of conv_forward: returns dx and ADDS the weight gradient into dw2.
+
+    dy: (N, O, OH, OW) C-contiguous; x, w, padding as in forward; dw2: a C-contiguous
+    array of O*C*KH*KW elements (the caller's zeros or accumulator).
+    """
+    N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding, dy.shape[2:])
+    if not (isinstance(dy, np.ndarray) and dy.dtype == x.dtype and dy.flags.c_contiguous
+            and dy.shape == (N, O, OH, OW)):
+        raise ValueError("direct conv: the output gradient must be C-contiguous, of x's dtype")
+    if not (isinstance(dw2, np.ndarray) and dw2.dtype == x.dtype and dw2.flags.c_contiguous
+            and dw2.size == w.size):
+        raise ValueError(f"direct conv: dw must be a C-contiguous array of {w.size} values")
+    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
+    scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
+    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw2),
+                                 N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                                 backend.pointer(scratch))
+    # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
+    # dy with the flipped weights and padding KH-1-PH (negative: a crop).
+    return conv_forward(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))

@@ -1,0 +1,167 @@
+"""The direct convolution path of the C backend (npfcn/direct.py, csrc/direct.c).
+
+The reference is the NumPy backend's im2col convolution, an independent
+computation: every result here is compared with it, never with itself.
+
+Tolerances: in float64 both sum the same C*KH*KW products per output (and the
+same N*OH*OW per weight gradient) in different orders, so they differ by
+rounding only: 1e-12 relative to the largest value.  In float32 the longest
+sums here have a few hundred terms (~1e-5 worst case for a random-order sum of
+unit-variance terms); 2e-5 is used, as for the Winograd path.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from npfcn import backend, direct, functional as F
+from npfcn.gradcheck import gradcheck
+from npfcn.layers import Conv2d
+
+pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+
+
+def reference_conv(x, w, padding):
+    """y, dy, dx, dw of sum(y * dy) on the NumPy im2col path, with a fixed dy."""
+    with backend.using("numpy"):
+        y, cache = F.conv2d_forward(x, w, None, 1, padding)
+        dy = np.cos(np.arange(y.size, dtype=x.dtype)).reshape(y.shape)
+        dx, dw, _ = F.conv2d_backward(dy, cache)
+    return y, dy, dx, dw
+
+
+def direct_conv(x, w, padding, dy):
+    """The same three arrays from the direct functions."""
+    with backend.using("c"):
+        y = direct.conv_forward(x, w, padding)
+        dw = np.zeros(w.size, dtype=x.dtype)
+        dx = direct.conv_backward(dy, x, w, padding, dw)
+    return y, dx, dw.reshape(w.shape)
+
+
+def relative(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+@st.composite
+def cases(draw):
+    K = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    # paddings up to past the kernel (FCN's conv1_1 pads 100 with a 3x3 kernel):
+    # then whole output rows and columns see only zeros
+    padding = (draw(st.integers(0, K[0] + 3)), draw(st.integers(0, K[1] + 3)))
+    H = draw(st.integers(max(1, K[0] - 2 * padding[0]), 12))
+    # wide enough rows, now and then, for several vector chunks and the tails
+    W = draw(st.integers(max(1, K[1] - 2 * padding[1]), 12) | st.integers(30, 70))
+    return dict(N=draw(st.integers(0, 3)), C=draw(st.integers(1, 9)), O=draw(st.integers(1, 9)),
+                H=H, W=W, K=K, padding=padding, seed=draw(st.integers(0, 2**16)))
+
+
+def make(case, dtype):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    w = rng.standard_normal((case["O"], case["C"], *case["K"])).astype(dtype)
+    return x, w
+
+
+@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_matches_the_im2col_reference(case, dtype):
+    x, w = make(case, dtype)
+    y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
+    y1, dx1, dw1 = direct_conv(x, w, case["padding"], dy)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert y1.shape == y0.shape and dx1.shape == dx0.shape
+    if case["N"] == 0:
+        assert not dw1.any()
+        return
+    assert relative(y1, y0) < tol
+    assert relative(dx1, dx0) < tol
+    assert relative(dw1, dw0) < tol
+
+
+def test_fcn_conv1_1_geometry():
+    """FCN's first layer: 3x3, padding 100 - all but the middle of the output sees
+    only padding (0 before the bias), and the gradients only come from the middle."""
+    x, w = make(dict(N=2, C=3, H=20, W=17, O=4, K=(3, 3), seed=1), np.float64)
+    y0, dy, dx0, dw0 = reference_conv(x, w, (100, 100))
+    y1, dx1, dw1 = direct_conv(x, w, (100, 100), dy)
+    assert y1.shape == (2, 4, 218, 215)
+    assert relative(y1, y0) < 1e-12 and relative(dx1, dx0) < 1e-12 and relative(dw1, dw0) < 1e-12
+    assert not y1[:, :, :98].any() and not y1[:, :, :, 120:].any()
+
+
+def test_weight_gradient_is_added():
+    x, w = make(dict(N=2, C=3, H=9, W=40, O=5, K=(3, 3), seed=2), np.float64)
+    _, dy, _, dw0 = reference_conv(x, w, (1, 1))
+    dw = np.full(w.size, 0.5)
+    direct.conv_backward(dy, x, w, (1, 1), dw)
+    np.testing.assert_allclose(dw.reshape(w.shape), dw0 + 0.5, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_does_not_depend_on_the_thread_count():
+    """Rows are split between threads, each sum keeps its order: identical bits."""
+    x, w = make(dict(N=2, C=4, H=70, W=70, O=6, K=(3, 3), seed=3), np.float32)
+    lib = backend.kernels()[1]
+    before = lib.npfcn_num_threads()
+    try:
+        lib.npfcn_set_num_threads(1)
+        one = direct.conv_forward(x, w, (1, 1))
+        lib.npfcn_set_num_threads(2)
+        two = direct.conv_forward(x, w, (1, 1))
+    finally:
+        lib.npfcn_set_num_threads(before)
+    assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_layer_gradcheck_on_the_direct_path(padding):
+    """The Conv2d layer, float64, through the path conv2d picks for 4 -> 6 channels."""
+    assert direct.applies((3, 3), (1, 1), (1, 1), 4, 6)
+    layer = Conv2d(4, 6, 3, padding=padding, dtype=np.float64, rng=0)
+    x = np.random.default_rng(5).standard_normal((2, 4, 6, 7))
+    with backend.using("c"):
+        report = gradcheck(layer, (x,))
+    report.assert_ok(1e-6)
+    assert set(report.errors) >= {"input0", "weight", "bias"}
+
+
+def test_which_convolutions_take_the_direct_path():
+    stride1 = ((1, 1), (1, 1))
+    assert direct.applies((3, 3), *stride1, 3, 4)         # conv1_1 at width 1/16
+    assert direct.applies((3, 3), *stride1, 32, 32)       # conv5_x at width 1/16
+    assert not direct.applies((3, 3), *stride1, 64, 64)   # wider: Winograd / im2col
+    assert not direct.applies((3, 3), *stride1, 3, 64)
+    assert not direct.applies((7, 7), *stride1, 32, 32)   # fc6: im2col + GEMM
+    assert not direct.applies((3, 3), (2, 2), (1, 1), 4, 4)
+    assert not direct.applies((3, 3), (1, 1), (2, 2), 4, 4)
+    with backend.using("numpy"):
+        assert not direct.applies((3, 3), *stride1, 4, 4)
+
+
+@pytest.mark.parametrize("size,out,kernel,pad,expected", [
+    (128, 326, 3, 100, (98, 228)),   # conv1_1 of FCN on a 128x128 image
+    (10, 10, 3, 1, (0, 10)),         # an ordinary same-size convolution: all of it
+    (5, 3, 3, 0, (0, 3)),            # valid convolution
+    (4, 13, 5, 6, (2, 10)),
+])
+def test_window_of_outputs_that_see_the_image(size, out, kernel, pad, expected):
+    assert direct.window(size, out, kernel, pad) == expected
+    lo, hi = expected
+    # by definition: output o reads inputs o-pad .. o-pad+kernel-1
+    sees = [o for o in range(out) if o - pad + kernel - 1 >= 0 and o - pad < size]
+    assert (sees[0], sees[-1] + 1) == (lo, hi)
+
+
+def test_bad_arrays_are_refused_before_the_kernel():
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        direct.conv_forward(x[:, :, :, ::2], w, (1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        direct.conv_forward(x, w.astype(np.float64), (1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        direct.conv_forward(x, np.zeros((4, 2, 3, 3), np.float32), (1, 1))
+    with pytest.raises(ValueError, match="output"):
+        direct.conv_backward(np.zeros((1, 4, 5, 5), np.float32), x, w, (1, 1),
+                             np.zeros(w.size, np.float32))
+    with pytest.raises(ValueError, match="dw"):
+        direct.conv_backward(np.zeros((1, 4, 8, 8), np.float32), x, w, (1, 1),
+                             np.zeros(w.size - 1, np.float32))
