@@ -1,6 +1,6 @@
 """Every FCN-8s layer shape: npfcn against PyTorch and against the matmul / memcpy limit.
 
-    python benchmarks/bench_layers.py [--quick] [--repeats 5] [--threads 2] [--reference]
+    python benchmarks/bench_layers.py [--quick | --narrow] [--repeats 5] [--threads 2] [--reference]
 
 For each layer, forward ("fwd") and forward+backward ("fwd+bwd") are timed
 alternately with PyTorch in one process (see bench_timing.compare).  Columns:
@@ -55,6 +55,21 @@ FCN_CONVS = [
     ("score_fr 4096->21 1x1 @8", 4096, 21, 1, 0, 8),
     ("score_pool4 512->21 1x1 @27", 512, 21, 1, 0, 27),
     ("score_pool3 256->21 1x1 @53", 256, 21, 1, 0, 53),
+]
+# The convolutions of the default training run (`npfcn train`: FCN-8s at width 1/16 on
+# 128x128 images; --narrow, batch 2 by default): 4 to 32 channels, where npfcn takes
+# its direct path (npfcn/direct.py) for everything but fc6.
+NARROW_CONVS = [
+    ("w1/16 conv1_1 3->4 @128 pad100", 3, 4, 3, 100, 128),
+    ("w1/16 conv1_2 4->4 @326", 4, 4, 3, 1, 326),
+    ("w1/16 conv2_1 4->8 @163", 4, 8, 3, 1, 163),
+    ("w1/16 conv2_2 8->8 @163", 8, 8, 3, 1, 163),
+    ("w1/16 conv3_1 8->16 @82", 8, 16, 3, 1, 82),
+    ("w1/16 conv3_x 16->16 @82", 16, 16, 3, 1, 82),
+    ("w1/16 conv4_1 16->32 @41", 16, 32, 3, 1, 41),
+    ("w1/16 conv4_x 32->32 @41", 32, 32, 3, 1, 41),
+    ("w1/16 conv5_x 32->32 @21", 32, 32, 3, 1, 21),
+    ("w1/16 fc6 32->256 k7 @11", 32, 256, 7, 0, 11),
 ]
 # (name, channels, kernel, stride, H) - FCN-8s upsampling on a 224x224 image
 TRANSPOSED = [
@@ -240,13 +255,16 @@ def loss_case(torch, batch, rng):
                         limit=lambda: (np.copyto(buf, logits), np.copyto(buf, logits))))
 
 
-def build_cases(torch, batch=1, quick=False, seed=0, only=None):
-    """The benchmark cases; ``quick`` keeps QUICK, ``only`` those whose name contains it."""
+def build_cases(torch, batch=1, quick=False, seed=0, only=None, narrow=False):
+    """The benchmark cases; ``quick`` keeps QUICK, ``only`` those whose name contains it,
+    ``narrow`` gives the default training run's convolutions instead."""
     rng = np.random.default_rng(seed)
 
     def keep(name):
         return (not quick or name in QUICK) and (only is None or only in name)
 
+    if narrow:
+        return [conv_case(torch, *c, batch, rng) for c in NARROW_CONVS if keep(c[0])]
     cases = [conv_case(torch, *c, batch, rng) for c in VGG_CONVS + FCN_CONVS if keep(c[0])]
     cases += [transposed_case(torch, *c, batch, rng) for c in TRANSPOSED if keep(c[0])]
     cases += [c for c in pool_cases(torch, batch, rng) if keep(c["name"])]
@@ -298,7 +316,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few representative shapes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=bt.DEFAULT_THREADS)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None, help="default 1 (2 with --narrow)")
+    parser.add_argument("--narrow", action="store_true",
+                        help="the convolutions of the default training run (width 1/16)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the pure-NumPy reference path")
     parser.add_argument("--only", default=None, help="only layers whose name contains this")
@@ -307,12 +327,15 @@ def main(argv=None):
     import torch
     threads = bt.pin_threads(args.threads)
     info = bt.machine()
-    rows = run(build_cases(torch, args.batch, args.quick, only=args.only), args.repeats,
-               args.reference)
+    if args.batch is None:
+        args.batch = 2 if args.narrow else 1
+    rows = run(build_cases(torch, args.batch, args.quick, only=args.only, narrow=args.narrow),
+               args.repeats, args.reference)
     columns = COLUMNS + ([("numpy_ref_ms", "numpy-ref ms")] if args.reference else [])
     header = (f"Layers, float32, N={args.batch}, median of {args.repeats} alternated runs "
               f"(backend {backend.active()}). {bt.describe(info, threads)}")
-    name = args.name or ("layers_quick" if args.quick else "layers")
+    name = args.name or ("layers_narrow" if args.narrow else
+                         "layers_quick" if args.quick else "layers")
     bt.report(name, header, rows, columns, {"machine": info, "threads": threads,
                                             "batch": args.batch, "repeats": args.repeats})
     return 0

@@ -29,6 +29,7 @@ TRAIN_FLAGS = {
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
+    "anneal_class_weights": "anneal_class_weights",
 }
 
 
@@ -58,6 +59,9 @@ def add_train_parser(subparsers):
                         f"{'on' if d.learn_upsampling else 'off: frozen bilinear'})")
     p.add_argument("--class-weighting", choices=("none", "sqrt"),
                    help=f"loss weights per class (default {d.class_weighting}: 1/sqrt(frequency))")
+    p.add_argument("--anneal-class-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="fade the class weights to 1 over the run (default "
+                        f"{'on' if d.anneal_class_weights else 'off'})")
     p.add_argument("--init", choices=("he", "lsuv"),
                    help=f"initialisation (default {d.init}: He rescaled to unit variance on data)")
     p.add_argument("--preprocessing", choices=("unit", "torchvision", "caffe"),

@@ -31,7 +31,7 @@ def applies(kernel_size, stride, dilation, in_channels, out_channels):
 
     Stride 1, no dilation, kernels up to 5x5 (every VGG16 3x3 layer), and at most
     MAX_CHANNELS channels in and out, where it beat the Winograd and im2col paths
-    (benchmarks/bench_direct.py).
+    (``python benchmarks/bench_layers.py --narrow``).
     """
     return (backend.active() == "c" and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and max(kernel_size) <= 5

@@ -81,6 +81,10 @@ class TrainConfig:
     flip: bool = True           # random horizontal flips
     preprocessing: str = "unit"
     class_weighting: str = "sqrt"   # "none" or "sqrt" (weights 1/sqrt(class frequency))
+    # Fade the class weights to 1 over the run (w ** (1 - step/steps)): they get a network
+    # from scratch past "background everywhere" early, but a weighted loss is minimised by
+    # scores tilted towards the rare classes, which draws every shape too large at the end.
+    anneal_class_weights: bool = True
     init: str = "lsuv"              # "he" (the model's own) or "lsuv" (rescaled on data, see below)
     # optimisation
     epochs: int = 10
@@ -443,6 +447,14 @@ class Trainer:
         self.run_dir = run_dir
         self.on_step = None     # optional callable(trainer) after every completed step (tests)
 
+    def class_weights_at(self, step):
+        """The loss's class weights at global step ``step`` (None: unweighted)."""
+        weights = self.class_weights
+        if weights is None or not self.config.anneal_class_weights:
+            return weights
+        total = self.config.epochs * self.steps_per_epoch
+        return weights ** (1.0 - min(step / max(total, 1), 1.0))
+
     # -- resuming ------------------------------------------------------------------------
     @classmethod
     def resume(cls, path, epochs=None, stream=None):
@@ -573,6 +585,7 @@ class Trainer:
                     continue
                 step = index + 1
                 self.optimizer.lr = self.schedule(self.global_step)
+                self.loss_fn.weight = self.class_weights_at(self.global_step)
                 model.zero_grad()
                 scores = model.forward(x)
                 loss = self.loss_fn.forward(scores, y)

@@ -190,3 +190,30 @@ def test_clip_grad_norm_must_be_a_non_negative_number(tmp_path):
     for bad in (-1.0, float("nan"), "5", True):
         with pytest.raises(ValueError, match="clip_grad_norm"):
             tiny_config(tmp_path, "bad", clip_grad_norm=bad).validate()
+
+
+def test_class_weights_fade_to_one_over_the_run(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "fade"), stream=io.StringIO())
+    start = trainer.class_weights
+    assert start is not None and not np.allclose(start, 1.0)      # sqrt weighting is on
+    total = trainer.config.epochs * trainer.steps_per_epoch
+    np.testing.assert_allclose(trainer.class_weights_at(0), start, rtol=1e-12)
+    np.testing.assert_allclose(trainer.class_weights_at(total // 2), start ** (1 - (total // 2) / total),
+                               rtol=1e-12)
+    np.testing.assert_allclose(trainer.class_weights_at(total), 1.0, rtol=1e-12)
+
+    fixed = Trainer(tiny_config(tmp_path, "fixed", anneal_class_weights=False), stream=io.StringIO())
+    np.testing.assert_array_equal(fixed.class_weights_at(total), fixed.class_weights)
+    unweighted = Trainer(tiny_config(tmp_path, "none", class_weighting="none"), stream=io.StringIO())
+    assert unweighted.class_weights_at(0) is None
+
+
+def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
+    seen = []
+    trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2), stream=io.StringIO())
+    trainer.on_step = lambda t: seen.append(t.loss_fn.weight.copy())
+    trainer.run()
+    assert len(seen) == 2 * trainer.steps_per_epoch
+    for step, weight in enumerate(seen):
+        np.testing.assert_allclose(weight, trainer.class_weights_at(step), rtol=1e-12)
+    assert not np.allclose(seen[0], seen[-1])
