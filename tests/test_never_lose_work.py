@@ -416,9 +416,10 @@ def test_ctrl_c_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path,
         name = f"interrupted-{attempt}"
         run_dir = tmp_path / name
         process = npfcn_train(str(tmp_path), name, *LONG_EPOCH_ARGS)
-        # After the first checkpoint, the run is in its second epoch.
+        # metrics.json is the last file the end of an epoch writes (after the checkpoint
+        # and the pictures): once it exists, the run is training its second epoch.
         deadline = time.monotonic() + 120
-        while not (run_dir / "last.npz").exists() and time.monotonic() < deadline:
+        while not (run_dir / "metrics.json").exists() and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.2))
         process.send_signal(signal.SIGINT)
