@@ -207,6 +207,33 @@ NPFCN_INLINE double dot_##SUFFIX(const T *restrict a, const T *restrict b, int64
     return total;                                                                         \
 }
 
+/* The six dot products of two gradient rows g0, g1 with x shifted by 0, 1, 2:
+ * sums[q][j] = sum_k gq[k] * x[k + j], n a multiple of VL.  Five loads feed six
+ * multiply-adds (the plain dot needs two loads for each), in six independent
+ * chains.  Reads x up to x[n + 1]: the staged block ends with VL zeros. */
+#define NPFCN_DW3(T, SUFFIX, VEC, VL)                                                     \
+NPFCN_INLINE void dw3_##SUFFIX(const T *restrict g0, const T *restrict g1,               \
+                               const T *restrict x, int64_t n, double sums[2][3])         \
+{                                                                                         \
+    VEC a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};                 \
+    for (int64_t k = 0; k < n; k += VL) {                                                 \
+        const VEC u = load_##SUFFIX(g0 + k), v = load_##SUFFIX(g1 + k);                   \
+        const VEC x0 = load_##SUFFIX(x + k), x1 = load_##SUFFIX(x + k + 1);               \
+        const VEC x2 = load_##SUFFIX(x + k + 2);                                          \
+        a00 += u * x0; a01 += u * x1; a02 += u * x2;                                      \
+        a10 += v * x0; a11 += v * x1; a12 += v * x2;                                      \
+    }                                                                                     \
+    const VEC *acc[2][3] = {{&a00, &a01, &a02}, {&a10, &a11, &a12}};                      \
+    for (int q = 0; q < 2; ++q)                                                           \
+        for (int j = 0; j < 3; ++j) {                                                     \
+            T lanes[VL];                                                                  \
+            memcpy(lanes, acc[q][j], sizeof lanes);                                       \
+            double total = 0;                                                             \
+            for (int v2 = 0; v2 < VL; ++v2) total += lanes[v2];                           \
+            sums[q][j] = total;                                                           \
+        }                                                                                 \
+}
+
 /* The weight gradient works on blocks of output rows (enough for dots of
  * NPFCN_DW_MIN_DOT elements), with the
  * staged input rows and dy's rows all GW = round_up(RX + KW - 1, VL) apart and
@@ -284,13 +311,30 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,
                            (size_t)RX * sizeof(T));                                       \
                     memset(gr + RX, 0, (size_t)(GW - RX) * sizeof(T));                    \
                 }                                                                         \
-            for (int64_t o = 0; o < O; ++o)                                               \
-                for (int64_t c = 0; c < C; ++c)                                           \
-                    for (int64_t i = 0; i < KH; ++i)                                      \
-                        for (int64_t j = 0; j < KW; ++j)                                  \
-                            partial[((o * C + c) * KH + i) * KW + j] += dot_##SUFFIX(     \
-                                g + o * rows * GW, stage + (c * rows_in + i) * GW + j,    \
-                                rows * GW);                                               \
+            if (KW <= 3) {                  /* VGG's 3x3: two channels, 3 shifts at once */ \
+                for (int64_t o = 0; o < O; o += 2) {                                      \
+                    const int64_t o1 = o + 1 < O ? o + 1 : o;                             \
+                    for (int64_t c = 0; c < C; ++c)                                       \
+                        for (int64_t i = 0; i < KH; ++i) {                                \
+                            double sums[2][3];                                            \
+                            dw3_##SUFFIX(g + o * rows * GW, g + o1 * rows * GW,           \
+                                         stage + (c * rows_in + i) * GW, rows * GW, sums);\
+                            for (int64_t j = 0; j < KW; ++j) {                            \
+                                partial[((o * C + c) * KH + i) * KW + j] += sums[0][j];   \
+                                if (o1 != o)                                              \
+                                    partial[((o1 * C + c) * KH + i) * KW + j] += sums[1][j]; \
+                            }                                                             \
+                        }                                                                 \
+                }                                                                         \
+            } else {                                                                      \
+                for (int64_t o = 0; o < O; ++o)                                           \
+                    for (int64_t c = 0; c < C; ++c)                                       \
+                        for (int64_t i = 0; i < KH; ++i)                                  \
+                            for (int64_t j = 0; j < KW; ++j)                              \
+                                partial[((o * C + c) * KH + i) * KW + j] += dot_##SUFFIX( \
+                                    g + o * rows * GW, stage + (c * rows_in + i) * GW + j,\
+                                    rows * GW);                                           \
+            }                                                                             \
         }                                                                                 \
     }                                                                                     \
     for (int64_t k = 0; k < wsize; ++k) {                                                 \
@@ -311,6 +355,8 @@ NPFCN_DIRECT_FORWARD(float, f32, 16)
 NPFCN_DIRECT_FORWARD(double, f64, 8)
 NPFCN_DOT(float, f32, npfcn_vf32, 16)
 NPFCN_DOT(double, f64, npfcn_vf64, 8)
+NPFCN_DW3(float, f32, npfcn_vf32, 16)
+NPFCN_DW3(double, f64, npfcn_vf64, 8)
 NPFCN_DIRECT_SCRATCH(float, f32, 16)
 NPFCN_DIRECT_SCRATCH(double, f64, 8)
 NPFCN_DIRECT_WEIGHT_GRAD(float, f32, npfcn_vf32, 16)
