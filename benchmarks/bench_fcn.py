@@ -6,7 +6,7 @@ One step = forward, per-pixel cross-entropy, backward, SGD update (momentum
 0.9, weight decay 5e-4 on weights, not biases), float32.  Two configurations:
 
 * ``full``    width 1.0 (VGG16 channels), 21 classes, one 224x224 image;
-* ``default`` the ``npfcn train`` default: width 0.0625, 5 classes, batch 8 of 64x64.
+* ``default`` the ``npfcn train`` default size: width 0.0625, 5 classes, batch 2 of 128x128.
 
 Both networks have the same architecture: conv1_1 padded by 100, ceil-mode
 pools, fc6 as a 7x7 convolution, dropout 0.5, frozen bilinear upsampling,
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 CONFIGS = {
     "full": dict(width=1.0, num_classes=21, batch=1, size=224),
-    "default": dict(width=0.0625, num_classes=5, batch=8, size=64),
+    "default": dict(width=0.0625, num_classes=5, batch=2, size=128),
 }
 
 

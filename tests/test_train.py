@@ -193,7 +193,7 @@ def test_clip_grad_norm_must_be_a_non_negative_number(tmp_path):
 
 
 def test_class_weights_fade_to_one_over_the_run(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, "fade"), stream=io.StringIO())
+    trainer = Trainer(tiny_config(tmp_path, "fade", anneal_class_weights=True), stream=io.StringIO())
     start = trainer.class_weights
     assert start is not None and not np.allclose(start, 1.0)      # sqrt weighting is on
     total = trainer.config.epochs * trainer.steps_per_epoch
@@ -210,7 +210,8 @@ def test_class_weights_fade_to_one_over_the_run(tmp_path):
 
 def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
     seen = []
-    trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2), stream=io.StringIO())
+    trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2, anneal_class_weights=True),
+                      stream=io.StringIO())
     trainer.on_step = lambda t: seen.append(t.loss_fn.weight.copy())
     trainer.run()
     assert len(seen) == 2 * trainer.steps_per_epoch
