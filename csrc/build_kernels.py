@@ -90,6 +90,10 @@ void direct_conv_weight_grad_{s}(const {t} *x, const {t} *dy, {t} *dw, int64_t N
 int64_t direct_conv_scratch_{s}(int64_t weight_grad, int64_t C, int64_t O, int64_t KH,
                 int64_t KW, int64_t RX);
 """
+_RELU_SIGNATURES = """
+void relu_forward_{s}(const {t} *x, {t} *y, int64_t n);
+void relu_backward_{s}(const {t} *y, const {t} *dy, {t} *dx, int64_t n);
+"""
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
@@ -101,11 +105,13 @@ CDEF = (
     + _UNPOOL_SIGNATURES.format(s="f64", t="double")
     + _DIRECT_SIGNATURES.format(s="f32", t="float")
     + _DIRECT_SIGNATURES.format(s="f64", t="double")
+    + _RELU_SIGNATURES.format(s="f32", t="float")
+    + _RELU_SIGNATURES.format(s="f64", t="double")
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c", "direct.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c", "direct.c", "relu.c"]
 
 
 def _flag(name, default):

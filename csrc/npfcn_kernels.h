@@ -113,4 +113,12 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
 
 NPFCN_DECLARE_DIRECT(float, f32)
 NPFCN_DECLARE_DIRECT(double, f64)
+
+/* ReLU (relu.c): n elements, contiguous. */
+#define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \
+void relu_forward_##SUFFIX(const T *x, T *y, int64_t n);                               \
+void relu_backward_##SUFFIX(const T *y, const T *dy, T *dx, int64_t n);
+
+NPFCN_DECLARE_RELU(float, f32)
+NPFCN_DECLARE_RELU(double, f64)
 #endif

@@ -441,14 +441,30 @@ def relu_forward(x):
     before backward (PyTorch's in-place rule for its own saved outputs).
     """
     x = as_float_tensor(x, "relu input", ndim=None)
-    y = np.maximum(x, x.dtype.type(0))   # np.maximum propagates NaN
+    if backend.active() == "c":
+        y = np.empty_like(x)
+        _relu_kernel("forward", x.dtype)(backend.pointer(x), backend.pointer(y), x.size)
+    else:
+        y = np.maximum(x, x.dtype.type(0))   # np.maximum propagates NaN
     return y, (y, x.dtype)
 
 
 def relu_backward(dy, cache):
+    """dx = dy where y > 0, else 0 (also where dy is NaN or inf, as PyTorch)."""
     y, dtype = cache
     dy = _grad(dy, y.shape, dtype, "relu output")
+    if backend.active() == "c":
+        dx = np.empty_like(dy)
+        _relu_kernel("backward", dtype)(backend.pointer(y), backend.pointer(dy),
+                                        backend.pointer(dx), dx.size)
+        return dx
     return np.where(y > 0, dy, dtype.type(0))
+
+
+def _relu_kernel(direction, dtype):
+    """csrc/relu.c: one pass over contiguous arrays of one dtype (checked by the callers)."""
+    suffix = "f32" if dtype == np.float32 else "f64"
+    return getattr(backend.kernels()[1], f"relu_{direction}_{suffix}")
 
 
 def dropout_forward(x, p, rng, training=True):

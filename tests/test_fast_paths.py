@@ -178,6 +178,28 @@ def test_relu_caches_its_output_and_propagates_nan(rng):
     assert dx.dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [20, 300_000])     # one thread / above the OpenMP threshold
+def test_relu_c_kernel_equals_the_numpy_reference_bit_for_bit(dtype, size, rng):
+    """csrc/relu.c against np.maximum / np.where, with NaN, +-inf, +-0 in x and in dy."""
+    if not backend.c_available():
+        pytest.skip("C kernel not built")
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45], dtype=dtype)
+    x = rng.standard_normal(size).astype(dtype)
+    x[:7] = specials
+    dy = rng.standard_normal(size).astype(dtype)
+    dy[:14] = np.tile(specials, 2)[::-1]            # NaN/inf gradients where x is negative too
+    with backend.using("c"):
+        y, cache = F.relu_forward(x)
+        dx = F.relu_backward(dy, cache)
+    with backend.using("numpy"):
+        y_ref, cache_ref = F.relu_forward(x)
+        dx_ref = F.relu_backward(dy, cache_ref)
+    np.testing.assert_array_equal(y, y_ref)         # NaN == NaN here
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
+    np.testing.assert_array_equal(dx, dx_ref)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, rng):
     """dw_into receives start + dw (what a layer's grads accumulate), even in column blocks."""
