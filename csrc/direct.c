@@ -28,8 +28,9 @@
  *           (the weight gradient's slice is described above its function).
  *
  * Threads: forward splits by (n, output row); every y row is written by one
- * thread.  The weight gradient splits the same way into per-thread partial
- * sums, added up at the end by one thread: no two threads write one element.
+ * thread.  The weight gradient splits by (n, block of output rows) into
+ * per-thread partial sums, added up at the end by one thread: no two threads
+ * write one element.
  *
  * The inner loop keeps 4 output channels x VL columns in four vector
  * variables (GCC/Clang vector extensions, 64 bytes each); where the compiler can,
