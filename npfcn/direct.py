@@ -59,8 +59,11 @@ def blocked_weight(w):
     return np.ascontiguousarray(wb.reshape(blocks, BLOCK, -1).transpose(0, 2, 1))
 
 
-def _check(x, w, padding, out_size):
-    """The sizes direct.c relies on (the callers have checked the user's input)."""
+def _check(x, w, padding, out_size=None):
+    """The sizes direct.c relies on (the callers have checked the user's input).
+
+    out_size: the output's (OH, OW) to check, or None for the one x, w and padding give.
+    """
     for name, a in (("input", x), ("weight", w)):
         if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
                 and a.flags.c_contiguous and a.ndim == 4):
@@ -68,8 +71,10 @@ def _check(x, w, padding, out_size):
     if w.dtype != x.dtype or w.shape[1] != x.shape[1]:
         raise ValueError(f"direct conv: weight {w.shape} {w.dtype} does not fit input "
                          f"{x.shape} {x.dtype}")
-    (N, C, H, W), (O, _, KH, KW), (PH, PW), (OH, OW) = x.shape, w.shape, padding, out_size
-    if (OH, OW) != (H + 2 * PH - KH + 1, W + 2 * PW - KW + 1) or OH < 1 or OW < 1:
+    (N, C, H, W), (O, _, KH, KW), (PH, PW) = x.shape, w.shape, padding
+    expected = (H + 2 * PH - KH + 1, W + 2 * PW - KW + 1)
+    OH, OW = expected if out_size is None else out_size
+    if (OH, OW) != expected or OH < 1 or OW < 1:
         raise ValueError(f"direct conv: output {out_size} does not fit input {x.shape}, "
                          f"kernel {KH}x{KW} and padding {padding}")
     return N, C, H, W, O, KH, KW, PH, PW, OH, OW
@@ -92,10 +97,7 @@ def conv_forward(x, w, padding, y=None):
     x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW) -> y: (N, O, OH, OW)
     with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y`` when given.
     """
-    N, C, H, W = x.shape
-    O, _, KH, KW = w.shape
-    out_size = (H + 2 * padding[0] - KH + 1, W + 2 * padding[1] - KW + 1)
-    N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding, out_size)
+    N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding)
     if y is None:
         y = np.empty((N, O, OH, OW), dtype=x.dtype)
     elif not (y.shape == (N, O, OH, OW) and y.dtype == x.dtype and y.flags.c_contiguous):
