@@ -20,10 +20,10 @@
  * Layouts:
  *   wb      (ceil(O/4), C*KH*KW, 4): the weights of 4 output channels side by
  *           side per tap, zero for channels past O (Python builds it).
- *   stage   per thread, C*KH rows of SW = (ox1-ox0) + KW - 1 + VL values: row
+ *   stage   per thread, C*KH rows of SW = (ox1-ox0) + KW - 1 + 3*VL values: row
  *           (c*KH + i) holds x[n, c, oy - PH + i, ox0 - PW + s] at s, 0 outside the
- *           image; the VL spare zeros let a last partial chunk of VL outputs read
- *           a full chunk.
+ *           image; the 3*VL spare zeros let a last partial block of 3*VL outputs
+ *           read a full block.
  *   scratch npfcn_num_threads() slices of direct_conv_scratch() elements each
  *           (the weight gradient's slice is described above its function).
  *
@@ -32,7 +32,7 @@
  * per-thread partial sums, added up at the end by one thread: no two threads
  * write one element.
  *
- * The inner loop keeps 4 output channels x VL columns in four vector
+ * The inner loop keeps 4 output channels x 3*VL columns in twelve vector
  * variables (GCC/Clang vector extensions, 64 bytes each); where the compiler can,
  * the functions are built for AVX-512, AVX2 and baseline x86-64 and the best
  * the CPU has is picked at load time (target_clones).  Still no -ffast-math:
@@ -99,42 +99,58 @@ static void stage_rows_##SUFFIX(const T *xn, T *stage, int64_t C, int64_t H, int
     }                                                                                     \
 }
 
-/* VL outputs of 4 channels from the staged rows: out[o][v] for v < count.
- * VEC is a GCC vector type of VL elements: the 4 accumulators are four
- * variables, so they stay in registers (an array acc[4][VL] indexed in loops
- * was kept on the stack: 5 cycles per multiply-add). */
-#define NPFCN_DIRECT_CHUNK(T, SUFFIX, VEC, VL)                                            \
+/* 3*VL outputs of 4 channels from the staged rows: out[o][v] for
+ * o < nob, v < count.  Register blocking: 4 channels x 3 vectors in twelve
+ * accumulators.  A multiply-add takes 4 cycles to deliver its result and the
+ * CPU starts one or two per cycle, so 4 independent sums would leave it idle
+ * most of the time; 12 hide the latency, and each broadcast weight feeds 3
+ * vectors (3 vector loads + 4 broadcasts per 12 multiply-adds).  VEC is a GCC
+ * vector type of VL elements; the accumulators are named variables, so they stay
+ * in registers (an array indexed in loops was kept on the stack).  Channels
+ * past nob are zero padding in wb and columns past count read the staged zeros:
+ * both are computed and dropped.  Callers pass KW as the constant 3 for 3x3
+ * layers so that the tap loop unrolls. */
+#define NPFCN_VECTORS 3
+#define NPFCN_DIRECT_BLOCK(T, SUFFIX, VEC, VL)                                            \
 NPFCN_INLINE VEC load_##SUFFIX(const T *p)                                               \
 {                                                                                         \
     VEC v;                                                                                \
     memcpy(&v, p, sizeof v);          /* an unaligned vector load */                      \
     return v;                                                                             \
 }                                                                                         \
-NPFCN_INLINE void direct_chunk_##SUFFIX(const T *restrict stage, const T *restrict wb,  \
+NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restrict wb,   \
                                          int64_t taps_c, int64_t KW, int64_t SW,          \
                                          int64_t s, T *restrict out[NPFCN_OB],            \
                                          int64_t nob, int64_t count)                      \
 {                                                                                         \
-    VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                           \
+    VEC a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};                 \
+    VEC a20 = {0}, a21 = {0}, a22 = {0}, a30 = {0}, a31 = {0}, a32 = {0};                 \
     for (int64_t r = 0; r < taps_c; ++r) {          /* r = c*KH + i */                    \
         const T *row = stage + r * SW + s;                                                \
         const T *wr = wb + r * KW * NPFCN_OB;                                             \
         for (int64_t j = 0; j < KW; ++j) {                                                \
-            const VEC xv = load_##SUFFIX(row + j);                                        \
+            const VEC x0 = load_##SUFFIX(row + j);                                        \
+            const VEC x1 = load_##SUFFIX(row + j + VL);                                   \
+            const VEC x2 = load_##SUFFIX(row + j + 2 * VL);                               \
             const T *wj = wr + j * NPFCN_OB;                                              \
-            a0 += wj[0] * xv;                                                             \
-            a1 += wj[1] * xv;                                                             \
-            a2 += wj[2] * xv;                                                             \
-            a3 += wj[3] * xv;                                                             \
+            const T w0 = wj[0], w1 = wj[1], w2 = wj[2], w3 = wj[3];                       \
+            a00 += w0 * x0; a01 += w0 * x1; a02 += w0 * x2;                               \
+            a10 += w1 * x0; a11 += w1 * x1; a12 += w1 * x2;                               \
+            a20 += w2 * x0; a21 += w2 * x1; a22 += w2 * x2;                               \
+            a30 += w3 * x0; a31 += w3 * x1; a32 += w3 * x2;                               \
         }                                                                                 \
     }                                                                                     \
-    T lanes[NPFCN_OB][VL];                                                                \
-    memcpy(lanes[0], &a0, sizeof a0);                                                     \
-    memcpy(lanes[1], &a1, sizeof a1);                                                     \
-    memcpy(lanes[2], &a2, sizeof a2);                                                     \
-    memcpy(lanes[3], &a3, sizeof a3);                                                     \
-    for (int64_t o = 0; o < nob; ++o)                                                     \
-        memcpy(out[o], lanes[o], (size_t)count * sizeof(T));                              \
+    T lanes[NPFCN_OB][NPFCN_VECTORS * VL];                                                \
+    const int full = count == NPFCN_VECTORS * VL;   /* store straight to y */             \
+    const VEC *acc[NPFCN_OB][NPFCN_VECTORS] = {{&a00, &a01, &a02}, {&a10, &a11, &a12},    \
+                                               {&a20, &a21, &a22}, {&a30, &a31, &a32}};   \
+    for (int64_t o = 0; o < nob; ++o) {                                                   \
+        T *dst = full ? out[o] : lanes[o];                                                \
+        for (int v = 0; v < NPFCN_VECTORS; ++v)                                           \
+            memcpy(dst + v * VL, acc[o][v], sizeof(VEC));                                 \
+        if (!full)                                                                        \
+            memcpy(out[o], lanes[o], (size_t)count * sizeof(T));                          \
+    }                                                                                     \
 }
 
 #define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
@@ -144,7 +160,7 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int6
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
 {                                                                                         \
-    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + VL;                                  \
+    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + (NPFCN_VECTORS * VL);                                  \
     const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
     const int64_t tasks = N * OH;                                                         \
     int64_t task;                                                                         \
@@ -169,11 +185,14 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int6
                 memset(out[o] + ox1, 0, (size_t)(OW - ox1) * sizeof(T));                  \
             }                                                                             \
             const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
-            for (int64_t s = 0; s < RX; s += VL) {                                        \
+            for (int64_t s = 0; s < RX; s += (NPFCN_VECTORS * VL)) {                                \
                 T *dst[NPFCN_OB];                                                         \
+                const int64_t count = RX - s < (NPFCN_VECTORS * VL) ? RX - s : (NPFCN_VECTORS * VL);          \
                 for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;             \
-                direct_chunk_##SUFFIX(stage, wblock, taps_c, KW, SW, s, dst, nob,     \
-                                      RX - s < VL ? RX - s : VL);                         \
+                if (KW == 3)        /* a constant: the tap loop unrolls */                \
+                    direct_block_##SUFFIX(stage, wblock, taps_c, 3, SW, s, dst, nob, count); \
+                else                                                                      \
+                    direct_block_##SUFFIX(stage, wblock, taps_c, KW, SW, s, dst, nob, count); \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
@@ -266,7 +285,7 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
                                      int64_t KH, int64_t KW, int64_t RX)                  \
 {                                                                                         \
     if (!weight_grad)                                                                     \
-        return npfcn_round8(C * KH * ((RX > 0 ? RX : 0) + KW - 1 + VL), sizeof(T));       \
+        return npfcn_round8(C * KH * ((RX > 0 ? RX : 0) + KW - 1 + (NPFCN_VECTORS * VL)), sizeof(T)); \
     return dw_stage_len_##SUFFIX(C, KH, KW, RX)                                           \
          + npfcn_round8(O * dw_block_rows_##SUFFIX(RX, KW) * dw_row_##SUFFIX(RX, KW),     \
                         sizeof(T))                                                        \
@@ -350,8 +369,8 @@ NPFCN_STAGE_ROWS(float, f32)
 NPFCN_STAGE_ROWS(double, f64)
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
 typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
-NPFCN_DIRECT_CHUNK(float, f32, npfcn_vf32, 16)
-NPFCN_DIRECT_CHUNK(double, f64, npfcn_vf64, 8)
+NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32, 16)
+NPFCN_DIRECT_BLOCK(double, f64, npfcn_vf64, 8)
 NPFCN_DIRECT_FORWARD(float, f32, 16)
 NPFCN_DIRECT_FORWARD(double, f64, 8)
 NPFCN_DOT(float, f32, npfcn_vf32, 16)

@@ -38,8 +38,9 @@ def cases(draw):
     # then whole output rows and columns see only zeros
     padding = (draw(st.integers(0, K[0] + 3)), draw(st.integers(0, K[1] + 3)))
     H = draw(st.integers(max(1, K[0] - 2 * padding[0]), 12))
-    # wide enough rows, now and then, for several vector chunks and the tails
-    W = draw(st.integers(max(1, K[1] - 2 * padding[1]), 12) | st.integers(30, 70))
+    # wide enough rows, now and then, for several register blocks (48 floats or
+    # 24 doubles each) and the partial last one
+    W = draw(st.integers(max(1, K[1] - 2 * padding[1]), 12) | st.integers(30, 110))
     return dict(N=draw(st.integers(0, 3)), C=draw(st.integers(1, 9)), O=draw(st.integers(1, 9)),
                 H=H, W=W, K=K, padding=padding, seed=draw(st.integers(0, 2**16)))
 
