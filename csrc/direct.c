@@ -9,12 +9,13 @@
  *
  * Definitions (stride 1, no dilation; PH/PW may be negative, which crops):
  *
- *   forward   y[n, o, oy, ox] = sum_{c, i, j} w[o, c, i, j] * x[n, c, oy - PH + i, ox - PW + j]
+ *   forward   y[n, o, oy, ox] = b[o] + sum_{c, i, j} w[o, c, i, j] * x[n, c, oy - PH + i, ox - PW + j]
  *   weights   dw[o, c, i, j] += sum_{n, oy, ox} dy[n, o, oy, ox] * x[n, c, oy - PH + i, ox - PW + j]
  *
  * with x = 0 outside the image.  (The input gradient is a forward call on dy
  * with the flipped, transposed weights; see npfcn/direct.py.)  Only the output
- * window [oy0, oy1) x [ox0, ox1) can see the image; outside it y is 0, and the
+ * window [oy0, oy1) x [ox0, ox1) can see the image; outside it y is b (0 without a
+ * bias: b may be NULL), and the
  * weight gradient skips it.  Python computes the window and checks every size.
  *
  * Layouts:
@@ -70,6 +71,17 @@
 
 #define NPFCN_OB 4      /* output channels per register block */
 
+/* p[0..n) = value (the outputs that see no input: bias only). */
+#define NPFCN_FILL(T, SUFFIX)                                                             \
+static void fill_##SUFFIX(T *p, T value, int64_t n)                                       \
+{                                                                                         \
+    if (value == 0) {                                                                     \
+        memset(p, 0, (size_t)(n > 0 ? n : 0) * sizeof(T));                                \
+        return;                                                                           \
+    }                                                                                     \
+    for (int64_t k = 0; k < n; ++k) p[k] = value;                                         \
+}
+
 /* Stage the C*KH input rows output row oy needs (see "stage" above); with KH
  * set to rows+KH-1 it stages the input of a block of output rows. */
 #define NPFCN_STAGE_ROWS(T, SUFFIX)                                                       \
@@ -120,12 +132,15 @@ NPFCN_INLINE VEC load_##SUFFIX(const T *p)                                      
     return v;                                                                             \
 }                                                                                         \
 NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restrict wb,   \
-                                         int64_t taps_c, int64_t KW, int64_t SW,          \
-                                         int64_t s, T *restrict out[NPFCN_OB],            \
-                                         int64_t nob, int64_t count)                      \
+                                         const T bias[NPFCN_OB], int64_t taps_c,          \
+                                         int64_t KW, int64_t SW, int64_t s,               \
+                                         T *restrict out[NPFCN_OB], int64_t nob,          \
+                                         int64_t count)                                   \
 {                                                                                         \
-    VEC a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};                 \
-    VEC a20 = {0}, a21 = {0}, a22 = {0}, a30 = {0}, a31 = {0}, a32 = {0};                 \
+    const VEC zero = {0};           /* each sum starts at its channel's bias */           \
+    VEC a00 = zero + bias[0], a01 = a00, a02 = a00, a10 = zero + bias[1], a11 = a10;      \
+    VEC a12 = a10, a20 = zero + bias[2], a21 = a20, a22 = a20, a30 = zero + bias[3];      \
+    VEC a31 = a30, a32 = a30;                                                             \
     for (int64_t r = 0; r < taps_c; ++r) {          /* r = c*KH + i */                    \
         const T *row = stage + r * SW + s;                                                \
         const T *wr = wb + r * KW * NPFCN_OB;                                             \
@@ -156,12 +171,13 @@ NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restri
 
 #define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
 NPFCN_CLONES                                                                              \
-void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int64_t C,   \
+void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y,           \
+        int64_t N, int64_t C,                                                             \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
 {                                                                                         \
-    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + (NPFCN_VECTORS * VL);                                  \
+    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + NPFCN_VECTORS * VL;                  \
     const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
     const int64_t tasks = N * OH;                                                         \
     int64_t task;                                                                         \
@@ -169,9 +185,9 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int6
     for (task = 0; task < tasks; ++task) {                                                \
         const int64_t n = task / OH, oy = task % OH;                                      \
         T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
-        if (oy < oy0 || oy >= oy1 || RX <= 0) {                                           \
+        if (oy < oy0 || oy >= oy1 || RX <= 0) {     /* sees no input: just the bias */    \
             for (int64_t o = 0; o < O; ++o)                                               \
-                memset(yrow + o * OH * OW, 0, (size_t)OW * sizeof(T));                    \
+                fill_##SUFFIX(yrow + o * OH * OW, bias ? bias[o] : 0, OW);                \
             continue;                                                                     \
         }                                                                                 \
         T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SW;                    \
@@ -179,21 +195,24 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, T *y, int64_t N, int6
         for (int64_t b = 0; b < blocks; ++b) {                                            \
             const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
             T *out[NPFCN_OB];                                                             \
-            for (int64_t o = 0; o < NPFCN_OB; ++o)                                        \
+            T bq[NPFCN_OB];                                                               \
+            for (int64_t o = 0; o < NPFCN_OB; ++o) {                                      \
                 out[o] = yrow + (b * NPFCN_OB + (o < nob ? o : 0)) * OH * OW;             \
+                bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                     \
+            }                                                                             \
             for (int64_t o = 0; o < nob; ++o) {                                           \
-                memset(out[o], 0, (size_t)ox0 * sizeof(T));                               \
-                memset(out[o] + ox1, 0, (size_t)(OW - ox1) * sizeof(T));                  \
+                fill_##SUFFIX(out[o], bq[o], ox0);                                        \
+                fill_##SUFFIX(out[o] + ox1, bq[o], OW - ox1);                             \
             }                                                                             \
             const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
-            for (int64_t s = 0; s < RX; s += (NPFCN_VECTORS * VL)) {                                \
+            for (int64_t s = 0; s < RX; s += NPFCN_VECTORS * VL) {                        \
                 T *dst[NPFCN_OB];                                                         \
-                const int64_t count = RX - s < (NPFCN_VECTORS * VL) ? RX - s : (NPFCN_VECTORS * VL);          \
+                const int64_t count = RX - s < NPFCN_VECTORS * VL ? RX - s : NPFCN_VECTORS * VL; \
                 for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;             \
                 if (KW == 3)        /* a constant: the tap loop unrolls */                \
-                    direct_block_##SUFFIX(stage, wblock, taps_c, 3, SW, s, dst, nob, count); \
+                    direct_block_##SUFFIX(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
                 else                                                                      \
-                    direct_block_##SUFFIX(stage, wblock, taps_c, KW, SW, s, dst, nob, count); \
+                    direct_block_##SUFFIX(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
@@ -386,6 +405,8 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,
     }                                                                                     \
 }
 
+NPFCN_FILL(float, f32)
+NPFCN_FILL(double, f64)
 NPFCN_STAGE_ROWS(float, f32)
 NPFCN_STAGE_ROWS(double, f64)
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */

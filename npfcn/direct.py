@@ -91,21 +91,26 @@ def _scratch(name, weight_grad, C, O, KH, KW, RX, dtype):
     return workspace.get(name, (backend.num_threads() * per_thread,), dtype)
 
 
-def conv_forward(x, w, padding, y=None):
-    """y = the stride-1 cross-correlation of x and w (no bias); padding may be negative.
+def conv_forward(x, w, padding, y=None, bias=None):
+    """y = the stride-1 cross-correlation of x and w, plus bias; padding may be negative.
 
-    x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW) -> y: (N, O, OH, OW)
-    with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y`` when given.
+    x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW), bias: (O,) or None
+    -> y: (N, O, OH, OW) with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y``
+    when given.  The bias starts each sum (no second pass over y to add it).
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding)
     if y is None:
         y = np.empty((N, O, OH, OW), dtype=x.dtype)
     elif not (y.shape == (N, O, OH, OW) and y.dtype == x.dtype and y.flags.c_contiguous):
         raise ValueError(f"direct conv: out must be a C-contiguous {x.dtype} array {(N, O, OH, OW)}")
+    if bias is not None and not (isinstance(bias, np.ndarray) and bias.shape == (O,)
+                                 and bias.dtype == x.dtype and bias.flags.c_contiguous):
+        raise ValueError(f"direct conv: bias must be a C-contiguous {x.dtype} array of shape ({O},)")
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
     wb = blocked_weight(w)
-    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb), backend.pointer(y),
+    b = backend.kernels()[0].NULL if bias is None else backend.pointer(bias)
+    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb), b, backend.pointer(y),
                              N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
                              backend.pointer(scratch))
     return y

@@ -158,10 +158,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     K = C * KH * KW
     w2 = w.reshape(O, K)
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
+    b_added = False             # the direct kernel adds the bias itself
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
     elif direct.applies((KH, KW), stride, dilation, C, O):   # few channels (narrow FCNs)
-        direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW))
+        direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW),
+                            None if b is None else np.ascontiguousarray(b))
+        b_added = True
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):    # every VGG16 3x3 convolution
         winograd.conv3x3_forward(x, w, padding, y.reshape(N, O, OH, OW))
@@ -170,7 +173,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
             cols = _workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
             im2col_rows(x, g, (r0, r1), cols)
             _matmul_to_rows(w2, cols, y, r0 * OW, r1 * OW)
-    if b is not None:
+    if b is not None and not b_added:
         y += b.reshape(1, O, 1)
     # Only x is kept, not the columns: rebuilding them in backward is cheap next to
     # the matrix products, and they can be KH*KW times larger than x.

@@ -53,6 +53,35 @@ def make(case, dtype):
 
 
 @given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_bias_starts_every_sum(case, dtype):
+    """With a bias the kernel's output is the reference's plus b[o], also where the
+    window sees only padding (there it is exactly b[o])."""
+    x, w = make(case, dtype)
+    bias = np.random.default_rng(case["seed"] + 1).standard_normal(case["O"]).astype(dtype)
+    y0 = reference_conv(x, w, case["padding"])[0] + bias[None, :, None, None]
+    with backend.using("c"):
+        y1 = direct.conv_forward(x, w, case["padding"], bias=bias)
+    assert y1.shape == y0.shape
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert y1.size == 0 or relative(y1, y0) < tol
+
+
+def test_outputs_that_see_only_padding_are_the_bias():
+    x, w = make(dict(N=1, C=3, H=6, W=5, O=5, K=(3, 3), seed=2), np.float32)
+    bias = np.array([0.5, -1.0, 0.0, 2.0, -0.25], np.float32)
+    with backend.using("c"):
+        y = direct.conv_forward(x, w, (10, 10), bias=bias)
+    expected = np.broadcast_to(bias[:, None, None], y.shape[1:])
+    # rows 0..7 and columns 0..7 (and past the image's far side) see no input
+    assert np.array_equal(y[0, :, :8], expected[:, :8])
+    assert np.array_equal(y[0, :, :, -8:], expected[:, :, -8:])
+    with pytest.raises(ValueError, match="bias"):
+        direct.conv_forward(x, w, (1, 1), bias=bias[:4])
+    with pytest.raises(ValueError, match="bias"):
+        direct.conv_forward(x, w, (1, 1), bias=bias.astype(np.float64))
+
+
+@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
 def test_matches_the_im2col_reference(case, dtype):
     x, w = make(case, dtype)
     y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
