@@ -51,17 +51,17 @@ void maxpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_
                 int64_t HW, int64_t OHW);
 """
 _WINOGRAD_SIGNATURES = """
-void winograd_input_{s}(const {t} *x, {t} *V, int64_t N, int64_t C, int64_t H, int64_t W,
+void {p}_input_{s}(const {t} *x, {t} *V, int64_t N, int64_t C, int64_t H, int64_t W,
                 int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void winograd_input_adj_{s}(const {t} *dV, {t} *dx, int64_t N, int64_t C, int64_t H,
+void {p}_input_adj_{s}(const {t} *dV, {t} *dx, int64_t N, int64_t C, int64_t H,
                 int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW,
                 {t} *scratch);
-void winograd_output_{s}(const {t} *M, {t} *y, int64_t N, int64_t O, int64_t OH, int64_t OW,
+void {p}_output_{s}(const {t} *M, {t} *y, int64_t N, int64_t O, int64_t OH, int64_t OW,
                 int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void winograd_output_adj_{s}(const {t} *dy, {t} *dM, int64_t N, int64_t O, int64_t OH,
+void {p}_output_adj_{s}(const {t} *dy, {t} *dM, int64_t N, int64_t O, int64_t OH,
                 int64_t OW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void winograd_weight_{s}(const {t} *w, {t} *U, int64_t O, int64_t C);
-void winograd_weight_adj_{s}(const {t} *dU, {t} *dw, int64_t O, int64_t C);
+void {p}_weight_{s}(const {t} *w, {t} *U, int64_t O, int64_t C);
+void {p}_weight_adj_{s}(const {t} *dU, {t} *dw, int64_t O, int64_t C);
 """
 # Max unpooling (unpool.c).
 _UNPOOL_SIGNATURES = """
@@ -98,8 +98,9 @@ void relu_backward_{s}(const {t} *y, const {t} *dy, {t} *dx, int64_t n);
 CDEF = (
     _SIGNATURES.format(s="f32", t="float")
     + _SIGNATURES.format(s="f64", t="double")
-    + _WINOGRAD_SIGNATURES.format(s="f32", t="float")
-    + _WINOGRAD_SIGNATURES.format(s="f64", t="double")
+    + "".join(_WINOGRAD_SIGNATURES.format(p=p, s=s, t=t) for p in ("winograd", "winograd4")
+              for s, t in (("f32", "float"), ("f64", "double")))
+    + "int64_t winograd4_scratch(int64_t TW);\n"
     + _SUBPIXEL_SIGNATURES.format(s="f32", t="float")
     + _SUBPIXEL_SIGNATURES.format(s="f64", t="double")
     + _UNPOOL_SIGNATURES.format(s="f32", t="float")
@@ -112,7 +113,7 @@ CDEF = (
     + "void npfcn_set_num_threads(int64_t n);\n"
 )
 
-SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "unpool.c", "subpixel.c", "direct.c", "relu.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "winograd4.c", "unpool.c", "subpixel.c", "direct.c", "relu.c"]
 
 
 def _flag(name, default):

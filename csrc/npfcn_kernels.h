@@ -53,25 +53,30 @@ void npfcn_set_num_threads(int64_t n);
  * picks the thread's slice of a scratch buffer of npfcn_num_threads() slices. */
 int npfcn_thread_id(void);
 
-/* Winograd F(2x2, 3x3) transforms (winograd.c; layouts described there).
- * scratch: npfcn_num_threads() * 32 * (TW + 1) elements. */
-#define NPFCN_DECLARE_WINOGRAD(T, SUFFIX)                                               \
-void winograd_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,        \
+/* Winograd transforms, F(2x2, 3x3) with PREFIX winograd (winograd.c; scratch:
+ * npfcn_num_threads() * 32 * (TW + 1) elements) and F(4x4, 3x3) with PREFIX
+ * winograd4 (winograd4.c; scratch: npfcn_num_threads() * winograd4_scratch(TW)).
+ * Layouts are described in those files. */
+#define NPFCN_DECLARE_WINOGRAD(PREFIX, T, SUFFIX)                                       \
+void PREFIX##_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,        \
                              int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, \
                              int64_t TW, T *scratch);                                    \
-void winograd_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64_t H,  \
+void PREFIX##_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64_t H,  \
                                  int64_t W, int64_t PH, int64_t PW, int64_t t0,          \
                                  int64_t t1, int64_t TW, T *scratch);                    \
-void winograd_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH,      \
+void PREFIX##_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH,      \
                               int64_t OW, int64_t t0, int64_t t1, int64_t TW, T *scratch); \
-void winograd_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int64_t OH,\
+void PREFIX##_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int64_t OH,\
                                   int64_t OW, int64_t t0, int64_t t1, int64_t TW,        \
                                   T *scratch);                                           \
-void winograd_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C);                 \
-void winograd_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C);
+void PREFIX##_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C);                 \
+void PREFIX##_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C);
 
-NPFCN_DECLARE_WINOGRAD(float, f32)
-NPFCN_DECLARE_WINOGRAD(double, f64)
+NPFCN_DECLARE_WINOGRAD(winograd, float, f32)
+NPFCN_DECLARE_WINOGRAD(winograd, double, f64)
+NPFCN_DECLARE_WINOGRAD(winograd4, float, f32)
+NPFCN_DECLARE_WINOGRAD(winograd4, double, f64)
+int64_t winograd4_scratch(int64_t TW);
 
 /* Sub-pixel phases <-> image for transposed convolutions (subpixel.c):
  * phases (SH*SW*O, N, GH, GW), image (N, O, OH, OW). */

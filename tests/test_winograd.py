@@ -1,4 +1,5 @@
-"""The Winograd F(2x2, 3x3) path of the C backend (npfcn/winograd.py, csrc/winograd.c).
+"""The Winograd paths of the C backend, F(2x2, 3x3) and F(4x4, 3x3) (npfcn/winograd.py,
+csrc/winograd.c, csrc/winograd4.c).
 
 The reference is the NumPy backend's im2col convolution, an independent
 computation: every result here is compared with it, never with itself.
@@ -7,7 +8,9 @@ Tolerances: in float64 the two differ only by rounding; the Winograd transforms
 add at most 3 x 3 terms with coefficients 1 and 1/2 around products of up to
 C*9 terms, so relative errors stay within a few hundred ulps: 1e-12 is used.
 In float32 the same argument gives ~1e-6; 2e-5 (relative to the largest value)
-leaves room for the longer sums of the bigger cases.
+leaves room for the longer sums of the bigger cases.  F(4x4, 3x3)'s transforms
+have coefficients up to 8 (A) and 5 (B) and 1/24 (G): measured errors are ~10x
+F(2x2)'s (float64 ~4e-15, float32 ~3e-6), still inside both tolerances.
 """
 import numpy as np
 import pytest
@@ -22,15 +25,16 @@ from conv_reference import reference_conv, relative
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
 
-def winograd_conv(x, w, padding, dy):
-    """The same three arrays from the Winograd functions directly."""
+def winograd_conv(x, w, padding, dy, tiles=None):
+    """The same three arrays from the Winograd functions directly (``tiles``: F2, F4
+    or None for the module's own choice)."""
     N, C, H, W = x.shape
     O = w.shape[0]
     y = np.empty((N, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2), dtype=x.dtype)
     with backend.using("c"):
-        winograd.conv3x3_forward(x, w, padding, y)
+        winograd.conv3x3_forward(x, w, padding, y, tiles)
         dw = np.zeros((O, C * 9), dtype=x.dtype)
-        dx = winograd.conv3x3_backward(dy, x, w, padding, dw)
+        dx = winograd.conv3x3_backward(dy, x, w, padding, dw, tiles)
     return y, dx, dw.reshape(w.shape)
 
 
@@ -51,11 +55,12 @@ def make(case, dtype):
     return x, w
 
 
-@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
-def test_matches_the_im2col_reference(case, dtype):
+@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]),
+       tiles=st.sampled_from([winograd.F2, winograd.F4]))
+def test_matches_the_im2col_reference(case, dtype, tiles):
     x, w = make(case, dtype)
     y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
-    y1, dx1, dw1 = winograd_conv(x, w, case["padding"], dy)
+    y1, dx1, dw1 = winograd_conv(x, w, case["padding"], dy, tiles)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert relative(y1, y0) < tol
     assert relative(dx1, dx0) < tol
@@ -80,26 +85,32 @@ def test_tile_row_blocks_give_the_same_result(case):
         assert relative(a, b) < 1e-13
 
 
+@pytest.mark.parametrize("tiles", [winograd.F2, winograd.F4], ids=repr)
 @pytest.mark.parametrize("size, padding", [((1, 1), (1, 1)), ((5, 4), (0, 0)), ((6, 7), (2, 1)),
                                            ((2, 3), (100, 100))])
-def test_gradcheck_through_the_layer(size, padding):
-    """Central differences through a float64 Conv2d that takes the Winograd path."""
+def test_gradcheck_through_the_layer(size, padding, tiles):
+    """Central differences through a float64 Conv2d that takes the Winograd path
+    with either tile size."""
     layer = Conv2d(3, 4, 3, padding=padding, dtype=np.float64, rng=1)
     x = np.random.default_rng(2).standard_normal((2, 3, *size))
-    saved = winograd.applies
-    winograd.applies = lambda *args: saved(*args[:5], tiles=64)   # however few tiles
+    saved = winograd.applies, winograd.choose
+    winograd.applies = lambda *args: saved[0](*args[:5], tiles=64)   # however few tiles
+    winograd.choose = lambda *args: tiles
     try:
         assert winograd.applies((3, 3), (1, 1), (1, 1), 3, 4, 1)
         with backend.using("c"):
             report = gradcheck(layer, (x,))
     finally:
-        winograd.applies = saved
+        winograd.applies, winograd.choose = saved
     # float64 central differences with eps=1e-6: truncation ~1e-12, rounding ~1e-10
     assert report.max_error < 1e-6, report
 
 
-def test_vgg_sized_layer_in_float32():
-    """64 -> 64 channels on 30x30, the shape class of VGG16's conv1_2 (multiple blocks)."""
+@pytest.mark.parametrize("tiles", [winograd.F2, winograd.F4], ids=repr)
+def test_vgg_sized_layer_in_float32(tiles):
+    """64 -> 64 channels on 30x30, the shape class of VGG16's conv1_2, in several blocks
+    of tile rows (whose input windows overlap: the backward pass adds them in two
+    phases)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
@@ -107,8 +118,9 @@ def test_vgg_sized_layer_in_float32():
     saved = winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES
     winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = 1 << 16, 1
     try:
-        assert len(winograd._tile_row_blocks(2, 64, 64, 15, 15, 4)) > 1
-        y1, dx1, dw1 = winograd_conv(x, w, (1, 1), dy)
+        TH, TW = tiles.grid(30, 30)
+        assert len(winograd._tile_row_blocks(2, 64, 64, TH, TW, 4, tiles)) > 2
+        y1, dx1, dw1 = winograd_conv(x, w, (1, 1), dy, tiles)
     finally:
         winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = saved
     for a, b in ((y1, y0), (dx1, dx0), (dw1, dw0)):
@@ -194,3 +206,15 @@ def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
     for ours, theirs in ((y, ty), (dx, tx.grad), (layer.grads["weight"], tw.grad),
                          (layer.grads["bias"], tb.grad)):
         assert relative(ours, theirs.detach().numpy()) < tol
+
+
+@pytest.mark.parametrize("N, C, O, size, expected", [
+    (1, 64, 64, 224, "F4"),       # conv1_2: measured 160 -> 116 ms fwd+bwd
+    (1, 128, 256, 56, "F4"),      # conv3_1
+    (1, 256, 256, 56, "F2"),      # wider: F(4x4)'s weights and thin products lose
+    (1, 512, 512, 28, "F2"),
+    (1, 64, 64, 52, "F2"),        # 13 x 13 = 169 tiles of 4x4: too few
+    (4, 64, 64, 28, "F4"),        # 4 x 49 = 196: enough
+])
+def test_which_tile_size_is_chosen(N, C, O, size, expected):
+    assert winograd.choose(N, C, O, size, size) is getattr(winograd, expected)
