@@ -100,7 +100,7 @@ CDEF = (
     + _SIGNATURES.format(s="f64", t="double")
     + "".join(_WINOGRAD_SIGNATURES.format(p=p, s=s, t=t) for p in ("winograd", "winograd4")
               for s, t in (("f32", "float"), ("f64", "double")))
-    + "int64_t winograd4_scratch(int64_t TW);\n"
+    + "int64_t winograd_scratch(int64_t TW);\nint64_t winograd4_scratch(int64_t TW);\n"
     + _SUBPIXEL_SIGNATURES.format(s="f32", t="float")
     + _SUBPIXEL_SIGNATURES.format(s="f64", t="double")
     + _UNPOOL_SIGNATURES.format(s="f32", t="float")

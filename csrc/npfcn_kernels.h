@@ -53,10 +53,9 @@ void npfcn_set_num_threads(int64_t n);
  * picks the thread's slice of a scratch buffer of npfcn_num_threads() slices. */
 int npfcn_thread_id(void);
 
-/* Winograd transforms, F(2x2, 3x3) with PREFIX winograd (winograd.c; scratch:
- * npfcn_num_threads() * 32 * (TW + 1) elements) and F(4x4, 3x3) with PREFIX
- * winograd4 (winograd4.c; scratch: npfcn_num_threads() * winograd4_scratch(TW)).
- * Layouts are described in those files. */
+/* Winograd transforms, F(2x2, 3x3) with PREFIX winograd (winograd.c) and F(4x4, 3x3)
+ * with PREFIX winograd4 (winograd4.c); scratch: npfcn_num_threads() *
+ * PREFIX_scratch(TW) elements.  Layouts are described in those files. */
 #define NPFCN_DECLARE_WINOGRAD(PREFIX, T, SUFFIX)                                       \
 void PREFIX##_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,        \
                              int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, \
@@ -76,6 +75,7 @@ NPFCN_DECLARE_WINOGRAD(winograd, float, f32)
 NPFCN_DECLARE_WINOGRAD(winograd, double, f64)
 NPFCN_DECLARE_WINOGRAD(winograd4, float, f32)
 NPFCN_DECLARE_WINOGRAD(winograd4, double, f64)
+int64_t winograd_scratch(int64_t TW);
 int64_t winograd4_scratch(int64_t TW);
 
 /* Sub-pixel phases <-> image for transposed convolutions (subpixel.c):

@@ -47,10 +47,16 @@
 
 #define NPFCN_WINO_CHUNK 64   /* filters transformed per staging round */
 
+/* Elements of scratch one thread needs for TW tiles per row (see "Staging"). */
+int64_t winograd_scratch(int64_t TW)
+{
+    return 32 * (TW + 1);
+}
+
 /* This thread's scratch: rows a[4][width], b[4][width], stage[16][TW]. */
 #define NPFCN_WINO_SCRATCH(T)                                                            \
     const int64_t width = 2 * TW + 2;                                                    \
-    T *a_rows = scratch + (int64_t)npfcn_thread_id() * 32 * (TW + 1);                    \
+    T *a_rows = scratch + (int64_t)npfcn_thread_id() * winograd_scratch(TW);             \
     T *b_rows = a_rows + 4 * width;                                                      \
     T *stage = b_rows + 4 * width;
 

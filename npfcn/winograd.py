@@ -88,8 +88,9 @@ class Tiles:
         return -(-OH // self.m), -(-OW // self.m)
 
     def scratch(self, TW, dtype):
-        """Per-thread rows the tile transforms work in (see "Staging" in csrc/winograd.c)."""
-        per_thread = 32 * (TW + 1) if self.m == 2 else backend.kernels()[1].winograd4_scratch(TW)
+        """Per-thread rows the tile transforms work in (see "Staging" in csrc/winograd.c),
+        sized by the C code itself."""
+        per_thread = getattr(backend.kernels()[1], f"{self.prefix}_scratch")(TW)
         return workspace.get("wino_scratch", (backend.num_threads() * per_thread,), dtype)
 
     def lib(self, dtype):
