@@ -114,7 +114,8 @@ def choose(N, C, O, OH, OW):
     256->256 at 56 86 -> 102 and 512->512 at 28 90 -> 207.  So F(4x4) for up to
     F4_MAX_IN_CHANNELS in and F4_MAX_OUT_CHANNELS out, on F4_MIN_TILES 4x4 tiles.
     """
-    tiles = N * F4.grid(OH, OW)[0] * F4.grid(OH, OW)[1]
+    TH, TW = F4.grid(OH, OW)
+    tiles = N * TH * TW
     if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS and tiles >= F4_MIN_TILES:
         return F4
     return F2
