@@ -91,28 +91,67 @@ def _scratch(name, weight_grad, C, O, KH, KW, RX, dtype):
     return workspace.get(name, (backend.num_threads() * per_thread,), dtype)
 
 
-def conv_forward(x, w, padding, y=None, bias=None):
+def _windows(windows, size, out_size, kernel, padding):
+    """The output rectangles (oy0, oy1, ox0, ox1) to compute, checked to lie in the output.
+
+    None: the one rectangle of outputs that can see the image (``window``).
+    """
+    if windows is None:
+        (oy0, oy1), (ox0, ox1) = (window(size[0], out_size[0], kernel[0], padding[0]),
+                                  window(size[1], out_size[1], kernel[1], padding[1]))
+        return [(oy0, oy1, ox0, ox1)]
+    checked = []
+    for rect in windows:
+        oy0, oy1, ox0, ox1 = (int(v) for v in rect)
+        if not (0 <= oy0 <= oy1 <= out_size[0] and 0 <= ox0 <= ox1 <= out_size[1]):
+            raise ValueError(f"direct conv: window {rect} is not inside the output {out_size}")
+        checked.append((oy0, oy1, ox0, ox1))
+    return checked
+
+
+def _channel_values(values, O, dtype, what):
+    if not (isinstance(values, np.ndarray) and values.shape == (O,) and values.dtype == dtype
+            and values.flags.c_contiguous):
+        raise ValueError(f"direct conv: {what} must be a C-contiguous {dtype} array of shape ({O},)")
+    return values
+
+
+def conv_forward(x, w, padding, y=None, bias=None, windows=None, fill=None):
     """y = the stride-1 cross-correlation of x and w, plus bias; padding may be negative.
 
     x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW), bias: (O,) or None
     -> y: (N, O, OH, OW) with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y``
     when given.  The bias starts each sum (no second pass over y to add it).
+
+    Only the outputs in ``windows`` (disjoint rectangles (oy0, oy1, ox0, ox1)) are
+    computed; every other output is set to ``fill`` (O,).  The defaults: the one
+    window of outputs that see the image, and fill = the bias (what an output that
+    sees only padding is).  npfcn.band passes the few rectangles around FCN's
+    constant border and the constant.
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding)
     if y is None:
         y = np.empty((N, O, OH, OW), dtype=x.dtype)
     elif not (y.shape == (N, O, OH, OW) and y.dtype == x.dtype and y.flags.c_contiguous):
         raise ValueError(f"direct conv: out must be a C-contiguous {x.dtype} array {(N, O, OH, OW)}")
-    if bias is not None and not (isinstance(bias, np.ndarray) and bias.shape == (O,)
-                                 and bias.dtype == x.dtype and bias.flags.c_contiguous):
-        raise ValueError(f"direct conv: bias must be a C-contiguous {x.dtype} array of shape ({O},)")
-    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
-    scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
+    if bias is not None:
+        _channel_values(bias, O, x.dtype, "bias")
+    if fill is None:
+        fill = bias if bias is not None else np.zeros(O, dtype=x.dtype)
+    _channel_values(fill, O, x.dtype, "fill")
+    rects = _windows(windows, (H, W), (OH, OW), (KH, KW), (PH, PW))
     wb = blocked_weight(w)
-    b = backend.kernels()[0].NULL if bias is None else backend.pointer(bias)
-    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb), b, backend.pointer(y),
-                             N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                             backend.pointer(scratch))
+    ffi = backend.kernels()[0]
+    b = ffi.NULL if bias is None else backend.pointer(bias)
+    forward = _lib(x.dtype, "forward")
+    for k, (oy0, oy1, ox0, ox1) in enumerate(rects):
+        scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
+        # The first call also writes every output outside its window; the later
+        # ones (disjoint windows) then overwrite their own part of that fill.
+        f = backend.pointer(fill) if k == 0 else ffi.NULL
+        forward(backend.pointer(x), backend.pointer(wb), b, f, backend.pointer(y),
+                N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                backend.pointer(scratch))
     return y
 
 
@@ -122,11 +161,13 @@ def flipped_transposed(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-def conv_backward(dy, x, w, padding, dw2):
+def conv_backward(dy, x, w, padding, dw2, windows=None):
     """Gradients of conv_forward: returns dx and ADDS the weight gradient into dw2.
 
     dy: (N, O, OH, OW) C-contiguous; x, w, padding as in forward; dw2: a C-contiguous
-    array of O*C*KH*KW elements (the caller's zeros or accumulator).
+    array of O*C*KH*KW elements (the caller's zeros or accumulator).  The weight
+    gradient sums over the outputs in ``windows`` only (as conv_forward: by default
+    those that see the image; the others contribute nothing there).  dx is complete.
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding, dy.shape[2:])
     if not (isinstance(dy, np.ndarray) and dy.dtype == x.dtype and dy.flags.c_contiguous
@@ -135,11 +176,11 @@ def conv_backward(dy, x, w, padding, dw2):
     if not (isinstance(dw2, np.ndarray) and dw2.dtype == x.dtype and dw2.flags.c_contiguous
             and dw2.size == w.size):
         raise ValueError(f"direct conv: dw must be a C-contiguous array of {w.size} values")
-    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
-    scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
-    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw2),
-                                 N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                                 backend.pointer(scratch))
+    for oy0, oy1, ox0, ox1 in _windows(windows, (H, W), (OH, OW), (KH, KW), (PH, PW)):
+        scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
+        _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw2),
+                                     N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                                     backend.pointer(scratch))
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
     # dy with the flipped weights and padding KH-1-PH (negative: a crop).
     return conv_forward(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))

@@ -97,9 +97,10 @@ class Conv2d(Module):
         if bias:
             self._add_param("bias", rng.uniform(-bound, bound, out_channels))
 
-    def forward(self, x):
+    def forward(self, x, bands=None):
+        """bands: (x's npfcn.band.Band, the output's) inside an FCN encoder, else None."""
         y, self._cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                          self.stride, self.padding, self.dilation)
+                                          self.stride, self.padding, self.dilation, bands)
         return y
 
     def backward(self, dy):
