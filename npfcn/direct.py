@@ -15,7 +15,11 @@ is negative for FCN's conv1_1 and then crops), and the weight gradient sums
 
 Only the output window that can see the image is computed (with FCN's padding
 of 100, conv1_1's output is 326x326 for a 128x128 image, and all but the middle
-130x130 is zero before the bias): ``window`` finds it.
+130x130 is zero before the bias): ``window`` finds it.  npfcn.band asks for
+several windows instead: the part of a feature map that sees the image and the
+thin ring that sees the zero padding.  The C loop works a row at a time in
+blocks of 48 columns, so a window a few columns wide (the ring's sides) would cost
+a whole block and a staging per row; those go by columns and a matrix product.
 """
 import numpy as np
 
@@ -24,6 +28,7 @@ from .workspace import workspace
 
 MAX_CHANNELS = 32   # measured crossover with Winograd/im2col, see applies()
 BLOCK = 4           # output channels per register block (NPFCN_OB in direct.c)
+NARROW = 16         # windows narrower than this go by columns (see the module docstring)
 
 
 def applies(kernel_size, stride, dilation, in_channels, out_channels):
@@ -116,6 +121,32 @@ def _channel_values(values, O, dtype, what):
     return values
 
 
+def _narrow(rect):
+    """A window a few columns wide and taller than wide: better done transposed."""
+    oy0, oy1, ox0, ox1 = rect
+    return ox1 - ox0 < NARROW and oy1 - oy0 > ox1 - ox0
+
+
+def _transposed_slab(x, kernel, padding, rect):
+    """The input columns a window reads, transposed, and the window in that slab.
+
+    y = conv(x, w) is y^T = conv(x^T, w^T) with the paddings swapped, so a window of
+    a few columns becomes a few long rows.  x: (N, C, H, W) -> xt: (N, C, s1 - s0, H)
+    holding x's columns [s0, s1); the window (oy0, oy1, ox0, ox1) of y is the window
+    (ox0 - s0, ox1 - s0, oy0, oy1) of conv(xt, w^T, (PW, PH)).  Outside [s0, s1) that
+    convolution sees zeros where x has values, but no output of the window reads there.
+    """
+    (_, _, _, W), (_, KW), (_, PW) = x.shape, kernel, padding
+    oy0, oy1, ox0, ox1 = rect
+    s0, s1 = max(ox0 - PW, 0), min(ox1 - PW + KW - 1, W)
+    xt = np.ascontiguousarray(x[:, :, :, s0:s1].transpose(0, 1, 3, 2))
+    return xt, (ox0 - s0, ox1 - s0, oy0, oy1)
+
+
+def _transposed_weight(w):
+    return np.ascontiguousarray(w.transpose(0, 1, 3, 2))
+
+
 def conv_forward(x, w, padding, y=None, bias=None, windows=None, fill=None):
     """y = the stride-1 cross-correlation of x and w, plus bias; padding may be negative.
 
@@ -140,19 +171,45 @@ def conv_forward(x, w, padding, y=None, bias=None, windows=None, fill=None):
         fill = bias if bias is not None else np.zeros(O, dtype=x.dtype)
     _channel_values(fill, O, x.dtype, "fill")
     rects = _windows(windows, (H, W), (OH, OW), (KH, KW), (PH, PW))
-    wb = blocked_weight(w)
-    ffi = backend.kernels()[0]
-    b = ffi.NULL if bias is None else backend.pointer(bias)
-    forward = _lib(x.dtype, "forward")
-    for k, (oy0, oy1, ox0, ox1) in enumerate(rects):
-        scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
-        # The first call also writes every output outside its window; the later
-        # ones (disjoint windows) then overwrite their own part of that fill.
-        f = backend.pointer(fill) if k == 0 else ffi.NULL
-        forward(backend.pointer(x), backend.pointer(wb), b, f, backend.pointer(y),
-                N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                backend.pointer(scratch))
+    wb, wb_transposed = blocked_weight(w), None
+    for k, rect in enumerate(rects):
+        if k > 0 and _narrow(rect):
+            xt, rect_t = _transposed_slab(x, (KH, KW), (PH, PW), rect)
+            if wb_transposed is None:
+                wb_transposed = blocked_weight(_transposed_weight(w))
+            yt = np.empty((N, O, xt.shape[2] + 2 * PW - KW + 1, OH), dtype=x.dtype)
+            _forward(xt, wb_transposed, bias, None, yt, (PW, PH), rect_t)
+            a0, a1, b0, b1 = rect_t
+            y[:, :, rect[0]:rect[1], rect[2]:rect[3]] = yt[:, :, a0:a1, b0:b1].transpose(0, 1, 3, 2)
+        else:
+            # The first call also writes every output outside its window; the later
+            # ones (disjoint windows) then overwrite their own part of that fill.
+            _forward(x, wb, bias, fill if k == 0 else None, y, (PH, PW), rect)
     return y
+
+
+def _forward(x, wb, bias, fill, y, padding, rect):
+    """y's window rect = conv(x) + bias (direct.c); the rest = fill, or left alone if None."""
+    (N, C, H, W), (_, O, OH, OW) = x.shape, y.shape
+    KH, KW = H + 2 * padding[0] - OH + 1, W + 2 * padding[1] - OW + 1
+    oy0, oy1, ox0, ox1 = rect
+    null = backend.kernels()[0].NULL
+    scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
+    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb),
+                             null if bias is None else backend.pointer(bias),
+                             null if fill is None else backend.pointer(fill), backend.pointer(y),
+                             N, C, H, W, O, KH, KW, *padding, OH, OW, oy0, oy1, ox0, ox1,
+                             backend.pointer(scratch))
+
+
+def _weight_grad(x, dy, dw, padding, rect):
+    """dw (O, C, KH, KW) += the weight gradient of the outputs in rect (direct.c)."""
+    (N, C, H, W), (O, _, KH, KW), (_, _, OH, OW) = x.shape, dw.shape, dy.shape
+    oy0, oy1, ox0, ox1 = rect
+    scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
+    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw),
+                                 N, C, H, W, O, KH, KW, *padding, OH, OW, oy0, oy1, ox0, ox1,
+                                 backend.pointer(scratch))
 
 
 def flipped_transposed(w):
@@ -177,10 +234,15 @@ def conv_backward(dy, x, w, padding, dw2, windows=None):
             and dw2.size == w.size):
         raise ValueError(f"direct conv: dw must be a C-contiguous array of {w.size} values")
     for oy0, oy1, ox0, ox1 in _windows(windows, (H, W), (OH, OW), (KH, KW), (PH, PW)):
-        scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
-        _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw2),
-                                     N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                                     backend.pointer(scratch))
+        if _narrow((oy0, oy1, ox0, ox1)):
+            xt, (a0, a1, b0, b1) = _transposed_slab(x, (KH, KW), (PH, PW), (oy0, oy1, ox0, ox1))
+            dyt = np.zeros((N, O, xt.shape[2] + 2 * PW - KW + 1, OH), dtype=x.dtype)
+            dyt[:, :, a0:a1, b0:b1] = dy[:, :, oy0:oy1, ox0:ox1].transpose(0, 1, 3, 2)
+            dwt = np.zeros((O, C, KW, KH), dtype=x.dtype)
+            _weight_grad(xt, dyt, dwt, (PW, PH), (a0, a1, b0, b1))
+            dw2.reshape(O, C, KH, KW)[...] += dwt.transpose(0, 1, 3, 2)
+            continue
+        _weight_grad(x, dy, dw2.reshape(w.shape), (PH, PW), (oy0, oy1, ox0, ox1))
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
     # dy with the flipped weights and padding KH-1-PH (negative: a crop).
     return conv_forward(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))
