@@ -32,6 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# Skip a band only when it is at least this share of the map.  The ring's rows and
+# thin sides cost more per output than a whole map does (short rows, transposed
+# strips, a kernel call each): with a ring of 5, the band of half of an 82x82 map
+# (conv3_x of a 128x128 image, 16 channels) cost 1.9 ms instead of 1.5 ms.
+MIN_BAND_SHARE = 0.7
+
+
 @dataclass(frozen=True)
 class Band:
     size: tuple       # (H, W) of the feature map
@@ -100,6 +107,10 @@ class Band:
         inner = (max(y0, r), min(y1, H - r), max(x0, r), min(x1, W - r))
         rects = [inner, (0, r, 0, W), (H - r, H, 0, W), (r, H - r, 0, r), (r, H - r, W - r, W)]
         return [rect for rect in rects if rect[0] < rect[1] and rect[2] < rect[3]]
+
+    def worth_skipping(self):
+        """True when the band is a large enough share of the map to pay for the ring."""
+        return self.band_outputs() >= MIN_BAND_SHARE * self.size[0] * self.size[1]
 
     def band_outputs(self):
         """How many positions of the map are in the band."""

@@ -164,6 +164,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, bands=None):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
     elif direct.applies((KH, KW), stride, dilation, C, O):   # few channels (narrow FCNs)
         out_band = bands[1] if bands is not None else None
+        out_band = out_band if out_band is not None and out_band.worth_skipping() else None
         direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW),
                             None if b is None else np.ascontiguousarray(b),
                             windows=out_band and out_band.windows(),
@@ -209,6 +210,7 @@ def conv2d_backward(dy, cache, dw_into=None):
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
     elif direct.applies((KH, KW), stride, dilation, C, O):
         in_band, out_band = bands if bands is not None else (None, None)
+        out_band = out_band if out_band is not None and out_band.worth_skipping() else None
         windows = out_band and out_band.windows()
         dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw, windows)
         if out_band is not None and np.any(in_band.value != 0):

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from npfcn import backend, direct
+from npfcn import band as band_module
 from npfcn.band import Band
 from npfcn.layers import Conv2d
 from npfcn.models import FCN8s, vgg
@@ -69,6 +70,8 @@ def test_every_position_called_constant_holds_the_constant(h, w, seed):
 
 @pytest.mark.parametrize("size", [(128, 128), (1, 1), (7, 9), (37, 50)])
 def test_skipping_the_band_changes_no_score_and_no_gradient(size, monkeypatch):
+    """Every band skipped, however small (by default only the large ones are)."""
+    monkeypatch.setattr(band_module, "MIN_BAND_SHARE", 0.0)
     rng = np.random.default_rng(sum(size))
     x = rng.random((2, 3, *size))
     model = narrow_fcn(1)
@@ -131,3 +134,21 @@ def test_bad_windows_and_fill_are_refused_before_c(windows, fill, message):
     w = np.zeros((5, 3, 3, 3))
     with pytest.raises(ValueError, match=message):
         direct.conv_forward(x, w, (1, 1), windows=windows, fill=fill)
+
+
+def test_by_default_only_large_bands_are_skipped():
+    """128x128 input: conv1_2 and conv2_x (band >= 70 % of the map) skip it; conv3_x
+    (band 51-64 %) and conv4_x compute everything - their ring would cost more."""
+    model = narrow_fcn(2, np.float32)
+    x = np.random.default_rng(0).random((1, 3, 128, 128)).astype(np.float32)
+    band = Band.of_image(x.shape, x.dtype)
+    skipped = []
+    for name, module in model.encoder.steps:
+        if isinstance(module, Conv2d):
+            band = vgg.band_after(band, module, None)
+            if band is not None and band.worth_skipping():
+                skipped.append(name)
+        x = module.forward(x)
+        if not isinstance(module, Conv2d):
+            band = vgg.band_after(band, module, x.shape)
+    assert skipped == ["conv1_1", "conv1_2", "conv2_1", "conv2_2"]
