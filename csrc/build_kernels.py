@@ -79,7 +79,7 @@ void image_to_phases_{s}(const {t} *image, {t} *phases, int64_t N, int64_t O, in
                 int64_t PW);
 """
 _DIRECT_SIGNATURES = """
-void direct_conv_forward_{s}(const {t} *x, const {t} *wb, const {t} *bias, const {t} *fill, {t} *y,
+void direct_conv_forward_{s}(const {t} *x, const {t} *wb, const {t} *bias, {t} *y,
                 int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,
                 int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,

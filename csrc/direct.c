@@ -13,13 +13,10 @@
  *   weights   dw[o, c, i, j] += sum_{n, oy, ox} dy[n, o, oy, ox] * x[n, c, oy - PH + i, ox - PW + j]
  *
  * with x = 0 outside the image.  (The input gradient is a forward call on dy
- * with the flipped, transposed weights; see npfcn/direct.py.)  Both compute only
- * the output window [oy0, oy1) x [ox0, ox1): by default the outputs that can see
- * the image, but any rectangle inside the output works (npfcn/band.py asks for
- * the few that are not a known constant).  The forward sets every output outside
- * the window to fill[o] (b, or 0 without a bias: b may be NULL, for outputs that
- * see only padding), or leaves them alone when fill is NULL; the weight gradient
- * adds the window's terms only.  Python computes the window and checks every size.
+ * with the flipped, transposed weights; see npfcn/direct.py.)  Only the output
+ * window [oy0, oy1) x [ox0, ox1) can see the image; outside it y is b (0 without a
+ * bias: b may be NULL), and the
+ * weight gradient skips it.  Python computes the window and checks every size.
  *
  * Layouts:
  *   wb      (ceil(O/4), C*KH*KW, 4): the weights of 4 output channels side by
@@ -174,8 +171,7 @@ NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restri
 
 #define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
 NPFCN_CLONES                                                                              \
-void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, const T *fill,   \
-        T *y,                                                                             \
+void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y,           \
         int64_t N, int64_t C,                                                             \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
@@ -184,16 +180,14 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, const 
     const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + NPFCN_VECTORS * VL;                  \
     const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
     const int64_t tasks = N * OH;                                                         \
-    /* the work: the window's sums, and with fill every output written */                 \
-    const int64_t work = N * O * (fill ? OH * OW : (oy1 - oy0) * (RX > 0 ? RX : 0));      \
     int64_t task;                                                                         \
-    _Pragma("omp parallel for schedule(static) if(work > 8192)")                          \
+    _Pragma("omp parallel for schedule(static) if(N * O * OH * OW > 8192)")              \
     for (task = 0; task < tasks; ++task) {                                                \
         const int64_t n = task / OH, oy = task % OH;                                      \
         T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
-        if (oy < oy0 || oy >= oy1 || RX <= 0) {     /* outside the window */              \
-            for (int64_t o = 0; fill && o < O; ++o)                                       \
-                fill_##SUFFIX(yrow + o * OH * OW, fill[o], OW);                           \
+        if (oy < oy0 || oy >= oy1 || RX <= 0) {     /* sees no input: just the bias */    \
+            for (int64_t o = 0; o < O; ++o)                                               \
+                fill_##SUFFIX(yrow + o * OH * OW, bias ? bias[o] : 0, OW);                \
             continue;                                                                     \
         }                                                                                 \
         T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SW;                    \
@@ -206,9 +200,9 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, const 
                 out[o] = yrow + (b * NPFCN_OB + (o < nob ? o : 0)) * OH * OW;             \
                 bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                     \
             }                                                                             \
-            for (int64_t o = 0; fill && o < nob; ++o) {                                   \
-                fill_##SUFFIX(out[o], fill[b * NPFCN_OB + o], ox0);                       \
-                fill_##SUFFIX(out[o] + ox1, fill[b * NPFCN_OB + o], OW - ox1);            \
+            for (int64_t o = 0; o < nob; ++o) {                                           \
+                fill_##SUFFIX(out[o], bq[o], ox0);                                        \
+                fill_##SUFFIX(out[o] + ox1, bq[o], OW - ox1);                             \
             }                                                                             \
             const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
             for (int64_t s = 0; s < RX; s += NPFCN_VECTORS * VL) {                        \

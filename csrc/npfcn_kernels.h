@@ -105,8 +105,8 @@ NPFCN_DECLARE_UNPOOL(double, f64)
 /* Direct stride-1 convolution for few channels (direct.c; layouts there).
  * wb: (ceil(O/4), C*KH*KW, 4); scratch: see direct.c. */
 #define NPFCN_DECLARE_DIRECT(T, SUFFIX)                                                 \
-void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, const T *fill, \
-        T *y, int64_t N, int64_t C,                                                      \
+void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y,       \
+        int64_t N, int64_t C,                                                            \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,     \
         T *scratch);                                                                     \

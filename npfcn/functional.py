@@ -14,7 +14,7 @@ gradients must have that same dtype (no silent up- or down-casts).
 """
 import numpy as np
 
-from . import backend, band, direct, pooling, subpixel, winograd
+from . import backend, direct, pooling, subpixel, winograd
 from ._checks import as_float_tensor, check_extent, check_same_shape, check_size, int_pair
 from .im2col import col2im_rows, conv_output_size, im2col_rows
 from .workspace import WORKSPACE_BYTES, workspace
@@ -144,15 +144,14 @@ def _is_pointwise(g, H, W):
 
 # --- convolution ---------------------------------------------------------------------
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, bands=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul.
 
     x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None  ->  y: (N, O, OH, OW)
     On the C backend, stride-1 convolutions with at most 32 channels in and out go
     by a direct loop (``npfcn.direct``: no column matrix at all), and the other 3x3
     stride-1 ones by Winograd (``npfcn.winograd``): the same result with 2.25x
-    fewer multiplications.  ``bands``: (x's npfcn.band.Band, y's Band or None), the
-    constant border of an FCN feature map, which the direct loop does not recompute.
+    fewer multiplications.
     """
     x = as_float_tensor(x, "conv2d input")
     w, b = _weights(w, b, x, "conv2d")
@@ -175,12 +174,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, bands=None):
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
     elif direct.applies((KH, KW), stride, dilation, C, O):   # few channels (narrow FCNs)
-        out_band = bands[1] if bands is not None else None
-        out_band = out_band if out_band is not None and out_band.worth_skipping() else None
         direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW),
-                            None if b is None else np.ascontiguousarray(b),
-                            windows=out_band and out_band.windows(),
-                            fill=out_band and out_band.value)
+                            None if b is None else np.ascontiguousarray(b))
         b_added = True
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):    # every VGG16 3x3 convolution
@@ -194,7 +189,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, bands=None):
         y += b.reshape(1, O, 1)
     # Only x is kept, not the columns: rebuilding them in backward is cheap next to
     # the matrix products, and they can be KH*KW times larger than x.
-    cache = (x, w, b is not None, stride, padding, dilation, bands)
+    cache = (x, w, b is not None, stride, padding, dilation)
     return y.reshape(N, O, OH, OW), cache
 
 
@@ -205,7 +200,7 @@ def conv2d_backward(dy, cache, dw_into=None):
     gradient is ADDED into it and it is returned as dw: a layer accumulating its
     gradient saves a temporary the size of the weight and one pass over it.
     """
-    x, w, has_bias, stride, padding, dilation, bands = cache
+    x, w, has_bias, stride, padding, dilation = cache
     N, C, H, W = x.shape
     O, _, KH, KW = w.shape
     OH, OW = conv_output_size((H, W), (KH, KW), stride, padding, dilation)
@@ -221,14 +216,7 @@ def conv2d_backward(dy, cache, dw_into=None):
             _add_outer(dw, dy3[n], x3[n])
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
     elif direct.applies((KH, KW), stride, dilation, C, O):
-        in_band, out_band = bands if bands is not None else (None, None)
-        out_band = out_band if out_band is not None and out_band.worth_skipping() else None
-        windows = out_band and out_band.windows()
-        dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw, windows)
-        if out_band is not None and np.any(in_band.value != 0):
-            # The outputs in the band read the constant input k on every tap.
-            share = band.weight_grad_of_band(dy, windows, in_band.value)
-            dw.reshape(O, C, KH * KW)[...] += share.astype(dw.dtype)[:, :, None]
+        dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw)
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):
         dx = winograd.conv3x3_backward(np.ascontiguousarray(dy), x, w, padding, dw)

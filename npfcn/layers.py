@@ -97,10 +97,9 @@ class Conv2d(Module):
         if bias:
             self._add_param("bias", rng.uniform(-bound, bound, out_channels))
 
-    def forward(self, x, bands=None):
-        """bands: (x's npfcn.band.Band, the output's) inside an FCN encoder, else None."""
+    def forward(self, x):
         y, self._cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                          self.stride, self.padding, self.dilation, bands)
+                                          self.stride, self.padding, self.dilation)
         return y
 
     def backward(self, dy):

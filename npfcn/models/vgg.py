@@ -11,7 +11,6 @@ poolings and the 7x7 fc6; the crops in the FCN head undo the offset it adds.
 import numpy as np
 
 from ..init import he_normal
-from ..band import Band
 from ..layers import Conv2d, Dropout, MaxPool2d, ReLU
 
 # (name, out_channels) per convolution, None for a 2x2 stride-2 max pool; full width.
@@ -58,23 +57,6 @@ def encoder_conv_specs(width=1.0):
     return specs
 
 
-def band_after(band, module, out_shape):
-    """The constant band of ``module``'s output (npfcn/band.py); None once nothing is
-    constant.  out_shape: the output's (N, C, H, W) (not needed for a convolution)."""
-    if band is None:
-        return None
-    if isinstance(module, Conv2d):
-        if module.stride != (1, 1) or module.dilation != (1, 1):
-            return None
-        return band.after_conv(module.params["weight"], module.params.get("bias"),
-                               module.padding)
-    if isinstance(module, ReLU):
-        return band.after_relu()
-    if isinstance(module, MaxPool2d) and module.padding == (0, 0) and module.dilation == (1, 1):
-        return band.after_pool(module.kernel_size, module.stride, out_shape[2:])
-    return None     # dropout is random: nothing stays constant
-
-
 class VGG16Encoder:
     """VGG16 with its classifier turned into convolutions (fc6, fc7), as FCN uses it.
 
@@ -114,18 +96,8 @@ class VGG16Encoder:
 
     def forward(self, x):
         taps = {}
-        # FCN's padding of 100 leaves a constant band around the early feature maps,
-        # which the convolutions need not compute (npfcn/band.py).  Only they skip it:
-        # the other layers cost one pass over memory per element anyway.
-        band = Band.of_image(x.shape, x.dtype)
         for name, module in self.steps:
-            if isinstance(module, Conv2d):
-                next_band = band_after(band, module, None)
-                x = module.forward(x, bands=(band, next_band))
-            else:
-                x = module.forward(x)
-                next_band = band_after(band, module, x.shape)
-            band = next_band
+            x = module.forward(x)
             if name in self.TAPS:
                 taps[name] = x
         taps["fc7"] = x
