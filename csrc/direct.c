@@ -18,6 +18,14 @@
  * bias: b may be NULL), and the
  * weight gradient skips it.  Python computes the window and checks every size.
  *
+ * A ReLU after the convolution is fused into both directions (VGG has one after
+ * every convolution, and a separate pass over each map cost as much as 1/4 of the
+ * convolution here): with relu set the forward stores max(y, 0) (NaN kept), and
+ * the backward reads dy through the mask y > 0 - x_mask of the input-gradient
+ * call, dy_mask of the weight gradient - as it stages the rows (NULL: no mask).
+ * The weight gradient also adds the window's (masked) dy into db when db is not
+ * NULL: the bias gradient without another pass over dy.
+ *
  * Layouts:
  *   wb      (ceil(O/4), C*KH*KW, 4): the weights of 4 output channels side by
  *           side per tap, zero for channels past O (Python builds it).
@@ -82,10 +90,36 @@ static void fill_##SUFFIX(T *p, T value, int64_t n)                             
     for (int64_t k = 0; k < n; ++k) p[k] = value;                                         \
 }
 
+/* ReLU of one value, NaN kept (as csrc/relu.c): for a fused ReLU after the sum. */
+#define NPFCN_RELU_VALUE(T, SUFFIX)                                                       \
+NPFCN_INLINE T relu_##SUFFIX(T v)                                                         \
+{                                                                                         \
+    return (v > 0 || v != v) ? v : (T)0;                                                  \
+}
+
+/* dst[0..n) = src where mask > 0, else 0 (mask NULL: a plain copy).  The input
+ * gradient of a convolution followed by a ReLU reads its output gradient through
+ * the ReLU's mask (its output y > 0): folded into this copy, it costs no pass of
+ * its own.  Both loads unconditional, so that the compiler blends vectors. */
+#define NPFCN_COPY_MASKED(T, SUFFIX)                                                      \
+static void copy_masked_##SUFFIX(T *restrict dst, const T *restrict src,                 \
+                                 const T *restrict mask, int64_t n)                       \
+{                                                                                         \
+    if (!mask) {                                                                          \
+        memcpy(dst, src, (size_t)(n > 0 ? n : 0) * sizeof(T));                            \
+        return;                                                                           \
+    }                                                                                     \
+    for (int64_t k = 0; k < n; ++k) {                                                     \
+        const T v = src[k];                                                               \
+        dst[k] = mask[k] > 0 ? v : (T)0;                                                  \
+    }                                                                                     \
+}
+
 /* Stage the C*KH input rows output row oy needs (see "stage" above); with KH
  * set to rows+KH-1 it stages the input of a block of output rows. */
 #define NPFCN_STAGE_ROWS(T, SUFFIX)                                                       \
-static void stage_rows_##SUFFIX(const T *xn, T *stage, int64_t C, int64_t H, int64_t W,  \
+static void stage_rows_##SUFFIX(const T *xn, const T *maskn, T *stage, int64_t C,         \
+                                int64_t H, int64_t W,                                     \
                                 int64_t KH, int64_t oy, int64_t PH, int64_t PW,           \
                                 int64_t ox0, int64_t SW)                                  \
 {                                                                                         \
@@ -105,8 +139,9 @@ static void stage_rows_##SUFFIX(const T *xn, T *stage, int64_t C, int64_t H, int
                 continue;                                                                 \
             }                                                                             \
             memset(row, 0, (size_t)s_lo * sizeof(T));                                     \
-            memcpy(row + s_lo, xn + (c * H + iy) * W + (s_lo + first),                    \
-                   (size_t)(s_hi - s_lo) * sizeof(T));                                    \
+            const int64_t at = (c * H + iy) * W + (s_lo + first);                         \
+            copy_masked_##SUFFIX(row + s_lo, xn + at, maskn ? maskn + at : NULL,          \
+                                 s_hi - s_lo);                                            \
             memset(row + s_hi, 0, (size_t)(SW - s_hi) * sizeof(T));                       \
         }                                                                                 \
     }                                                                                     \
@@ -169,10 +204,18 @@ NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restri
     }                                                                                     \
 }
 
+/* An output that sees only padding: its bias (0 without one), through the ReLU if fused. */
+#define NPFCN_ONLY_BIAS(T, SUFFIX)                                                        \
+NPFCN_INLINE T only_bias_##SUFFIX(const T *bias, int64_t o, int64_t relu)                 \
+{                                                                                         \
+    const T b = bias ? bias[o] : (T)0;                                                    \
+    return relu ? relu_##SUFFIX(b) : b;                                                   \
+}
+
 #define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
 NPFCN_CLONES                                                                              \
-void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y,           \
-        int64_t N, int64_t C,                                                             \
+void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
+        T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
@@ -187,11 +230,12 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y, 
         T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
         if (oy < oy0 || oy >= oy1 || RX <= 0) {     /* sees no input: just the bias */    \
             for (int64_t o = 0; o < O; ++o)                                               \
-                fill_##SUFFIX(yrow + o * OH * OW, bias ? bias[o] : 0, OW);                \
+                fill_##SUFFIX(yrow + o * OH * OW, only_bias_##SUFFIX(bias, o, relu), OW); \
             continue;                                                                     \
         }                                                                                 \
         T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SW;                    \
-        stage_rows_##SUFFIX(x + n * C * H * W, stage, C, H, W, KH, oy, PH, PW, ox0, SW);  \
+        stage_rows_##SUFFIX(x + n * C * H * W, x_mask ? x_mask + n * C * H * W : NULL,    \
+                            stage, C, H, W, KH, oy, PH, PW, ox0, SW);                     \
         for (int64_t b = 0; b < blocks; ++b) {                                            \
             const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
             T *out[NPFCN_OB];                                                             \
@@ -201,8 +245,9 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y, 
                 bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                     \
             }                                                                             \
             for (int64_t o = 0; o < nob; ++o) {                                           \
-                fill_##SUFFIX(out[o], bq[o], ox0);                                        \
-                fill_##SUFFIX(out[o] + ox1, bq[o], OW - ox1);                             \
+                const T edge = only_bias_##SUFFIX(bias, b * NPFCN_OB + o, relu);          \
+                fill_##SUFFIX(out[o], edge, ox0);                                         \
+                fill_##SUFFIX(out[o] + ox1, edge, OW - ox1);                              \
             }                                                                             \
             const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
             for (int64_t s = 0; s < RX; s += NPFCN_VECTORS * VL) {                        \
@@ -213,6 +258,9 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *wb, const T *bias, T *y, 
                     direct_block_##SUFFIX(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
                 else                                                                      \
                     direct_block_##SUFFIX(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
+                for (int64_t o = 0; relu && o < nob; ++o)   /* fused ReLU, still in L1 */ \
+                    for (int64_t v = 0; v < count; ++v)                                   \
+                        dst[o][v] = relu_##SUFFIX(dst[o][v]);                             \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
@@ -329,12 +377,13 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
     return dw_stage_len_##SUFFIX(C, KH, KW, RX)                                           \
          + npfcn_round8(O * dw_block_rows_##SUFFIX(RX, KW) * dw_row_##SUFFIX(RX, KW),     \
                         sizeof(T))                                                        \
-         + O * C * KH * KW * (int64_t)(sizeof(double) / sizeof(T));                       \
+         + (O * C * KH * KW + O) * (int64_t)(sizeof(double) / sizeof(T));                 \
 }
 
 #define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, VL)                                      \
 NPFCN_CLONES                                                                              \
-void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,         \
+void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask, T *dw,  \
+        T *db, int64_t N,                                                                 \
         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,  \
         int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,       \
         int64_t ox1, T *scratch)                                                          \
@@ -345,8 +394,8 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,
     const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                    \
     const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                           \
     const int64_t slice = direct_conv_scratch_##SUFFIX(1, C, O, KH, KW, RX);              \
-    for (int64_t t = 0; t < threads; ++t)                                                 \
-        memset(scratch + t * slice + stage_len + g_len, 0, (size_t)wsize * sizeof(double)); \
+    for (int64_t t = 0; t < threads; ++t)   /* dw's partial sums, then db's */            \
+        memset(scratch + t * slice + stage_len + g_len, 0, (size_t)(wsize + O) * sizeof(double)); \
     if (RX > 0 && RY > 0) {                                                               \
         const int64_t row_blocks = (RY + BR - 1) / BR;                                    \
         const int64_t tasks = N * row_blocks;                                             \
@@ -361,15 +410,25 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,
             T *g = stage + stage_len;                                                     \
             double *partial = (double *)(g + g_len);                                      \
             /* input rows first-PH .. first-PH+rows_in-1; plane c at c*rows_in*GW */      \
-            stage_rows_##SUFFIX(x + n * C * H * W, stage, C, H, W, rows_in, first, PH, PW, \
-                                ox0, GW);                                                 \
+            stage_rows_##SUFFIX(x + n * C * H * W, NULL, stage, C, H, W, rows_in, first,  \
+                                PH, PW, ox0, GW);                                         \
             memset(stage + C * rows_in * GW, 0, VL * sizeof(T));                          \
             for (int64_t o = 0; o < O; ++o)                                               \
                 for (int64_t r = 0; r < rows; ++r) {                                      \
                     T *gr = g + (o * rows + r) * GW;                                      \
-                    memcpy(gr, dy + ((n * O + o) * OH + first + r) * OW + ox0,            \
-                           (size_t)RX * sizeof(T));                                       \
+                    const int64_t at = ((n * O + o) * OH + first + r) * OW + ox0;         \
+                    copy_masked_##SUFFIX(gr, dy + at, dy_mask ? dy_mask + at : NULL, RX);  \
                     memset(gr + RX, 0, (size_t)(GW - RX) * sizeof(T));                    \
+                    if (db) {           /* the bias gradient from the same staged row */  \
+                        /* in vector lanes (a scalar sum would wait 4 cycles per add: no \
+                         * -ffast-math to reorder it), then the lanes in double */        \
+                        VEC lane_sums = {0};                                              \
+                        for (int64_t k = 0; k < GW; k += VL)                              \
+                            lane_sums += load_##SUFFIX(gr + k);                           \
+                        T lanes[VL];                                                      \
+                        memcpy(lanes, &lane_sums, sizeof lanes);                          \
+                        for (int v = 0; v < VL; ++v) partial[wsize + o] += lanes[v];      \
+                    }                                                                     \
                 }                                                                         \
             if (KW == 3) {          /* VGG's 3x3: 4 channels x 3 shifts at once */        \
                 for (int64_t o = 0; o < O; o += NPFCN_OB) {                               \
@@ -397,18 +456,27 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, T *dw, int64_t N,
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    for (int64_t k = 0; k < wsize; ++k) {                                                 \
+    for (int64_t k = 0; k < wsize + (db ? O : 0); ++k) {                                  \
         double total = 0;                                                                 \
         for (int64_t t = 0; t < threads; ++t)                                             \
             total += ((const double *)(scratch + t * slice + stage_len + g_len))[k];      \
-        dw[k] += (T)total;                                                                \
+        if (k < wsize)                                                                    \
+            dw[k] += (T)total;                                                            \
+        else                                                                              \
+            db[k - wsize] += (T)total;                                                    \
     }                                                                                     \
 }
 
 NPFCN_FILL(float, f32)
 NPFCN_FILL(double, f64)
+NPFCN_RELU_VALUE(float, f32)
+NPFCN_RELU_VALUE(double, f64)
+NPFCN_COPY_MASKED(float, f32)
+NPFCN_COPY_MASKED(double, f64)
 NPFCN_STAGE_ROWS(float, f32)
 NPFCN_STAGE_ROWS(double, f64)
+NPFCN_ONLY_BIAS(float, f32)
+NPFCN_ONLY_BIAS(double, f64)
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
 typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
 NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32, 16)

@@ -91,12 +91,27 @@ def _scratch(name, weight_grad, C, O, KH, KW, RX, dtype):
     return workspace.get(name, (backend.num_threads() * per_thread,), dtype)
 
 
-def conv_forward(x, w, padding, y=None, bias=None):
+def _check_mask(mask, like, what):
+    """A ReLU mask must have exactly the shape, dtype and layout of what it masks."""
+    if mask is not None and not (isinstance(mask, np.ndarray) and mask.shape == like.shape
+                                 and mask.dtype == like.dtype and mask.flags.c_contiguous):
+        raise ValueError(f"direct conv: the mask of the {what} must be a C-contiguous "
+                         f"{like.dtype} array of shape {like.shape}")
+    return mask
+
+
+def _pointer_or_null(array):
+    return backend.kernels()[0].NULL if array is None else backend.pointer(array)
+
+
+def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None):
     """y = the stride-1 cross-correlation of x and w, plus bias; padding may be negative.
 
     x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW), bias: (O,) or None
     -> y: (N, O, OH, OW) with OH = H + 2*PH - KH + 1 (likewise OW); writes into ``y``
     when given.  The bias starts each sum (no second pass over y to add it).
+    relu: store max(y, 0) (a fused ReLU).  x_mask: (N, C, H, W) or None; the input is
+    read as x where x_mask > 0, else 0 (the input gradient through a fused ReLU).
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding)
     if y is None:
@@ -106,14 +121,39 @@ def conv_forward(x, w, padding, y=None, bias=None):
     if bias is not None and not (isinstance(bias, np.ndarray) and bias.shape == (O,)
                                  and bias.dtype == x.dtype and bias.flags.c_contiguous):
         raise ValueError(f"direct conv: bias must be a C-contiguous {x.dtype} array of shape ({O},)")
+    _check_mask(x_mask, x, "input")
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
     wb = blocked_weight(w)
-    b = backend.kernels()[0].NULL if bias is None else backend.pointer(bias)
-    _lib(x.dtype, "forward")(backend.pointer(x), backend.pointer(wb), b, backend.pointer(y),
+    _lib(x.dtype, "forward")(backend.pointer(x), _pointer_or_null(x_mask), backend.pointer(wb),
+                             _pointer_or_null(bias), backend.pointer(y), int(bool(relu)),
                              N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
                              backend.pointer(scratch))
     return y
+
+
+def _outside_window_sums(dy, dy_mask, rect):
+    """The bias gradient of the outputs outside the window (the kernel adds the window's).
+
+    Those outputs see only padding: each is its channel's bias, and so is its ReLU
+    mask - one value per channel, read at one such output.  (FCN's conv1_1, padded by
+    100, is the layer with such outputs: 84 % of them for a 128x128 image.)
+    """
+    (N, O, OH, OW), (oy0, oy1, ox0, ox1) = dy.shape, rect
+    total = dy.reshape(N * O, OH * OW) @ np.ones(OH * OW, dtype=dy.dtype)
+    inside = dy[:, :, oy0:oy1, ox0:ox1].sum(axis=(2, 3))
+    outside = (total.reshape(N, O) - inside).sum(axis=0)
+    if dy_mask is not None:
+        row, col = (0, 0) if oy0 > 0 or ox0 > 0 else (OH - 1, 0) if oy1 < OH else (0, OW - 1)
+        outside = np.where(dy_mask[0, :, row, col] > 0, outside, 0).astype(dy.dtype)
+    return outside
+
+
+def _channel_values(values, O, dtype, what):
+    if not (isinstance(values, np.ndarray) and values.shape == (O,) and values.dtype == dtype
+            and values.flags.c_contiguous):
+        raise ValueError(f"direct conv: {what} must be a C-contiguous {dtype} array of shape ({O},)")
+    return values
 
 
 def flipped_transposed(w):
@@ -122,11 +162,13 @@ def flipped_transposed(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-def conv_backward(dy, x, w, padding, dw2):
+def conv_backward(dy, x, w, padding, dw2, dy_mask=None, db=None):
     """Gradients of conv_forward: returns dx and ADDS the weight gradient into dw2.
 
     dy: (N, O, OH, OW) C-contiguous; x, w, padding as in forward; dw2: a C-contiguous
-    array of O*C*KH*KW elements (the caller's zeros or accumulator).
+    array of O*C*KH*KW elements (the caller's zeros or accumulator).  dy_mask: the
+    output of a fused ReLU, (N, O, OH, OW), or None: dy counts only where it is > 0.
+    db: an (O,) array to ADD the bias gradient into, or None.
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding, dy.shape[2:])
     if not (isinstance(dy, np.ndarray) and dy.dtype == x.dtype and dy.flags.c_contiguous
@@ -135,11 +177,18 @@ def conv_backward(dy, x, w, padding, dw2):
     if not (isinstance(dw2, np.ndarray) and dw2.dtype == x.dtype and dw2.flags.c_contiguous
             and dw2.size == w.size):
         raise ValueError(f"direct conv: dw must be a C-contiguous array of {w.size} values")
+    _check_mask(dy_mask, dy, "output gradient")
+    if db is not None:
+        _channel_values(db, O, x.dtype, "db")
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
-    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy), backend.pointer(dw2),
+    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy),
+                                 _pointer_or_null(dy_mask), backend.pointer(dw2),
+                                 _pointer_or_null(db),
                                  N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
                                  backend.pointer(scratch))
+    if db is not None and N > 0 and (oy0, oy1, ox0, ox1) != (0, OH, 0, OW):
+        db += _outside_window_sums(dy, dy_mask, (oy0, oy1, ox0, ox1))
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
     # dy with the flipped weights and padding KH-1-PH (negative: a crop).
-    return conv_forward(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))
+    return conv_forward(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW), x_mask=dy_mask)

@@ -144,14 +144,16 @@ def _is_pointwise(g, H, W):
 
 # --- convolution ---------------------------------------------------------------------
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul.
 
     x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None  ->  y: (N, O, OH, OW)
     On the C backend, stride-1 convolutions with at most 32 channels in and out go
     by a direct loop (``npfcn.direct``: no column matrix at all), and the other 3x3
     stride-1 ones by Winograd (``npfcn.winograd``): the same result with 2.25x
-    fewer multiplications.
+    fewer multiplications.  relu=True: y = max(conv, 0), the ReLU fused into the
+    convolution (the direct loop stores the maximum; the other paths clamp y in place)
+    and into its backward pass.
     """
     x = as_float_tensor(x, "conv2d input")
     w, b = _weights(w, b, x, "conv2d")
@@ -170,13 +172,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     K = C * KH * KW
     w2 = w.reshape(O, K)
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
-    b_added = False             # the direct kernel adds the bias itself
+    b_added = relu_done = False     # the direct kernel adds the bias and clamps itself
     if _is_pointwise(g, H, W):
         np.matmul(w2, x.reshape(N, C, H * W), out=y)       # fc7 and the score layers
     elif direct.applies((KH, KW), stride, dilation, C, O):   # few channels (narrow FCNs)
         direct.conv_forward(x, w, padding, y.reshape(N, O, OH, OW),
-                            None if b is None else np.ascontiguousarray(b))
-        b_added = True
+                            None if b is None else np.ascontiguousarray(b), relu=relu)
+        b_added = relu_done = True
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):    # every VGG16 3x3 convolution
         winograd.conv3x3_forward(x, w, padding, y.reshape(N, O, OH, OW))
@@ -187,10 +189,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
             _matmul_to_rows(w2, cols, y, r0 * OW, r1 * OW)
     if b is not None and not b_added:
         y += b.reshape(1, O, 1)
+    if relu and not relu_done:
+        _relu_in_place(y)
+    y = y.reshape(N, O, OH, OW)
     # Only x is kept, not the columns: rebuilding them in backward is cheap next to
-    # the matrix products, and they can be KH*KW times larger than x.
-    cache = (x, w, b is not None, stride, padding, dilation)
-    return y.reshape(N, O, OH, OW), cache
+    # the matrix products, and they can be KH*KW times larger than x.  With the ReLU
+    # fused, y is its mask (y > 0 exactly where the sum was), as ReLU keeps it.
+    cache = (x, w, b is not None, stride, padding, dilation, y if relu else None)
+    return y, cache
 
 
 def conv2d_backward(dy, cache, dw_into=None):
@@ -200,23 +206,30 @@ def conv2d_backward(dy, cache, dw_into=None):
     gradient is ADDED into it and it is returned as dw: a layer accumulating its
     gradient saves a temporary the size of the weight and one pass over it.
     """
-    x, w, has_bias, stride, padding, dilation = cache
+    x, w, has_bias, stride, padding, dilation, relu_output = cache
     N, C, H, W = x.shape
     O, _, KH, KW = w.shape
     OH, OW = conv_output_size((H, W), (KH, KW), stride, padding, dilation)
     dy = _grad(dy, (N, O, OH, OW), x.dtype, "conv2d output")
     g = (KH, KW, *stride, *padding, *dilation, OH, OW)
+    pointwise = _is_pointwise(g, H, W)
+    direct_path = not pointwise and direct.applies((KH, KW), stride, dilation, C, O)
+    if relu_output is not None and not direct_path:
+        dy = relu_backward(dy, (relu_output, x.dtype))      # the direct loop masks as it reads
     K = C * KH * KW
     w2 = w.reshape(O, K)
     dy3 = dy.reshape(N, O, OH * OW)
     dw = _gradient_target(dw_into, w)
-    if _is_pointwise(g, H, W):
+    if pointwise:
         x3 = x.reshape(N, C, H * W)
         for n in range(N):
             _add_outer(dw, dy3[n], x3[n])
         dx = np.matmul(w2.T, dy3).reshape(N, C, H, W)
-    elif direct.applies((KH, KW), stride, dilation, C, O):
-        dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw)
+    elif direct_path:
+        db = np.zeros(O, dtype=x.dtype) if has_bias else None
+        dx = direct.conv_backward(np.ascontiguousarray(dy), x, w, padding, dw,
+                                  dy_mask=relu_output, db=db)
+        return dx, dw.reshape(w.shape), db
     elif winograd.applies((KH, KW), stride, dilation, C, O,
                               winograd.tile_count(N, OH, OW)):
         dx = winograd.conv3x3_backward(np.ascontiguousarray(dy), x, w, padding, dw)
@@ -447,6 +460,14 @@ def max_unpool2d_backward(dy, cache):
 
 
 # --- elementwise ---------------------------------------------------------------------
+
+def _relu_in_place(y):
+    """y = max(y, 0) in place, NaN kept (a ReLU fused after another layer's output)."""
+    if backend.active() == "c":
+        _relu_kernel("forward", y.dtype)(backend.pointer(y), backend.pointer(y), y.size)
+    else:
+        np.maximum(y, y.dtype.type(0), out=y)
+
 
 def relu_forward(x):
     """y = max(x, 0); NaN stays NaN.  x: any shape.

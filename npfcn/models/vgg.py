@@ -4,14 +4,15 @@
     conv1_1 (pad 100) conv1_2 pool1 | conv2_1 conv2_2 pool2 | conv3_1..3_3 pool3 |
     conv4_1..4_3 pool4 | conv5_1..5_3 pool5 | fc6 (7x7, no pad) relu drop | fc7 (1x1) relu drop
 
-Every convolution is followed by a ReLU.  The padding of 100 on conv1_1 is the
-reference FCN's trick that makes any input size, down to 1x1, survive the five
-poolings and the 7x7 fc6; the crops in the FCN head undo the offset it adds.
+Every convolution is followed by a ReLU (fused into it: ``ConvReLU2d``).  The
+padding of 100 on conv1_1 is the reference FCN's trick that makes any input size,
+down to 1x1, survive the five poolings and the 7x7 fc6; the crops in the FCN head
+undo the offset it adds.
 """
 import numpy as np
 
 from ..init import he_normal
-from ..layers import Conv2d, Dropout, MaxPool2d, ReLU
+from ..layers import ConvReLU2d, Dropout, MaxPool2d
 
 # (name, out_channels) per convolution, None for a 2x2 stride-2 max pool; full width.
 VGG16_LAYERS = (
@@ -82,14 +83,13 @@ class VGG16Encoder:
             self.steps.append((f"drop{name[2:]}", Dropout(dropout, rng=dropout_rng)))
 
     def _add_conv(self, spec, dtype, init_rng):
-        """A convolution with He normal weights and zero biases, then its ReLU."""
+        """A convolution and its ReLU (one fused module), He normal weights, zero biases."""
         name, cin, cout, k, pad = spec
-        conv = Conv2d(cin, cout, k, padding=pad, dtype=dtype, rng=init_rng)
+        conv = ConvReLU2d(cin, cout, k, padding=pad, dtype=dtype, rng=init_rng)
         conv.params["weight"][...] = he_normal(conv.params["weight"].shape, init_rng, dtype)
         conv.params["bias"][...] = 0
         self.convs[name] = conv
         self.steps.append((name, conv))
-        self.steps.append((name.replace("conv", "relu").replace("fc", "relu"), ReLU()))
 
     def modules(self):
         return [module for _, module in self.steps]
