@@ -23,7 +23,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # The tests that drive the C kernel (those that exist are run).
 DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_im2col.py
                tests/test_adjoint_and_pooling.py tests/test_gradients.py tests/test_bad_input_core.py
-               tests/test_winograd.py tests/test_subpixel.py tests/test_direct.py)
+               tests/test_winograd.py tests/test_subpixel.py tests/test_direct.py
+               tests/test_fused_relu.py)
 
 WORK="${NPFCN_SANITIZE_DIR:-}"
 if [ -z "$WORK" ]; then
