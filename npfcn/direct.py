@@ -100,6 +100,13 @@ def _check_mask(mask, like, what):
     return mask
 
 
+def _channel_values(values, O, dtype, what):
+    if not (isinstance(values, np.ndarray) and values.shape == (O,) and values.dtype == dtype
+            and values.flags.c_contiguous):
+        raise ValueError(f"direct conv: {what} must be a C-contiguous {dtype} array of shape ({O},)")
+    return values
+
+
 def _pointer_or_null(array):
     return backend.kernels()[0].NULL if array is None else backend.pointer(array)
 
@@ -118,9 +125,8 @@ def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None):
         y = np.empty((N, O, OH, OW), dtype=x.dtype)
     elif not (y.shape == (N, O, OH, OW) and y.dtype == x.dtype and y.flags.c_contiguous):
         raise ValueError(f"direct conv: out must be a C-contiguous {x.dtype} array {(N, O, OH, OW)}")
-    if bias is not None and not (isinstance(bias, np.ndarray) and bias.shape == (O,)
-                                 and bias.dtype == x.dtype and bias.flags.c_contiguous):
-        raise ValueError(f"direct conv: bias must be a C-contiguous {x.dtype} array of shape ({O},)")
+    if bias is not None:
+        _channel_values(bias, O, x.dtype, "bias")
     _check_mask(x_mask, x, "input")
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
@@ -147,13 +153,6 @@ def _outside_window_sums(dy, dy_mask, rect):
         row, col = (0, 0) if oy0 > 0 or ox0 > 0 else (OH - 1, 0) if oy1 < OH else (0, OW - 1)
         outside = np.where(dy_mask[0, :, row, col] > 0, outside, 0).astype(dy.dtype)
     return outside
-
-
-def _channel_values(values, O, dtype, what):
-    if not (isinstance(values, np.ndarray) and values.shape == (O,) and values.dtype == dtype
-            and values.flags.c_contiguous):
-        raise ValueError(f"direct conv: {what} must be a C-contiguous {dtype} array of shape ({O},)")
-    return values
 
 
 def flipped_transposed(w):
