@@ -29,7 +29,7 @@ TRAIN_FLAGS = {
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
-    "anneal_class_weights": "anneal_class_weights",
+    "anneal_class_weights": "anneal_class_weights", "replicas": "replicas",
 }
 
 
@@ -73,6 +73,9 @@ def add_train_parser(subparsers):
     p.add_argument("--output", help=f"runs folder (default {d.output})")
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
     add_threads_flag(p)
+    p.add_argument("--replicas", type=int,
+                   help=f"processes that share every batch, the threads divided among them "
+                        f"(default {d.replicas}; results differ in float rounding)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
                         "OUTPUT/latest); --epochs may extend it")

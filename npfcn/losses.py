@@ -39,6 +39,21 @@ def _true_class_index(shape, target):
     return (image * C + target) * P + pixel
 
 
+def weight_total(target, weight=None, ignore_index=255):
+    """What the mean loss divides by: the summed class weight of every counted pixel
+    (the count of labels other than ``ignore_index`` when ``weight`` is None).
+
+    target: (N, ...) integer labels; weight: (C,) or None.  Labels are not checked
+    here; the loss checks them.
+    """
+    labels = np.asarray(target)
+    valid = labels != ignore_index
+    if weight is None:
+        return float(np.count_nonzero(valid))
+    counts = np.bincount(labels[valid].ravel().astype(np.intp), minlength=len(weight))
+    return float(np.dot(counts[:len(weight)], np.asarray(weight, dtype=np.float64)))
+
+
 class CrossEntropyLoss:
     """Softmax cross-entropy over the class axis of (N, C, H, W) logits (any (N, C, *) works).
 
@@ -70,7 +85,13 @@ class CrossEntropyLoss:
     def __call__(self, logits, target):
         return self.forward(logits, target)
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, denominator=None):
+        """The loss of ``logits`` (N, C, ...) against ``target`` (N, ...).
+
+        denominator: with ``reduction="mean"``, divide by this instead of this batch's
+        own weight total - a shard of a larger batch divides by the whole batch's
+        (``weight_total``), so the shards' losses and gradients add up to the batch's.
+        """
         logits = as_float_tensor(logits, "logits", ndim=None)
         if logits.ndim < 2:
             raise ValueError(f"logits must be (N, C, ...), got shape {logits.shape}")
@@ -93,7 +114,10 @@ class CrossEntropyLoss:
             pixel_weight *= self.weight.astype(logits.dtype)[safe_target]
         total = float(np.sum(pixel_weight * -log_prob_true, dtype=np.float64))
         if self.reduction == "mean":
-            denominator = float(np.sum(pixel_weight, dtype=np.float64))
+            if denominator is None:
+                denominator = float(np.sum(pixel_weight, dtype=np.float64))
+            elif not (np.isfinite(denominator) and denominator >= 0):
+                raise ValueError(f"denominator must be a finite number >= 0, got {denominator!r}")
             scale = 1.0 / denominator if denominator > 0 else 0.0
         else:
             scale = 1.0

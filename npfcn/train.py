@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
-from .losses import CrossEntropyLoss
 from .progress import ProgressBar, format_duration
 
 IGNORE_INDEX = 255
@@ -97,6 +96,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    # Processes that share every batch (npfcn.replicas): each trains on its share with
+    # the cores divided among them.  The results depend on it (float rounding order).
+    replicas: int = 1
     # output
     output: str = "runs"
     name: str = ""
@@ -119,7 +121,7 @@ class TrainConfig:
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_train": self.num_train,
-                    "num_val": self.num_val, "image_size": self.image_size}
+                    "num_val": self.num_val, "image_size": self.image_size, "replicas": self.replicas}
         for key, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -436,7 +438,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = build_schedule(config, config.epochs * self.steps_per_epoch)
         self.class_weights = class_weights(self.train_set, self.num_classes, config.class_weighting)
-        self.loss_fn = CrossEntropyLoss(weight=self.class_weights, ignore_index=IGNORE_INDEX)
+        self.replicas = None    # a ReplicaGroup while run() trains
         self.val_batch_size = config.batch_size if config.data == "synthetic" else 1
         # Progress: completed epochs, steps into the current one, and that epoch's running sums.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -529,15 +531,18 @@ class Trainer:
         self._announce()
         started = time.perf_counter()
         status = "complete"
-        with StopRequest(self.stream) as stop:
+        with StopRequest(self.stream) as stop, self._replica_group() as self.replicas:
             while self.epoch < config.epochs:
-                if not self._train_epoch(stop):
+                with self.replicas.training_threads():
+                    finished = self._train_epoch(stop)
+                if not finished:
                     status = "interrupted"
                     break
                 self._end_epoch()
                 if stop.requested:
                     status = "interrupted" if self.epoch < config.epochs else "complete"
                     break
+        self.replicas = None
         seconds = time.perf_counter() - started
         self._write_metrics(status)
         if status == "interrupted":
@@ -551,6 +556,15 @@ class Trainer:
                   f"{os.path.join(self.run_dir, 'samples.png')} and curves.png")
         return RunResult(self.run_dir, self.history, self.best_mean_iou, self.best_epoch,
                          status, seconds)
+
+    def _replica_group(self):
+        """The processes that share each batch (just this one when ``replicas`` is 1)."""
+        from functools import partial
+
+        from .replicas import ReplicaGroup
+
+        return ReplicaGroup(self.model, partial(build_model_for, self.config, self.num_classes),
+                            replicas=self.config.replicas, ignore_index=IGNORE_INDEX)
 
     def _say(self, text):
         self.stream.write(text + "\n")
@@ -587,15 +601,11 @@ class Trainer:
                     continue
                 step = index + 1
                 self.optimizer.lr = self.schedule(self.global_step)
-                self.loss_fn.weight = self.class_weights_at(self.global_step)
-                model.zero_grad()
-                scores = model.forward(x)
-                loss = self.loss_fn.forward(scores, y)
+                loss = self.replicas.forward_backward(x, y, self.class_weights_at(self.global_step))
                 if not math.isfinite(loss):
                     bar.clear()
                     raise TrainingDiverged(self._diverged_message(
                         f"the loss became {loss}", epoch_number, step))
-                model.backward(self.loss_fn.backward())
                 if config.clip_grad_norm:
                     clip_gradients(model, config.clip_grad_norm)
                 updating = True

@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+import npfcn.replicas as replicas_module
 import npfcn.train as train_module
 from npfcn.checkpoint import load_checkpoint
 from npfcn.evaluate import evaluate
@@ -111,20 +112,20 @@ def test_resume_between_epochs_equals_uninterrupted_run(tmp_path, uninterrupted)
     assert_same_state(final_state(trainer.run_dir), uninterrupted[1])
 
 
-class PoisonedLoss(train_module.CrossEntropyLoss):
+class PoisonedLoss(replicas_module.CrossEntropyLoss):
     """Cross-entropy that returns NaN from the 4th call on (global step 4 = epoch 2, step 2)."""
 
     calls = 0
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, denominator=None):
         PoisonedLoss.calls += 1
-        value = super().forward(logits, target)
+        value = super().forward(logits, target, denominator)
         return float("nan") if PoisonedLoss.calls >= 4 else value
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     PoisonedLoss.calls = 0
-    monkeypatch.setattr(train_module, "CrossEntropyLoss", PoisonedLoss)
+    monkeypatch.setattr(replicas_module, "CrossEntropyLoss", PoisonedLoss)
     trainer = Trainer(tiny_config(tmp_path, "nan"), stream=io.StringIO())
     snapshots = {}
     trainer.on_step = lambda t: snapshots.setdefault(t.global_step, t.model.state_dict())
@@ -212,7 +213,7 @@ def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
     seen = []
     trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2, anneal_class_weights=True),
                       stream=io.StringIO())
-    trainer.on_step = lambda t: seen.append(t.loss_fn.weight.copy())
+    trainer.on_step = lambda t: seen.append(t.replicas.loss_fn.weight.copy())
     trainer.run()
     assert len(seen) == 2 * trainer.steps_per_epoch
     for step, weight in enumerate(seen):
