@@ -74,8 +74,8 @@ def add_train_parser(subparsers):
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
     add_threads_flag(p)
     p.add_argument("--replicas", type=int,
-                   help=f"processes that share every batch, the threads divided among them "
-                        f"(default {d.replicas}; results differ in float rounding)")
+                   help=f"processes that share every batch, the --threads divided among them "
+                        f"(default {d.replicas}; other counts give the same run up to float rounding)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
                         "OUTPUT/latest); --epochs may extend it")

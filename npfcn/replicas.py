@@ -27,10 +27,14 @@ Dropout: each step the main process draws a seed from the model's dropout
 Generator for every helper; so masks are reproducible and resume exactly.
 """
 import contextlib
-import multiprocessing
+import mmap
 import os
-import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import traceback
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -64,8 +68,63 @@ def _layout(arrays):
     return offsets, max(total, 1)
 
 
+class SharedMemory:
+    """``size`` bytes of memory that a child process can map too: an anonymous memory
+    file (Linux ``memfd``; a deleted temporary file elsewhere), mapped here; its file
+    descriptor is handed to the child, which maps the same pages (``attach``).
+
+    Not ``multiprocessing.shared_memory``: its named segments are tracked by a
+    resource tracker that, in Python 3.11, unlinks them when a child that merely
+    attached exits.  A file descriptor is closed with the processes that hold it.
+    """
+
+    def __init__(self, size, fd=None):
+        self.size = int(size)
+        if fd is None:
+            if hasattr(os, "memfd_create"):
+                fd = os.memfd_create("npfcn-replica", 0)
+            else:
+                fd, path = tempfile.mkstemp(prefix="npfcn-replica-")
+                os.unlink(path)
+            os.ftruncate(fd, self.size)
+        self.fd = fd
+        self.buffer = mmap.mmap(fd, self.size)
+
+    @classmethod
+    def attach(cls, fd, size):
+        return cls(size, fd=fd)
+
+    def close(self):
+        try:
+            self.buffer.close()
+        except BufferError:
+            pass            # NumPy views still point into it: the mapping goes with them
+        os.close(self.fd)
+
+
+def _start_helper(weights_memory, grads_memory):
+    """A new Python process running ``_helper_main``; returns (Popen, Connection).
+
+    A fresh interpreter (not a fork: OpenMP and BLAS threads do not survive fork; not
+    multiprocessing's spawn: it re-runs the caller's ``__main__``, which a script
+    without an ``if __name__ == "__main__"`` guard would turn into endless training
+    runs).  Its own session, so a Ctrl-C at the terminal reaches only the main
+    process, which finishes the step, saves and stops the helpers.
+    """
+    ours, theirs = socket.socketpair()
+    fds = (theirs.fileno(), weights_memory.fd, grads_memory.fd)
+    command = [sys.executable, "-c", "from npfcn.replicas import _helper_main; _helper_main()",
+               *map(str, fds), str(weights_memory.size), str(grads_memory.size)]
+    try:
+        process = subprocess.Popen(command, pass_fds=fds, start_new_session=True,
+                                   stdin=subprocess.DEVNULL)
+    finally:
+        theirs.close()
+    return process, Connection(ours.detach())
+
+
 def _views(buffer, layout):
-    """NumPy arrays over ``buffer`` (a shared RawArray) at the offsets of ``layout``."""
+    """NumPy arrays over ``buffer`` (shared memory) at the offsets of ``layout``."""
     raw = np.frombuffer(buffer, dtype=np.uint8)
     views = {}
     for name, (offset, shape, dtype) in layout.items():
@@ -104,24 +163,25 @@ class ReplicaGroup:
         self._helpers = []
         if replicas == 1:
             return
-        context = multiprocessing.get_context("spawn")   # fork after OpenMP started is unsafe
+        if os.name != "posix":
+            raise OSError("replicas > 1 need a POSIX system (file descriptors passed to a "
+                          "child process)")
         weight_layout, weight_bytes = _layout(model.params)
         grad_layout, grad_bytes = _layout({name: model.params[name] for name in model.trainable})
-        self._weights_buffer = context.RawArray("b", weight_bytes)
-        self._weights = _views(self._weights_buffer, weight_layout)
+        self._weights_memory = SharedMemory(weight_bytes)
+        self._weights = _views(self._weights_memory.buffer, weight_layout)
         try:
             for _ in range(replicas - 1):
-                grads_buffer = context.RawArray("b", grad_bytes)
-                ours, theirs = context.Pipe()
-                process = context.Process(
-                    target=_helper_main, daemon=True, name="npfcn-replica",
-                    args=(theirs, build_model, self._weights_buffer, weight_layout,
-                          grads_buffer, grad_layout, threads, ignore_index))
-                process.start()
-                theirs.close()
-                self._helpers.append((process, ours, _views(grads_buffer, grad_layout)))
-            for _, connection, _ in self._helpers:
-                self._receive(connection, "ready")
+                grads_memory = SharedMemory(grad_bytes)
+                process, connection = _start_helper(self._weights_memory, grads_memory)
+                self._helpers.append((process, connection, _views(grads_memory.buffer, grad_layout),
+                                      grads_memory))
+                # sys.path first: unpickling build_model may import the caller's modules.
+                self._send(connection, ("path", list(sys.path)))
+                self._send(connection, ("init", build_model, weight_layout, grad_layout,
+                                        threads, ignore_index))
+            for helper in self._helpers:
+                self._receive(helper[1], "ready")
         except BaseException:
             self.close()
             raise
@@ -166,6 +226,8 @@ class ReplicaGroup:
         denominator = weight_total(y, weight, self.ignore_index)
         for name, view in self._weights.items():
             view[...] = model.params[name]
+        if model.num_classes <= 256 and 0 <= self.ignore_index <= 255:
+            y = y.astype(np.uint8)      # checked above: the same labels, 1/8 of the bytes to send
         bounds = shard_bounds(len(x), self.replicas)
         busy = []
         for (start, stop), helper in zip(bounds[1:], self._helpers):
@@ -181,7 +243,7 @@ class ReplicaGroup:
             scores = model.forward(x[start:stop])
             loss = self.loss_fn.forward(scores, y[start:stop], denominator=denominator)
             model.backward(self.loss_fn.backward())
-        for _, connection, grads in busy:
+        for _, connection, grads, _ in busy:
             loss += self._receive(connection, "done")
             for name in model.trainable:
                 model.grads[name] += grads[name]
@@ -210,19 +272,25 @@ class ReplicaGroup:
         return message[1]
 
     def close(self):
-        """Stop the helper processes (idempotent)."""
+        """Stop the helper processes and free the shared memory (idempotent)."""
         helpers, self._helpers = self._helpers, []
-        for process, connection, _ in helpers:
+        for process, connection, _, _ in helpers:
             try:
                 connection.send(("stop",))
             except (OSError, ValueError):
                 pass
-        for process, connection, _ in helpers:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        for process, connection, _, memory in helpers:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             connection.close()
+            memory.close()
+        memory, self._weights_memory = getattr(self, "_weights_memory", None), None
+        if memory is not None:
+            self._weights = {}
+            memory.close()
 
 
 def _current_threads():
@@ -235,23 +303,33 @@ def _current_threads():
     return blas_threads() or os.cpu_count() or 1
 
 
-def _helper_main(connection, build_model, weights_buffer, weight_layout, grads_buffer,
-                 grad_layout, threads, ignore_index):
-    """A helper process: waits for ("step", x, y, class_weight, denominator, seed)
-    messages, runs forward and backward on that shard, answers ("done", loss)."""
-    # Ctrl-C reaches every process of the terminal's group; only the main process
-    # decides what to do with it (finish the step, save, stop the helpers).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _helper_main():
+    """A helper process (started by ``_start_helper``; argv: the socket's, the weights'
+    and the gradients' file descriptors, then the two memory sizes).
+
+    Receives ("path", sys.path) and ("init", build_model, layouts, threads,
+    ignore_index), answers ("ready", None); then for every ("step", x, y,
+    class_weight, denominator, seed) runs forward and backward on that shard, writes
+    its gradients to the shared memory and answers ("done", loss); ("stop",) or the
+    main process going away ends it.  Any exception is sent back as ("error", text).
+    """
+    socket_fd, weights_fd, grads_fd, weights_size, grads_size = map(int, sys.argv[1:6])
+    connection = Connection(socket_fd)
     try:
+        _, path = connection.recv()
+        sys.path[:] = path
+        _, build_model, weight_layout, grad_layout, threads, ignore_index = connection.recv()
         from .sysinfo import set_threads
 
         set_threads(threads)
         model = build_model()
         model.train()
-        weights = _views(weights_buffer, weight_layout)
-        grads = _views(grads_buffer, grad_layout)
+        weights = _views(SharedMemory.attach(weights_fd, weights_size).buffer, weight_layout)
+        grads = _views(SharedMemory.attach(grads_fd, grads_size).buffer, grad_layout)
         loss_fn = CrossEntropyLoss(ignore_index=ignore_index)
         connection.send(("ready", None))
+    except (EOFError, OSError):
+        return                  # the main process has gone
     except BaseException:
         connection.send(("error", traceback.format_exc()))
         return

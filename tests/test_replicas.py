@@ -153,7 +153,7 @@ def test_a_helper_that_dies_is_reported():
     with ReplicaGroup(model, make_model, replicas=2) as group:
         process = group._helpers[0][0]
         process.kill()
-        process.join()
+        process.wait()
         with pytest.raises(ReplicaError, match="exited unexpectedly"):
             group.forward_backward(*batch(2))
 
