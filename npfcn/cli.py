@@ -101,13 +101,13 @@ def cmd_train(args):
     apply_threads(args)
     given = {TRAIN_FLAGS[k]: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
     if args.resume is not None:
-        ignored = sorted(set(given) - {"epochs", "output", "name"})
+        ignored = sorted(set(given) - {"epochs", "output", "name", "replicas"})
         if ignored:
             raise ValueError(f"--resume continues a run with its saved settings; drop "
                              f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
         target = args.resume or os.path.join(given.get("output", DEFAULT_RUNS),
                                              given.get("name") or "latest")
-        train(resume=target, epochs=given.get("epochs"))
+        train(resume=target, epochs=given.get("epochs"), replicas=given.get("replicas"))
         return 0
     train(TrainConfig(**given))
     return 0
@@ -428,6 +428,7 @@ def _message(exc):
 def main(argv=None):
     """Run the ``npfcn`` command line; returns the exit code."""
     from .checkpoint import CheckpointError
+    from .replicas import ReplicaError
     from .train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
@@ -447,6 +448,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nnpfcn: aborted", file=sys.stderr)
         return 130
-    except (CheckpointError, TrainingDiverged, ValueError, TypeError, OSError, KeyError) as exc:
+    except (CheckpointError, TrainingDiverged, ReplicaError, ValueError, TypeError, OSError,
+            KeyError) as exc:
         print(f"npfcn: error: {_message(exc)}", file=sys.stderr)
         return 1

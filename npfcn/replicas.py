@@ -263,9 +263,13 @@ class ReplicaGroup:
             raise ReplicaError("a training helper process exited unexpectedly "
                                "(out of memory or killed?)") from None
         if message[0] == "error":
-            # The helper's traceback, its last line (the exception) first.
+            # One line (the helper's exception) to read; its traceback as a note, which
+            # Python prints under the main process's traceback when nobody catches it.
             lines = message[1].strip().splitlines()
-            raise ReplicaError(f"a training helper process failed: {lines[-1]}\n{message[1]}")
+            error = ReplicaError(f"a training helper process failed: {lines[-1]}")
+            if hasattr(error, "add_note"):
+                error.add_note("the helper's traceback:\n" + message[1])
+            raise error
         if message[0] != expected:
             raise ReplicaError(f"a training helper process answered {message[0]!r}, "
                                f"expected {expected!r}")

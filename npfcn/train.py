@@ -34,6 +34,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from .progress import ProgressBar, format_duration
+from .replicas import ReplicaError
 
 IGNORE_INDEX = 255
 LAST, BEST = "last.npz", "best.npz"
@@ -97,9 +98,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     # Processes that share every batch (npfcn.replicas), the threads divided among them.
-    # Measured on 2 cores: 1.1x the images per second of one process with 2 threads at
-    # batch 2 (1.2x at batch 4).  The results depend on it only through float rounding.
-    replicas: int = 2
+    # Measured on 2 cores against one process with 2 threads: 1.0-1.2x the images per
+    # second (median 1.02x at batch 2): not worth a second process by default.  The
+    # results depend on it only through float rounding.
+    replicas: int = 1
     # output
     output: str = "runs"
     name: str = ""
@@ -462,7 +464,7 @@ class Trainer:
 
     # -- resuming ------------------------------------------------------------------------
     @classmethod
-    def resume(cls, path, epochs=None, stream=None):
+    def resume(cls, path, epochs=None, stream=None, replicas=None):
         """A Trainer that continues the run saved in ``path`` (a checkpoint or run folder)."""
         path = resolve_checkpoint(path, prefer=LAST)
         checkpoint = load_checkpoint(path)
@@ -474,6 +476,8 @@ class Trainer:
         config = TrainConfig.from_dict(saved)
         if epochs is not None:
             config.epochs = epochs
+        if replicas is not None:
+            config.replicas = replicas
         trainer = cls(config, stream=stream, run_dir=os.path.dirname(os.path.abspath(path)))
         load_into(checkpoint, trainer.model, trainer.optimizer)
         trainer.dropout_state = meta["rng"]["dropout"]
@@ -625,6 +629,18 @@ class Trainer:
                     self._check_finite_weights(epoch_number, step)
                     self.save(LAST, "interrupted")
                     return False
+        except ReplicaError as exc:
+            # A helper process failed or was killed (out of memory?) during a step: the
+            # weights are still those after the last completed step, so save them.
+            bar.clear()
+            if updating:
+                raise
+            self._check_finite_weights(epoch_number, self.step_in_epoch)
+            last = self.save(LAST, "interrupted")
+            raise ReplicaError(f"{exc}; the state after step {self.step_in_epoch} of epoch "
+                               f"{epoch_number} was saved in {last}: continue with `npfcn train "
+                               f"--resume {self.run_dir}` (add --replicas 1 to train in one "
+                               f"process)") from exc
         except KeyboardInterrupt:
             # Only reached without the signal handler (not the main thread) or on a second
             # Ctrl-C.  Before the optimizer step the weights are those of the last completed
@@ -723,14 +739,16 @@ def _jsonable(value):
     return value
 
 
-def train(config=None, resume=None, epochs=None, stream=None):
+def train(config=None, resume=None, epochs=None, stream=None, replicas=None):
     """Run (or, with ``resume``, continue) a training run; returns a RunResult.
 
-    Raises TrainingDiverged on a NaN/inf loss and TrainingInterrupted after Ctrl-C
-    (in both cases the last good checkpoint is on disk).
+    A resumed run may be given more ``epochs`` and another number of ``replicas``
+    (which changes only the float rounding from there on).
+    Raises TrainingDiverged on a NaN/inf loss, TrainingInterrupted after Ctrl-C and
+    ReplicaError when a helper process fails (in each case the last good state is on disk).
     """
     if resume is not None:
-        trainer = Trainer.resume(resume, epochs=epochs, stream=stream)
+        trainer = Trainer.resume(resume, epochs=epochs, stream=stream, replicas=replicas)
     else:
         trainer = Trainer(config or TrainConfig(), stream=stream)
     return trainer.run()

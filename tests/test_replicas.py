@@ -206,3 +206,37 @@ def test_resume_with_replicas_equals_uninterrupted_run(tmp_path, uninterrupted_r
     resumed = Trainer.resume(os.path.join(trainer.run_dir, "last.npz"), stream=io.StringIO())
     resumed.run()
     assert_same_state(final_state(trainer.run_dir), uninterrupted_replicas[1])
+
+
+def test_a_helper_killed_during_training_keeps_the_state_and_the_run_resumes(
+        tmp_path, uninterrupted_replicas):
+    # The helper dies after global step 3 (inside epoch 2): the next step fails, the state
+    # after step 3 is saved, and resuming gives bit for bit the uninterrupted run.
+    trainer = Trainer(tiny_config(tmp_path, "killed", replicas=2), stream=io.StringIO())
+
+    def kill_helper(t):
+        if t.global_step == 3:
+            process = t.replicas._helpers[0][0]
+            process.kill()
+            process.wait()
+    trainer.on_step = kill_helper
+    with pytest.raises(ReplicaError, match=r"exited unexpectedly.*after step 1 of epoch 2 was "
+                                           r"saved in .*last\.npz.*--resume"):
+        trainer.run()
+    resumed = Trainer.resume(os.path.join(trainer.run_dir, "last.npz"), stream=io.StringIO())
+    assert resumed.global_step == 3
+    resumed.run()
+    assert_same_state(final_state(trainer.run_dir), uninterrupted_replicas[1])
+
+
+def test_resume_may_change_the_number_of_replicas(tmp_path, uninterrupted_replicas):
+    trainer = Trainer(tiny_config(tmp_path, "cut1", replicas=2), stream=io.StringIO())
+    trainer.on_step = interrupt_at(3, "signal")
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+    result = train(resume=trainer.run_dir, replicas=1, stream=io.StringIO())
+    assert result.status == "complete"
+    weights = final_state(trainer.run_dir)[0]
+    for name, value in uninterrupted_replicas[1][0].items():   # equal up to rounding
+        np.testing.assert_allclose(weights[name], value, rtol=0,
+                                   atol=1e-3 * max(np.abs(value).max(), 1e-6), err_msg=name)
