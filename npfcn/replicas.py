@@ -2,10 +2,13 @@
 
 Why processes: a training step of the narrow FCN on a small CPU is a long chain of
 short kernels, NumPy calls and Python between them.  One process with two threads
-leaves the second core idle through every serial part (measured: the second thread
-adds ~1.4x); two single-threaded processes, each on its own share of the batch,
-keep both cores busy.  Threads inside one process could not run the Python parts
-side by side (the GIL).
+leaves the second core idle through every serial part; two processes, each on its
+own share of the batch, can keep both cores busy.  Threads inside one process could
+not run the Python parts side by side (the GIL).  Measured on a 2-core machine
+whose cores slow each other down a lot, it hardly pays (median 1.02x the images per
+second at batch 2, ~1.1x at batch 4; README "Replicas"), so one replica is the
+default; the module also shows, in a few lines, how data-parallel training adds up
+gradients exactly.
 
 One step, for a batch of N images and R replicas (the main process is replica 0):
 
@@ -218,8 +221,9 @@ class ReplicaGroup:
             loss = self.loss_fn.forward(scores, y)
             model.backward(self.loss_fn.backward())
             return loss
-        # Check every label here, before any shard goes out: a bad label then fails with
-        # the loss's own message, naming the whole batch's shapes, in this process.
+        # Check the images and every label here, before any shard goes out: bad input
+        # then fails with the model's and the loss's own messages, in this process.
+        x = model.check_input(x)
         _check_target(y, (len(x), model.num_classes) + tuple(np.shape(x)[2:]), model.num_classes,
                       self.ignore_index)
         weight = None if class_weight is None else np.asarray(class_weight).astype(model.dtype)

@@ -126,6 +126,16 @@ def test_a_bad_label_is_refused_before_any_shard_is_sent(pair):
     assert np.isfinite(group.forward_backward(x, y))
 
 
+def test_bad_images_are_refused_before_any_shard_is_sent(pair):
+    group, _ = pair
+    x, y = batch(2)
+    with pytest.raises(TypeError, match="model input has dtype float32"):
+        group.forward_backward(x.astype(np.float32), y)
+    with pytest.raises(ValueError, match="3 channels"):
+        group.forward_backward(x[:, :2], y)
+    assert np.isfinite(group.forward_backward(x, y))   # the helper is still there
+
+
 def test_dropout_masks_are_reproducible_and_differ_between_shards():
     x, y = batch(2)
     x[1] = x[0]

@@ -249,13 +249,19 @@ class FCN:
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x):
-        """x: (N, 3, H, W) in the model's dtype -> scores (N, num_classes, H, W)."""
+    def check_input(self, x):
+        """x as the network takes it: (N, 3, H >= 1, W >= 1) in the model's dtype, or an
+        error naming what is wrong."""
         x = as_float_tensor(x, "model input", ndim=4, dtype=self.dtype)
         if x.shape[1] != 3:
             raise ValueError(f"model input must have 3 channels (N, 3, H, W), got shape {x.shape}")
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"model input must be at least 1x1 pixels, got shape {x.shape}")
+        return x
+
+    def forward(self, x):
+        """x: (N, 3, H, W) in the model's dtype -> scores (N, num_classes, H, W)."""
+        x = self.check_input(x)
         layers = self._layers
         taps = self.encoder.forward(x)
         score = layers["score_fr"].forward(taps["fc7"])
