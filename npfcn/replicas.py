@@ -118,9 +118,14 @@ def _start_helper(weights_memory, grads_memory):
     fds = (theirs.fileno(), weights_memory.fd, grads_memory.fd)
     command = [sys.executable, "-c", "from npfcn.replicas import _helper_main; _helper_main()",
                *map(str, fds), str(weights_memory.size), str(grads_memory.size)]
+    # The helper imports this very npfcn, wherever the caller found it (an installed
+    # package, a source tree on sys.path): its folder goes first on PYTHONPATH.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
         process = subprocess.Popen(command, pass_fds=fds, start_new_session=True,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
     finally:
         theirs.close()
     return process, Connection(ours.detach())
