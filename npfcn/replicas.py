@@ -85,7 +85,7 @@ class SharedMemory:
         self.size = int(size)
         if fd is None:
             if hasattr(os, "memfd_create"):
-                fd = os.memfd_create("npfcn-replica", 0)
+                fd = os.memfd_create("npfcn-replica")     # close-on-exec unless passed on
             else:
                 fd, path = tempfile.mkstemp(prefix="npfcn-replica-")
                 os.unlink(path)
@@ -109,9 +109,9 @@ def _start_helper(weights_memory, grads_memory):
     """A new Python process running ``_helper_main``; returns (Popen, Connection).
 
     A fresh interpreter (not a fork: OpenMP and BLAS threads do not survive fork; not
-    multiprocessing's spawn: it re-runs the caller's ``__main__``, which a script
-    without an ``if __name__ == "__main__"`` guard would turn into endless training
-    runs).  Its own session, so a Ctrl-C at the terminal reaches only the main
+    multiprocessing's spawn: it re-runs the caller's ``__main__``, so a script without
+    an ``if __name__ == "__main__"`` guard starts its training again inside the helper,
+    which then dies at start-up - seen with a benchmark script).  Its own session, so a Ctrl-C at the terminal reaches only the main
     process, which finishes the step, saves and stops the helpers.
     """
     ours, theirs = socket.socketpair()

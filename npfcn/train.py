@@ -441,7 +441,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = build_schedule(config, config.epochs * self.steps_per_epoch)
         self.class_weights = class_weights(self.train_set, self.num_classes, config.class_weighting)
-        self.replicas = None    # a ReplicaGroup while run() trains
+        self.replica_group = None    # a ReplicaGroup while run() trains
         self.val_batch_size = config.batch_size if config.data == "synthetic" else 1
         # Progress: completed epochs, steps into the current one, and that epoch's running sums.
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -536,9 +536,9 @@ class Trainer:
         self._announce()
         started = time.perf_counter()
         status = "complete"
-        with StopRequest(self.stream) as stop, self._replica_group() as self.replicas:
+        with StopRequest(self.stream) as stop, self._start_replicas() as self.replica_group:
             while self.epoch < config.epochs:
-                with self.replicas.training_threads():
+                with self.replica_group.training_threads():
                     finished = self._train_epoch(stop)
                 if not finished:
                     status = "interrupted"
@@ -547,7 +547,7 @@ class Trainer:
                 if stop.requested:
                     status = "interrupted" if self.epoch < config.epochs else "complete"
                     break
-        self.replicas = None
+        self.replica_group = None
         seconds = time.perf_counter() - started
         self._write_metrics(status)
         if status == "interrupted":
@@ -562,7 +562,7 @@ class Trainer:
         return RunResult(self.run_dir, self.history, self.best_mean_iou, self.best_epoch,
                          status, seconds)
 
-    def _replica_group(self):
+    def _start_replicas(self):
         """The processes that share each batch (just this one when ``replicas`` is 1)."""
         from functools import partial
 
@@ -606,7 +606,7 @@ class Trainer:
                     continue
                 step = index + 1
                 self.optimizer.lr = self.schedule(self.global_step)
-                loss = self.replicas.forward_backward(x, y, self.class_weights_at(self.global_step))
+                loss = self.replica_group.forward_backward(x, y, self.class_weights_at(self.global_step))
                 if not math.isfinite(loss):
                     bar.clear()
                     raise TrainingDiverged(self._diverged_message(

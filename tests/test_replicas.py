@@ -226,7 +226,7 @@ def test_a_helper_killed_during_training_keeps_the_state_and_the_run_resumes(
 
     def kill_helper(t):
         if t.global_step == 3:
-            process = t.replicas._helpers[0][0]
+            process = t.replica_group._helpers[0][0]
             process.kill()
             process.wait()
     trainer.on_step = kill_helper

@@ -213,7 +213,7 @@ def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
     seen = []
     trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2, anneal_class_weights=True),
                       stream=io.StringIO())
-    trainer.on_step = lambda t: seen.append(t.replicas.loss_fn.weight.copy())
+    trainer.on_step = lambda t: seen.append(t.replica_group.loss_fn.weight.copy())
     trainer.run()
     assert len(seen) == 2 * trainer.steps_per_epoch
     for step, weight in enumerate(seen):
