@@ -60,6 +60,15 @@ def shard_bounds(batch, replicas):
     return bounds
 
 
+def shard_step(model, loss_fn, x, y, denominator=None):
+    """Forward, loss and backward of one shard (or a whole batch): adds d loss / d weights
+    into ``model.grads`` and returns the loss.  ``denominator``: see CrossEntropyLoss."""
+    scores = model.forward(x)
+    loss = loss_fn.forward(scores, y, denominator=denominator)
+    model.backward(loss_fn.backward())
+    return loss
+
+
 def _layout(arrays):
     """Byte offsets of ``arrays`` (name -> array) packed one after another, each aligned
     to 64 bytes; returns ({name: (offset, shape, dtype)}, total bytes)."""
@@ -222,10 +231,7 @@ class ReplicaGroup:
         self.loss_fn.weight = class_weight
         model.zero_grad()
         if not self._helpers:
-            scores = model.forward(x)
-            loss = self.loss_fn.forward(scores, y)
-            model.backward(self.loss_fn.backward())
-            return loss
+            return shard_step(model, self.loss_fn, x, y)
         # Check the images and every label here, before any shard goes out: bad input
         # then fails with the model's and the loss's own messages, in this process.
         x = model.check_input(x)
@@ -249,9 +255,7 @@ class ReplicaGroup:
         start, stop = bounds[0]
         loss = 0.0
         if stop > start:
-            scores = model.forward(x[start:stop])
-            loss = self.loss_fn.forward(scores, y[start:stop], denominator=denominator)
-            model.backward(self.loss_fn.backward())
+            loss = shard_step(model, self.loss_fn, x[start:stop], y[start:stop], denominator)
         for _, connection, grads, _ in busy:
             loss += self._receive(connection, "done")
             for name in model.trainable:
@@ -360,9 +364,7 @@ def _helper_main():
             model.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
             model.zero_grad()
             loss_fn.weight = class_weight
-            scores = model.forward(x)
-            loss = loss_fn.forward(scores, y, denominator=denominator)
-            model.backward(loss_fn.backward())
+            loss = shard_step(model, loss_fn, x, y, denominator)
             for name, view in grads.items():
                 view[...] = model.grads[name]
             connection.send(("done", loss))

@@ -629,28 +629,23 @@ class Trainer:
                     self._check_finite_weights(epoch_number, step)
                     self.save(LAST, "interrupted")
                     return False
-        except ReplicaError as exc:
-            # A helper process failed or was killed (out of memory?) during a step: the
-            # weights are still those after the last completed step, so save them.
+        except (KeyboardInterrupt, ReplicaError) as exc:
+            # KeyboardInterrupt: only reached without the signal handler (not the main
+            # thread) or on a second Ctrl-C.  ReplicaError: a helper process failed or was
+            # killed (out of memory?) during a step.  Before the optimizer step the weights
+            # are those of the last completed step, which the counters describe; during it
+            # they may be half-updated.
             bar.clear()
             if updating:
                 raise
             self._check_finite_weights(epoch_number, self.step_in_epoch)
             last = self.save(LAST, "interrupted")
+            if isinstance(exc, KeyboardInterrupt):
+                return False
             raise ReplicaError(f"{exc}; the state after step {self.step_in_epoch} of epoch "
                                f"{epoch_number} was saved in {last}: continue with `npfcn train "
                                f"--resume {self.run_dir}` (add --replicas 1 to train in one "
                                f"process)") from exc
-        except KeyboardInterrupt:
-            # Only reached without the signal handler (not the main thread) or on a second
-            # Ctrl-C.  Before the optimizer step the weights are those of the last completed
-            # step, which the counters describe; during it they may be half-updated.
-            bar.clear()
-            if updating:
-                raise
-            self._check_finite_weights(epoch_number, self.step_in_epoch)
-            self.save(LAST, "interrupted")
-            return False
         self._bar = bar
         return True
 
