@@ -154,7 +154,8 @@ def cmd_eval(args):
     batch_size = args.batch_size if (args.data or trained.get("data", "synthetic")) == "synthetic" else 1
     bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
     result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
-                      class_names=class_names, progress=lambda done, n: bar.update(done, n))
+                      class_names=class_names, progress=lambda done, n: bar.update(done, n),
+                      score_offset=meta.get("score_offset"))
     bar.close()
     print(f"{path}: {len(dataset)} images")
     print("\n".join(format_table(result.metrics)))

@@ -25,19 +25,35 @@ class Evaluation:
         return {"loss": self.loss, **self.metrics}
 
 
-def predict_labels(model, x):
-    """x: (N, 3, H, W) float -> (labels (N, H, W) int64, scores (N, K, H, W)); eval mode."""
+def predict_labels(model, x, score_offset=None):
+    """x: (N, 3, H, W) float -> (labels (N, H, W) int64, scores (N, K, H, W)); eval mode.
+
+    score_offset: optional (K,) added to every pixel's scores first (the checkpoint's
+    ``score_offset``: ``npfcn.losses.prior_correction`` of the class weights it was
+    trained with); the returned scores include it.
+    """
     was_training = model.training
     model.eval()
     try:
         scores = model.forward(x)
     finally:
         model.train(was_training)
+    if score_offset is not None:
+        score_offset = np.asarray(score_offset, dtype=scores.dtype)
+        if score_offset.shape != (scores.shape[1],):
+            raise ValueError(f"score_offset has shape {score_offset.shape} but the model "
+                             f"predicts {scores.shape[1]} classes")
+        # A new array: the model may still hold on to the one it returned.
+        scores = scores + score_offset[:, None, None]
     return scores.argmax(axis=1), scores
 
 
-def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None):
+def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None,
+             score_offset=None):
     """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
+
+    score_offset: see ``predict_labels``; the loss is that of the offset scores (the
+    cross-entropy of the class probabilities the prediction stands for).
 
     The loss is the pixel-weighted mean over the whole dataset (each batch's mean
     times its counted pixels), so it does not depend on the batch size.
@@ -52,7 +68,7 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
     batches = iterate_batches(dataset, batch_size, rng=None, transform=None,
                               preprocessing=preprocessing, drop_last=False)
     for done, (x, y) in enumerate(batches, start=1):
-        labels, scores = predict_labels(model, x)
+        labels, scores = predict_labels(model, x, score_offset)
         counted = int(np.count_nonzero(y != IGNORE_INDEX))
         loss_sum += loss_fn.forward(scores, y) * counted
         pixels += counted
@@ -63,7 +79,7 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
     return Evaluation(hist=hist, loss=loss_sum / max(pixels, 1), metrics=summarize(hist, names))
 
 
-def sample_grid(model, dataset, indices, preprocessing="unit"):
+def sample_grid(model, dataset, indices, preprocessing="unit", score_offset=None):
     """Rows of (image, truth, prediction) pictures for ``dataset[i]``, i in ``indices``.
 
     Returns an (H, W, 3) uint8 picture built by ``npfcn.viz.image_grid``.
@@ -74,7 +90,7 @@ def sample_grid(model, dataset, indices, preprocessing="unit"):
     rows = []
     for i in indices:
         image, mask = dataset[i]
-        labels, _ = predict_labels(model, preprocess(image, preprocessing)[None])
+        labels, _ = predict_labels(model, preprocess(image, preprocessing)[None], score_offset)
         rows.append([image, colorize(mask), colorize(labels[0].astype(np.uint8))])
     return image_grid(rows, titles=["image", "truth", "prediction"])
 

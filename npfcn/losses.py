@@ -54,6 +54,27 @@ def weight_total(target, weight=None, ignore_index=255):
     return float(np.dot(counts[:len(weight)], np.asarray(weight, dtype=np.float64)))
 
 
+def prior_correction(weight):
+    """Score offsets (C,) that undo what class weights did to a trained network's scores.
+
+    At a pixel whose true class probabilities are p, the weighted cross-entropy
+    ``-sum_c w_c p_c log q_c`` is smallest for the softmax ``q_c = w_c p_c / sum_k w_k p_k``
+    (a Lagrange multiplier for sum q = 1 gives it in one line): a network trained with
+    class weights learns scores tilted by ``log w_c`` towards the classes with large
+    weights - the rare ones - and its argmax draws every shape a little too large.
+    Adding ``-log w_c`` to the scores before the argmax or softmax turns them back into
+    estimates of p (the "logit adjustment" of Menon et al. 2021), while training keeps
+    the weights' benefit: rare classes get gradient from the first step on.
+
+    weight: (C,) class weights or None -> (C,) float64 offsets, or None (no weights, no
+    tilt).  A class of weight 0 was never a target; its offset is 0.
+    """
+    if weight is None:
+        return None
+    weight = np.asarray(weight, dtype=np.float64)
+    return np.where(weight > 0, -np.log(np.where(weight > 0, weight, 1.0)), 0.0)
+
+
 class CrossEntropyLoss:
     """Softmax cross-entropy over the class axis of (N, C, H, W) logits (any (N, C, *) works).
 

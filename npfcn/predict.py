@@ -12,12 +12,13 @@ from .data import read_image      # any format Pillow reads -> (H, W, 3) uint8 R
 from .evaluate import predict_labels
 
 
-def predict_image(model, image, preprocessing="unit"):
-    """image (H, W, 3) uint8 -> labels (H, W) uint8 (class ids)."""
+def predict_image(model, image, preprocessing="unit", score_offset=None):
+    """image (H, W, 3) uint8 -> labels (H, W) uint8 (class ids); score_offset: see
+    ``npfcn.evaluate.predict_labels``."""
     from .data.transforms import preprocess
 
     x = preprocess(image, preprocessing).astype(model.dtype, copy=False)[None]
-    labels, _ = predict_labels(model, x)
+    labels, _ = predict_labels(model, x, score_offset)
     return labels[0].astype(np.uint8)
 
 
@@ -32,11 +33,12 @@ def predict_files(checkpoint_path, images, output, alpha=0.5):
     checkpoint = load_checkpoint(checkpoint_path)
     model = load_model(checkpoint)
     preprocessing = checkpoint.meta.get("preprocessing", "unit")
+    score_offset = checkpoint.meta.get("score_offset")
     pictures = [(path, read_image(path)) for path in images]
     os.makedirs(output, exist_ok=True)
     used = set()
     for path, image in pictures:
-        labels = predict_image(model, image, preprocessing)
+        labels = predict_image(model, image, preprocessing, score_offset)
         stem = os.path.splitext(os.path.basename(path))[0]
         unique, n = stem, 1
         while unique in used:        # two inputs called a.png in different folders

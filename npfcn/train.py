@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from .losses import prior_correction
 from .progress import ProgressBar, format_duration
 from .replicas import ReplicaError
 
@@ -454,6 +455,12 @@ class Trainer:
         self.run_dir = run_dir
         self.on_step = None     # optional callable(trainer) after every completed step (tests)
 
+    @property
+    def score_offset(self):
+        """(K,) offsets the predictions add to the scores: undo the tilt of the class
+        weights of the current step (``npfcn.losses.prior_correction``); None if unweighted."""
+        return prior_correction(self.class_weights_at(self.global_step))
+
     def class_weights_at(self, step):
         """The loss's class weights at global step ``step`` (None: unweighted)."""
         weights = self.class_weights
@@ -499,6 +506,7 @@ class Trainer:
             "config": {"model": dict(self.model.config), "train": self.config.to_dict()},
             "class_names": self.class_names,
             "preprocessing": self.config.preprocessing,
+            "score_offset": None if self.score_offset is None else self.score_offset.tolist(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "rng": {"dropout": self.dropout_state, "data": self.epoch_start_rng},
@@ -685,7 +693,8 @@ class Trainer:
         from .evaluate import evaluate
 
         return evaluate(self.model, self.val_set, batch_size=self.val_batch_size,
-                        preprocessing=self.config.preprocessing, class_names=self.class_names)
+                        preprocessing=self.config.preprocessing, class_names=self.class_names,
+                        score_offset=self.score_offset)
 
     def _write_pictures(self):
         from .evaluate import sample_grid
@@ -693,7 +702,8 @@ class Trainer:
 
         count = min(self.config.num_samples, len(self.val_set))
         if count:
-            grid = sample_grid(self.model, self.val_set, range(count), self.config.preprocessing)
+            grid = sample_grid(self.model, self.val_set, range(count), self.config.preprocessing,
+                               self.score_offset)
             save_png(os.path.join(self.run_dir, "samples.png"), grid)
         plot_curves(self.history, os.path.join(self.run_dir, "curves.png"))
 

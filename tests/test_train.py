@@ -219,3 +219,65 @@ def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
     for step, weight in enumerate(seen):
         np.testing.assert_allclose(weight, trainer.class_weights_at(step), rtol=1e-12)
     assert not np.allclose(seen[0], seen[-1])
+
+
+def test_prior_correction_recovers_the_class_probabilities_from_weighted_scores():
+    """A weighted cross-entropy is smallest at softmax(s) proportional to w * p; the
+    correction -log w must turn those scores back into p."""
+    from npfcn.losses import CrossEntropyLoss, prior_correction
+
+    p = np.array([0.6, 0.25, 0.1, 0.05])            # true class frequencies at one "pixel"
+    w = np.array([0.5, 1.5, 2.0, 0.0])              # a zero weight: class never a target
+    labels = np.repeat(np.arange(4), (p * 20).astype(int))[None, None, :]   # (1, 1, 20)
+    loss = CrossEntropyLoss(weight=w)
+
+    def gradient(scores):
+        logits = np.broadcast_to(scores[None, :, None, None], (1, 4, 1, 20)).copy()
+        loss.forward(logits, labels)
+        return loss.backward().sum(axis=(0, 2, 3))
+
+    minimiser = np.log(w * p + 1e-300)       # softmax of it is w p / sum(w p)
+    minimiser[w == 0] = -50.0                # ... and a class of weight 0 gets (almost) nothing
+    np.testing.assert_allclose(gradient(minimiser), 0.0, atol=1e-12)
+    assert np.abs(gradient(np.log(p))).max() > 0.05          # the unweighted answer is not it
+
+    corrected = minimiser[:3] + prior_correction(w)[:3]
+    np.testing.assert_allclose(np.exp(corrected) / np.exp(corrected).sum(), p[:3] / p[:3].sum(),
+                               rtol=1e-12)
+    assert prior_correction(w)[3] == 0.0 and prior_correction(None) is None
+
+
+def test_predictions_undo_the_class_weights(tmp_path, uninterrupted):
+    """Validation, the checkpoint and `npfcn eval` all add the correction of the weights."""
+    from npfcn.cli import main
+    from npfcn.evaluate import predict_labels
+    from npfcn.losses import prior_correction
+
+    result, (_, _, meta) = uninterrupted
+    trainer = Trainer.resume(result.run_dir, stream=io.StringIO())
+    offset = meta["score_offset"]
+    np.testing.assert_allclose(offset, prior_correction(trainer.class_weights), rtol=1e-12)
+    x = np.random.default_rng(0).random((1, 3, 24, 24)).astype(np.float32)
+    _, scores_raw = predict_labels(trainer.model, x)
+    labels, scores = predict_labels(trainer.model, x, offset)
+    np.testing.assert_allclose(scores - scores_raw, np.broadcast_to(
+        np.asarray(offset, np.float32)[:, None, None], scores.shape[1:])[None], atol=1e-5)
+    np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+    with pytest.raises(ValueError, match="score_offset has shape"):
+        predict_labels(trainer.model, x, [0.0, 1.0])
+
+    validation = trainer.validate()
+    np.testing.assert_array_equal(
+        validation.hist, evaluate(trainer.model, trainer.val_set, score_offset=offset).hist)
+    forced = evaluate(trainer.model, trainer.val_set, score_offset=[1e4, 0, 0, 0, 0]).hist
+    assert forced[:, 1:].sum() == 0 and forced[:, 0].sum() > 0      # the offset reaches the argmax
+
+    out = tmp_path / "eval"
+    best = load_checkpoint(os.path.join(result.run_dir, "best.npz"))
+    assert main(["eval", "--checkpoint", os.path.join(result.run_dir, "best.npz"), "-o", str(out)]) == 0
+    trainer.model.load_state_dict(best.model_state)
+    expected = evaluate(trainer.model, trainer.val_set, score_offset=best.meta["score_offset"]).hist
+    np.testing.assert_array_equal(json.load(open(out / "eval.json"))["confusion_matrix"], expected)
+
+    unweighted = Trainer(tiny_config(tmp_path, "unweighted", class_weighting="none"), stream=io.StringIO())
+    assert unweighted.score_offset is None and unweighted.meta("running")["score_offset"] is None
