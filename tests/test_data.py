@@ -100,6 +100,23 @@ def test_every_shape_has_area_size_squared(raster):
     assert abs(area - 3600) < 0.03 * 3600
 
 
+@pytest.mark.parametrize("raster", [synthetic._disc, synthetic._square, synthetic._triangle,
+                                    synthetic._ring])
+def test_every_shape_lies_inside_the_box_the_generator_rasterises(raster):
+    """generate_item draws each shape only inside _box(centre, size): nothing may be cut."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    for _ in range(300):
+        size, angle = rng.uniform(2, 50), rng.uniform(0, 2 * np.pi)
+        cy, cx = rng.uniform(-10, 74, size=2)
+        region = raster(yy, xx, cy, cx, size, angle)
+        rows, cols = synthetic._box(cy, size, 64), synthetic._box(cx, size, 64)
+        outside = region.copy()
+        outside[rows, cols] = False
+        assert not outside.any(), (size, angle, cy, cx)
+        assert region[rows, cols].sum() == region.sum()
+
+
 def test_ring_has_a_hole_and_disc_has_none():
     yy, xx = np.mgrid[0:100, 0:100] + 0.5
     assert not synthetic._ring(yy, xx, 50.0, 50.0, 40.0, 0.0)[50, 50]

@@ -76,6 +76,11 @@ def _triangle(yy, xx, cy, cx, size, angle):
 _RASTERISERS = (_disc, _square, _triangle, _ring)   # class id = position + 1
 
 
+def _box(centre, size, length):
+    """The pixels within ``size`` (plus one) of ``centre`` along an axis of ``length``: a slice."""
+    return slice(max(int(centre - size) - 1, 0), min(int(centre + size) + 2, length))
+
+
 def _texture(rng, yy, xx, image_size, amplitude, waves=3):
     """A smooth random pattern in [-amplitude, amplitude]: a sum of random plane waves."""
     pattern = np.zeros(np.broadcast_shapes(yy.shape, xx.shape), dtype=np.float64)
@@ -111,7 +116,9 @@ def generate_item(rng, image_size=64, min_shapes=1, max_shapes=4, min_scale=0.25
     no shape is reduced to an unrecognisable sliver.
     """
     h = w = image_size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5   # pixel centres
+    # Pixel centres as a column and a row: every formula below broadcasts them.
+    yy = np.arange(h, dtype=np.float64)[:, None] + 0.5
+    xx = np.arange(w, dtype=np.float64)[None, :] + 0.5
 
     background = _pick_colour(rng, [], 0.0)
     image = background + _texture(rng, yy, xx, image_size, texture)[..., None]
@@ -120,6 +127,7 @@ def generate_item(rng, image_size=64, min_shapes=1, max_shapes=4, min_scale=0.25
     # owner[y, x] = index of the drawn shape visible there (-1: background), to measure occlusion
     owner = np.full((h, w), -1, dtype=np.int64)
     areas = []              # full pixel count of each drawn shape
+    visible = []            # pixels of each drawn shape still visible
     colours = [background]
 
     for _ in range(int(rng.integers(min_shapes, max_shapes + 1))):
@@ -128,12 +136,15 @@ def generate_item(rng, image_size=64, min_shapes=1, max_shapes=4, min_scale=0.25
             size = rng.uniform(min_scale, max_scale) * image_size
             cy, cx = rng.uniform(0.15 * h, 0.85 * h), rng.uniform(0.15 * w, 0.85 * w)
             angle = rng.uniform(0, 2 * np.pi)
-            region = _RASTERISERS[class_id - 1](yy, xx, cy, cx, size, angle)
+            # Only the shape's bounding box is rasterised: every shape lies within
+            # ``size`` of its centre (the triangle's corners, the farthest, at 0.88 size).
+            rows, cols = _box(cy, size, h), _box(cx, size, w)
+            region = _RASTERISERS[class_id - 1](yy[rows], xx[:, cols], cy, cx, size, angle)
             if not region.any():
                 continue
             # What would each earlier shape keep visible if this one were drawn?
-            hidden = np.bincount(owner[region & (owner >= 0)], minlength=len(areas))
-            visible = np.bincount(owner[owner >= 0], minlength=len(areas))
+            under = owner[rows, cols][region]
+            hidden = np.bincount(under[under >= 0], minlength=len(areas))
             if all(visible[k] - hidden[k] >= (1 - max_occlusion) * areas[k]
                    for k in range(len(areas))):
                 break
@@ -144,10 +155,12 @@ def generate_item(rng, image_size=64, min_shapes=1, max_shapes=4, min_scale=0.25
         colours.append(colour)
         # A gentle linear shading so shapes are not perfectly flat either.
         theta = rng.uniform(0, 2 * np.pi)
-        shading = 12.0 * ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / max(size, 1.0)
-        image[region] = colour + shading[region][:, None]
-        mask[region] = class_id
-        owner[region] = len(areas)
+        shading = 12.0 * ((xx[:, cols] - cx) * np.cos(theta)
+                          + (yy[rows] - cy) * np.sin(theta)) / max(size, 1.0)
+        image[rows, cols][region] = colour + shading[region][:, None]
+        mask[rows, cols][region] = class_id
+        owner[rows, cols][region] = len(areas)
+        visible = [v - int(n) for v, n in zip(visible, hidden)] + [int(region.sum())]
         areas.append(int(region.sum()))
 
     image += rng.normal(0.0, noise, size=image.shape)
