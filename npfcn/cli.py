@@ -115,6 +115,12 @@ def cmd_train(args):
 
 # --- eval -----------------------------------------------------------------------------
 
+def add_flip_flag(parser):
+    parser.add_argument("--flip", action="store_true",
+                        help="average the scores of each image and its mirror image (twice "
+                             "the time; smoother, usually better masks)")
+
+
 def add_eval_parser(subparsers):
     p = subparsers.add_parser(
         "eval", help="score a checkpoint: per-class IoU, pixel/mean accuracy, mean IoU, fwIoU",
@@ -126,6 +132,7 @@ def add_eval_parser(subparsers):
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--num-val", type=int, help="synthetic: number of images (default: as trained)")
     p.add_argument("--batch-size", type=int, default=8)
+    add_flip_flag(p)
     p.add_argument("-o", "--output", help="folder for eval.json and confusion.png "
                                           "(default: <run folder>/eval)")
     add_threads_flag(p)
@@ -155,7 +162,7 @@ def cmd_eval(args):
     bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
     result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
                       class_names=class_names, progress=lambda done, n: bar.update(done, n),
-                      score_offset=meta.get("score_offset"))
+                      score_offset=meta.get("score_offset"), flip=args.flip)
     bar.close()
     print(f"{path}: {len(dataset)} images")
     print("\n".join(format_table(result.metrics)))
@@ -206,6 +213,7 @@ def add_predict_parser(subparsers):
                    help="checkpoint file or run folder (default runs/latest: its best.npz)")
     p.add_argument("-o", "--output", default="predictions", help="output folder (default predictions)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    add_flip_flag(p)
     add_threads_flag(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -216,7 +224,8 @@ def cmd_predict(args):
 
     apply_threads(args)
     path = resolve_checkpoint(args.checkpoint)
-    for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha):
+    for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha,
+                                                         flip=args.flip):
         print(f"{source} -> {mask_path}, {overlay_path}")
     return 0
 

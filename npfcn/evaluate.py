@@ -25,17 +25,25 @@ class Evaluation:
         return {"loss": self.loss, **self.metrics}
 
 
-def predict_labels(model, x, score_offset=None):
+def predict_labels(model, x, score_offset=None, flip=False):
     """x: (N, 3, H, W) float -> (labels (N, H, W) int64, scores (N, K, H, W)); eval mode.
 
     score_offset: optional (K,) added to every pixel's scores first (the checkpoint's
     ``score_offset``: ``npfcn.losses.prior_correction`` of the class weights it was
     trained with); the returned scores include it.
+    flip: also score the left-right mirror image and average the two score maps (the
+    second mirrored back): a two-member ensemble of the network with itself, for twice
+    the time.  The prediction then mirrors exactly with the input.
     """
     was_training = model.training
     model.eval()
     try:
         scores = model.forward(x)
+        if flip:
+            scores = scores.copy()      # the second forward may reuse the model's buffers
+            mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))[..., ::-1]
+            scores += mirrored
+            scores *= scores.dtype.type(0.5)
     finally:
         model.train(was_training)
     if score_offset is not None:
@@ -49,11 +57,11 @@ def predict_labels(model, x, score_offset=None):
 
 
 def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None,
-             score_offset=None):
+             score_offset=None, flip=False):
     """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
 
-    score_offset: see ``predict_labels``; the loss is that of the offset scores (the
-    cross-entropy of the class probabilities the prediction stands for).
+    score_offset, flip: see ``predict_labels``; the loss is that of the scores the
+    prediction is the argmax of.
 
     The loss is the pixel-weighted mean over the whole dataset (each batch's mean
     times its counted pixels), so it does not depend on the batch size.
@@ -68,7 +76,7 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
     batches = iterate_batches(dataset, batch_size, rng=None, transform=None,
                               preprocessing=preprocessing, drop_last=False)
     for done, (x, y) in enumerate(batches, start=1):
-        labels, scores = predict_labels(model, x, score_offset)
+        labels, scores = predict_labels(model, x, score_offset, flip)
         counted = int(np.count_nonzero(y != IGNORE_INDEX))
         loss_sum += loss_fn.forward(scores, y) * counted
         pixels += counted

@@ -12,17 +12,17 @@ from .data import read_image      # any format Pillow reads -> (H, W, 3) uint8 R
 from .evaluate import predict_labels
 
 
-def predict_image(model, image, preprocessing="unit", score_offset=None):
-    """image (H, W, 3) uint8 -> labels (H, W) uint8 (class ids); score_offset: see
+def predict_image(model, image, preprocessing="unit", score_offset=None, flip=False):
+    """image (H, W, 3) uint8 -> labels (H, W) uint8 (class ids); score_offset, flip: see
     ``npfcn.evaluate.predict_labels``."""
     from .data.transforms import preprocess
 
     x = preprocess(image, preprocessing).astype(model.dtype, copy=False)[None]
-    labels, _ = predict_labels(model, x, score_offset)
+    labels, _ = predict_labels(model, x, score_offset, flip)
     return labels[0].astype(np.uint8)
 
 
-def predict_files(checkpoint_path, images, output, alpha=0.5):
+def predict_files(checkpoint_path, images, output, alpha=0.5, flip=False):
     """Segment every file in ``images``; yields (input, mask png, overlay png) per file.
 
     Every input is read before the first prediction, so a bad file is reported
@@ -38,7 +38,7 @@ def predict_files(checkpoint_path, images, output, alpha=0.5):
     os.makedirs(output, exist_ok=True)
     used = set()
     for path, image in pictures:
-        labels = predict_image(model, image, preprocessing, score_offset)
+        labels = predict_image(model, image, preprocessing, score_offset, flip)
         stem = os.path.splitext(os.path.basename(path))[0]
         unique, n = stem, 1
         while unique in used:        # two inputs called a.png in different folders

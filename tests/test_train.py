@@ -281,3 +281,32 @@ def test_predictions_undo_the_class_weights(tmp_path, uninterrupted):
 
     unweighted = Trainer(tiny_config(tmp_path, "unweighted", class_weighting="none"), stream=io.StringIO())
     assert unweighted.score_offset is None and unweighted.meta("running")["score_offset"] is None
+
+
+def test_flip_averaging_is_the_mean_of_both_views_and_mirrors_with_the_input(tmp_path, uninterrupted):
+    from npfcn.cli import main
+    from npfcn.evaluate import predict_labels
+
+    result, (_, _, meta) = uninterrupted
+    trainer = Trainer.resume(result.run_dir, stream=io.StringIO())
+    model, offset = trainer.model, np.asarray(meta["score_offset"], np.float32)
+    x = np.random.default_rng(1).random((2, 3, 20, 27)).astype(np.float32)
+    model.eval()
+    plain = model.forward(x).copy()
+    mirrored_view = model.forward(x[..., ::-1].copy())[..., ::-1].copy()
+    model.train()
+    labels, scores = predict_labels(model, x, offset, flip=True)
+    np.testing.assert_allclose(scores, (plain + mirrored_view) / 2 + offset[:, None, None],
+                               rtol=1e-6, atol=1e-6)
+    assert model.training                                   # the mode is restored
+    labels_of_mirror, scores_of_mirror = predict_labels(model, x[..., ::-1].copy(), offset, flip=True)
+    np.testing.assert_array_equal(scores_of_mirror, scores[..., ::-1])     # exactly
+    np.testing.assert_array_equal(labels_of_mirror, labels[..., ::-1])
+
+    out = tmp_path / "eval"
+    checkpoint = os.path.join(result.run_dir, "best.npz")
+    assert main(["eval", "--checkpoint", checkpoint, "--flip", "-o", str(out)]) == 0
+    model.load_state_dict(load_checkpoint(checkpoint).model_state)
+    expected = evaluate(model, trainer.val_set, score_offset=load_checkpoint(checkpoint).meta["score_offset"],
+                        flip=True).hist
+    np.testing.assert_array_equal(json.load(open(out / "eval.json"))["confusion_matrix"], expected)
