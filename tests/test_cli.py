@@ -77,7 +77,7 @@ def test_predict_any_size_and_format(trained, tmp_path, capsys):
 
 def test_predict_applies_the_checkpoints_correction_and_flip(trained, tmp_path):
     """The mask is the argmax of the corrected (and with --flip, mirror-averaged) scores."""
-    from npfcn.checkpoint import load_model
+    from npfcn.checkpoint import load_model, save_checkpoint
     from npfcn.data.transforms import preprocess
     from npfcn.evaluate import predict_labels
     from npfcn.viz import colorize
@@ -85,17 +85,23 @@ def test_predict_applies_the_checkpoints_correction_and_flip(trained, tmp_path):
     runs, run = trained
     checkpoint = load_checkpoint(run / "best.npz")
     model = load_model(checkpoint)
+    # A copy whose correction is large enough to decide every pixel: class 1 everywhere.
+    forced = dict(checkpoint.meta, score_offset=[0.0, 1e4, 0.0, 0.0, 0.0])
+    save_checkpoint(str(tmp_path / "forced.npz"), model, meta=forced)
     image = np.random.default_rng(3).integers(0, 256, (29, 33, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "in.png")
     x = preprocess(image, checkpoint.meta["preprocessing"])[None]
-    for flags, flip in (([], False), (["--flip"], True)):
-        out = tmp_path / f"out{flip}"
-        assert main(["predict", "--checkpoint", str(run / "best.npz"), str(tmp_path / "in.png"),
-                     "-o", str(out), *flags]) == 0
-        labels, _ = predict_labels(model, x, checkpoint.meta["score_offset"], flip=flip)
+    cases = [(run / "best.npz", checkpoint.meta["score_offset"], False),
+             (run / "best.npz", checkpoint.meta["score_offset"], True),
+             (tmp_path / "forced.npz", forced["score_offset"], False)]
+    for index, (path, offset, flip) in enumerate(cases):
+        out = tmp_path / f"out{index}"
+        assert main(["predict", "--checkpoint", str(path), str(tmp_path / "in.png"), "-o", str(out),
+                     *(["--flip"] if flip else [])]) == 0
+        labels = predict_labels(model, x, offset, flip=flip)[0][0].astype(np.uint8)
         with Image.open(out / "in_mask.png") as mask:
-            np.testing.assert_array_equal(np.asarray(mask.convert("RGB")),
-                                          colorize(labels[0].astype(np.uint8)))
+            np.testing.assert_array_equal(np.asarray(mask.convert("RGB")), colorize(labels))
+    assert np.all(labels == 1)
 
 
 def test_resume_through_the_cli_extends_the_run(trained, tmp_path):
