@@ -57,7 +57,7 @@ class TrainingInterrupted(Exception):
 class TrainConfig:
     """Everything that defines a run.  The defaults are the ``npfcn train`` default run:
     a narrow FCN-8s trained from scratch on the synthetic shapes on two cores (see the
-    README for the time and mean IoU it reaches: 14-15 minutes and 0.80-0.83 on a slow
+    README for the time and mean IoU it reaches: 13.5-16 minutes and 0.81-0.85 on a slow
     machine)."""
 
     # model
