@@ -60,11 +60,10 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
              score_offset=None, flip=False):
     """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
 
-    score_offset, flip: see ``predict_labels``; the loss is that of the scores the
-    prediction is the argmax of.
-
     The loss is the pixel-weighted mean over the whole dataset (each batch's mean
-    times its counted pixels), so it does not depend on the batch size.
+    times its counted pixels), so it does not depend on the batch size; it scores the
+    same scores the prediction is the argmax of.
+    score_offset, flip: see ``predict_labels``.
     progress: optional callable ``progress(done_batches, images)`` for a bar.
     """
     from .data import iterate_batches
