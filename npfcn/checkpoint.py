@@ -235,6 +235,7 @@ def load_checkpoint(path):
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: weight {name!r} contains NaN or inf")
     _check_config_fits_weights(path, document, model_state)
+    _check_score_offset(path, document.get("score_offset"), model_state)
     optimizer_state = document.pop("optimizer", None)
     if optimizer_state is not None:
         try:
@@ -245,6 +246,20 @@ def load_checkpoint(path):
         document.pop(key, None)
     return Checkpoint(path=path, model_state=model_state, optimizer_state=optimizer_state,
                       meta=document)
+
+
+def _check_score_offset(path, offset, model_state):
+    """The predictions' per-class score offsets (``npfcn.losses.prior_correction``):
+    absent/None, or one finite number per class (``score_fr.bias`` has one per class)."""
+    if offset is None:
+        return
+    numbers = isinstance(offset, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in offset)
+    bias = model_state.get("score_fr.bias")
+    if not numbers or (bias is not None and len(offset) != bias.shape[0]):
+        classes = "" if bias is None else f" ({bias.shape[0]} classes)"
+        raise CheckpointError(f"{path}: score_offset must hold one finite number per "
+                              f"class{classes}, got {offset!r}")
 
 
 def _check_config_fits_weights(path, document, model_state):

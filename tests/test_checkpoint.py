@@ -192,6 +192,18 @@ def test_other_format_versions_are_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("offset", [[0.0, 1.0], [0.0, 1.0, float("nan")], "abc", [0.0, True, 1.0]])
+def test_a_bad_score_offset_is_refused(tmp_path, offset):
+    model, _ = trained_pair()
+    path = tmp_path / "a.npz"
+    save_checkpoint(path, model, meta={"score_offset": [0.0, -1.0, 0.5]})
+    assert load_checkpoint(path).meta["score_offset"] == [0.0, -1.0, 0.5]
+    _rewrite(path, lambda arrays, meta: meta.__setitem__("score_offset", offset))
+    with pytest.raises(CheckpointError, match=r"a\.npz: score_offset must hold one finite number "
+                                              r"per class \(3 classes\)"):
+        load_checkpoint(path)
+
+
 def test_files_that_are_not_checkpoints(tmp_path):
     plain = tmp_path / "plain.npz"
     np.savez(plain, weights=np.zeros(3))
