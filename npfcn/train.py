@@ -99,9 +99,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     # Processes that share every batch (npfcn.replicas), the threads divided among them.
-    # Measured on 2 cores against one process with 2 threads: 1.0-1.2x the images per
-    # second (median 1.02x at batch 2): not worth a second process by default.  The
-    # results depend on it only through float rounding.
+    # Measured on 2 cores against one process with 2 threads: 1.02-1.1x the images per
+    # second at batch 2 in normal spells of the machine (more in slow ones): not worth a
+    # second process by default.  The results depend on it only through float rounding.
     replicas: int = 1
     # output
     output: str = "runs"
@@ -502,11 +502,12 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def meta(self, status):
+        offset = self.score_offset
         return {
             "config": {"model": dict(self.model.config), "train": self.config.to_dict()},
             "class_names": self.class_names,
             "preprocessing": self.config.preprocessing,
-            "score_offset": None if self.score_offset is None else self.score_offset.tolist(),
+            "score_offset": None if offset is None else offset.tolist(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "rng": {"dropout": self.dropout_state, "data": self.epoch_start_rng},
