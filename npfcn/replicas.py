@@ -5,9 +5,9 @@ short kernels, NumPy calls and Python between them.  One process with two thread
 leaves the second core idle through every serial part; two processes, each on its
 own share of the batch, can keep both cores busy.  Threads inside one process could
 not run the Python parts side by side (the GIL).  Measured on a 2-core machine
-whose cores slow each other down a lot, it hardly pays (median 1.02x the images per
-second at batch 2, ~1.1x at batch 4; README "Replicas"), so one replica is the
-default; the module also shows, in a few lines, how data-parallel training adds up
+whose cores slow each other down a lot, it hardly pays (1.02-1.1x the images per
+second at batch 2 in normal spells of the machine, more in slow ones; README
+"Replicas"), so one replica is the default; the module also shows, in a few lines, how data-parallel training adds up
 gradients exactly.
 
 One step, for a batch of N images and R replicas (the main process is replica 0):
@@ -120,8 +120,9 @@ def _start_helper(weights_memory, grads_memory):
     A fresh interpreter (not a fork: OpenMP and BLAS threads do not survive fork; not
     multiprocessing's spawn: it re-runs the caller's ``__main__``, so a script without
     an ``if __name__ == "__main__"`` guard starts its training again inside the helper,
-    which then dies at start-up - seen with a benchmark script).  Its own session, so a Ctrl-C at the terminal reaches only the main
-    process, which finishes the step, saves and stops the helpers.
+    which then dies at start-up - seen with a benchmark script).  Its own session, so a
+    Ctrl-C at the terminal reaches only the main process, which finishes the step, saves
+    and stops the helpers.
     """
     ours, theirs = socket.socketpair()
     fds = (theirs.fileno(), weights_memory.fd, grads_memory.fd)
