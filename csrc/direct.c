@@ -160,13 +160,13 @@ static void stage_rows_##SUFFIX(const T *xn, const T *maskn, T *stage, int64_t C
  * layers so that the tap loop unrolls. */
 #define NPFCN_VECTORS 3
 #define NPFCN_DIRECT_BLOCK(T, SUFFIX, VEC, VL)                                            \
-NPFCN_INLINE VEC load_##SUFFIX(const T *p)                                               \
+NPFCN_INLINE VEC load_##SUFFIX##_##VL(const T *p)                                         \
 {                                                                                         \
     VEC v;                                                                                \
     memcpy(&v, p, sizeof v);          /* an unaligned vector load */                      \
     return v;                                                                             \
 }                                                                                         \
-NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restrict wb,   \
+NPFCN_INLINE void direct_block_##SUFFIX##_##VL(const T *restrict stage, const T *restrict wb, \
                                          const T bias[NPFCN_OB], int64_t taps_c,          \
                                          int64_t KW, int64_t SW, int64_t s,               \
                                          T *restrict out[NPFCN_OB], int64_t nob,          \
@@ -180,9 +180,9 @@ NPFCN_INLINE void direct_block_##SUFFIX(const T *restrict stage, const T *restri
         const T *row = stage + r * SW + s;                                                \
         const T *wr = wb + r * KW * NPFCN_OB;                                             \
         for (int64_t j = 0; j < KW; ++j) {                                                \
-            const VEC x0 = load_##SUFFIX(row + j);                                        \
-            const VEC x1 = load_##SUFFIX(row + j + VL);                                   \
-            const VEC x2 = load_##SUFFIX(row + j + 2 * VL);                               \
+            const VEC x0 = load_##SUFFIX##_##VL(row + j);                                 \
+            const VEC x1 = load_##SUFFIX##_##VL(row + j + VL);                            \
+            const VEC x2 = load_##SUFFIX##_##VL(row + j + 2 * VL);                        \
             const T *wj = wr + j * NPFCN_OB;                                              \
             const T w0 = wj[0], w1 = wj[1], w2 = wj[2], w3 = wj[3];                       \
             a00 += w0 * x0; a01 += w0 * x1; a02 += w0 * x2;                               \
@@ -212,9 +212,11 @@ NPFCN_INLINE T only_bias_##SUFFIX(const T *bias, int64_t o, int64_t relu)       
     return relu ? relu_##SUFFIX(b) : b;                                                   \
 }
 
-#define NPFCN_DIRECT_FORWARD(T, SUFFIX, VL)                                               \
-NPFCN_CLONES                                                                              \
-void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
+/* The forward pass for one vector width: NAME is direct_conv_forward_<SUFFIX>_<width>,
+ * built with the target attribute TARGET; direct_conv_forward_<SUFFIX> below picks one. */
+#define NPFCN_DIRECT_FORWARD(T, SUFFIX, NAME, TARGET, VL)                                 \
+TARGET                                                                                    \
+static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,                 \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
@@ -255,9 +257,9 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, cons
                 const int64_t count = RX - s < NPFCN_VECTORS * VL ? RX - s : NPFCN_VECTORS * VL; \
                 for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;             \
                 if (KW == 3)        /* a constant: the tap loop unrolls */                \
-                    direct_block_##SUFFIX(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
                 else                                                                      \
-                    direct_block_##SUFFIX(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
                 for (int64_t o = 0; relu && o < nob; ++o)   /* fused ReLU, still in L1 */ \
                     for (int64_t v = 0; v < count; ++v)                                   \
                         dst[o][v] = relu_##SUFFIX(dst[o][v]);                             \
@@ -380,7 +382,9 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
          + (O * C * KH * KW + O) * (int64_t)(sizeof(double) / sizeof(T));                 \
 }
 
-#define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, VL)                                      \
+/* VL: the layout's vector length (rows GW apart, rounded to it, as the scratch);
+ * VEC, of LANES elements (LANES divides VL): the vectors of the bias sums. */
+#define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, LANES, VL)                               \
 NPFCN_CLONES                                                                              \
 void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask, T *dw,  \
         T *db, int64_t N,                                                                 \
@@ -423,11 +427,11 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                         /* in vector lanes (a scalar sum would wait 4 cycles per add: no \
                          * -ffast-math to reorder it), then the lanes in double */        \
                         VEC lane_sums = {0};                                              \
-                        for (int64_t k = 0; k < GW; k += VL)                              \
-                            lane_sums += load_##SUFFIX(gr + k);                           \
-                        T lanes[VL];                                                      \
+                        for (int64_t k = 0; k < GW; k += LANES)                           \
+                            lane_sums += loadw_##SUFFIX(gr + k);                          \
+                        T lanes[LANES];                                                   \
                         memcpy(lanes, &lane_sums, sizeof lanes);                          \
-                        for (int v = 0; v < VL; ++v) partial[wsize + o] += lanes[v];      \
+                        for (int v = 0; v < LANES; ++v) partial[wsize + o] += lanes[v];   \
                     }                                                                     \
                 }                                                                         \
             if (KW == 3) {          /* VGG's 3x3: 4 channels x 3 shifts at once */        \
@@ -477,22 +481,52 @@ NPFCN_STAGE_ROWS(float, f32)
 NPFCN_STAGE_ROWS(double, f64)
 NPFCN_ONLY_BIAS(float, f32)
 NPFCN_ONLY_BIAS(double, f64)
+/* The forward pass keeps 12 vector accumulators: in 64-byte vectors that is 12 of
+ * AVX-512's 32 registers, but 24 of AVX2's 16 - the compiler spilled them to the
+ * stack, and the AVX2 build ran at 2 GFLOP/s (measured on an AMD EPYC, 2026-12-01).
+ * So it is built twice: 64-byte vectors for CPUs with AVX-512, 32-byte vectors
+ * (12 of AVX2's 16 registers) for the rest, and each call takes the one the CPU
+ * suits.  The scratch is sized for the wider (its stage rows are longer). */
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
 typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
+typedef float npfcn_vf32w __attribute__((vector_size(32)));   /* 8 floats */
+typedef double npfcn_vf64w __attribute__((vector_size(32)));  /* 4 doubles */
 NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32, 16)
 NPFCN_DIRECT_BLOCK(double, f64, npfcn_vf64, 8)
-NPFCN_DIRECT_FORWARD(float, f32, 16)
-NPFCN_DIRECT_FORWARD(double, f64, 8)
+NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32w, 8)
+NPFCN_DIRECT_BLOCK(double, f64, npfcn_vf64w, 4)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NPFCN_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define NPFCN_HAS_AVX512() __builtin_cpu_supports("x86-64-v4")
+#else
+#define NPFCN_AVX512
+#define NPFCN_HAS_AVX512() 0
+#endif
+NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_64, NPFCN_AVX512, 16)
+NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_64, NPFCN_AVX512, 8)
+NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_32, NPFCN_CLONES, 8)
+NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_32, NPFCN_CLONES, 4)
+#define NPFCN_DIRECT_FORWARD_DISPATCH(T, SUFFIX)                                          \
+void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
+        T *y, int64_t relu, int64_t N, int64_t C,                                         \
+        int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
+        int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
+        T *scratch)                                                                       \
+{                                                                                         \
+    (NPFCN_HAS_AVX512() ? direct_conv_forward_##SUFFIX##_64 : direct_conv_forward_##SUFFIX##_32)( \
+        x, x_mask, wb, bias, y, relu, N, C, H, W, O, KH, KW, PH, PW, OH, OW,              \
+        oy0, oy1, ox0, ox1, scratch);                                                     \
+}
+NPFCN_DIRECT_FORWARD_DISPATCH(float, f32)
+NPFCN_DIRECT_FORWARD_DISPATCH(double, f64)
 /* The weight gradient streams long rows with mostly unaligned loads (x shifted
  * by 1 and 2): in 32-byte vectors its loop ran 1.3-2x faster than in 64-byte
  * ones on AVX-512 (measured). */
-typedef float npfcn_vf32w __attribute__((vector_size(32)));   /* 8 floats */
-typedef double npfcn_vf64w __attribute__((vector_size(32)));  /* 4 doubles */
 NPFCN_DOT(float, f32, npfcn_vf32w, 8)
 NPFCN_DOT(double, f64, npfcn_vf64w, 4)
 NPFCN_DW3(float, f32, npfcn_vf32w, 8)
 NPFCN_DW3(double, f64, npfcn_vf64w, 4)
 NPFCN_DIRECT_SCRATCH(float, f32, 16)
 NPFCN_DIRECT_SCRATCH(double, f64, 8)
-NPFCN_DIRECT_WEIGHT_GRAD(float, f32, npfcn_vf32, 16)
-NPFCN_DIRECT_WEIGHT_GRAD(double, f64, npfcn_vf64, 8)
+NPFCN_DIRECT_WEIGHT_GRAD(float, f32, npfcn_vf32w, 8, 16)
+NPFCN_DIRECT_WEIGHT_GRAD(double, f64, npfcn_vf64w, 4, 8)
