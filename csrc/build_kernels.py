@@ -110,6 +110,7 @@ CDEF = (
     + _DIRECT_SIGNATURES.format(s="f64", t="double")
     + _RELU_SIGNATURES.format(s="f32", t="float")
     + _RELU_SIGNATURES.format(s="f64", t="double")
+    + "int64_t direct_conv_vector_bytes(int64_t request);\n"
     + "int npfcn_num_threads(void);\n"
     + "void npfcn_set_num_threads(int64_t n);\n"
 )

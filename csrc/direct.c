@@ -486,7 +486,7 @@ NPFCN_ONLY_BIAS(double, f64)
  * stack, and the AVX2 build ran at 2 GFLOP/s (measured on an AMD EPYC, 2026-12-01).
  * So it is built twice: 64-byte vectors for CPUs with AVX-512, 32-byte vectors
  * (12 of AVX2's 16 registers) for the rest, and each call takes the one the CPU
- * suits.  The scratch is sized for the wider (its stage rows are longer). */
+ * suits (direct_conv_vector_bytes).  The scratch is sized for the wider (its stage rows are longer). */
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
 typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
 typedef float npfcn_vf32w __attribute__((vector_size(32)));   /* 8 floats */
@@ -506,6 +506,21 @@ NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_64, NPFCN_AVX512, 16)
 NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_64, NPFCN_AVX512, 8)
 NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_32, NPFCN_CLONES, 8)
 NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_32, NPFCN_CLONES, 4)
+/* The forward pass's vector width in bytes: 0 until the first call picks 64 where the
+ * CPU has AVX-512, else 32.  direct_conv_vector_bytes(32 or 64) sets it (64 only where
+ * the CPU can run it), so that tests run both builds on a CPU that has both;
+ * direct_conv_vector_bytes(0) only reports it.  Returns the width in use. */
+static int64_t npfcn_direct_bytes = 0;
+
+int64_t direct_conv_vector_bytes(int64_t request)
+{
+    if (request == 32 || (request == 64 && NPFCN_HAS_AVX512()))
+        npfcn_direct_bytes = request;
+    else if (npfcn_direct_bytes == 0)
+        npfcn_direct_bytes = NPFCN_HAS_AVX512() ? 64 : 32;
+    return npfcn_direct_bytes;
+}
+
 #define NPFCN_DIRECT_FORWARD_DISPATCH(T, SUFFIX)                                          \
 void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
@@ -513,7 +528,8 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, cons
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
 {                                                                                         \
-    (NPFCN_HAS_AVX512() ? direct_conv_forward_##SUFFIX##_64 : direct_conv_forward_##SUFFIX##_32)( \
+    (direct_conv_vector_bytes(0) == 64 ? direct_conv_forward_##SUFFIX##_64                 \
+                                       : direct_conv_forward_##SUFFIX##_32)(              \
         x, x_mask, wb, bias, y, relu, N, C, H, W, O, KH, KW, PH, PW, OH, OW,              \
         oy0, oy1, ox0, ox1, scratch);                                                     \
 }

@@ -120,6 +120,9 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
 
 NPFCN_DECLARE_DIRECT(float, f32)
 NPFCN_DECLARE_DIRECT(double, f64)
+/* The direct forward pass's vector width in bytes (64: AVX-512, 32: the rest):
+ * request 0 reports it, 32 or 64 chooses it where the CPU can run it. */
+int64_t direct_conv_vector_bytes(int64_t request);
 
 /* ReLU (relu.c): n elements, contiguous. */
 #define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \

@@ -59,6 +59,20 @@ def blocked_weight(w):
     return np.ascontiguousarray(wb.reshape(blocks, BLOCK, -1).transpose(0, 2, 1))
 
 
+def vector_bytes(request=0):
+    """The vector width, in bytes, of the C forward pass: 64 (AVX-512) or 32 (AVX2 and
+    the rest; twelve 64-byte accumulators do not fit AVX2's sixteen registers).
+
+    request 0 only reports it; 32 or 64 chooses it where the CPU can run it (tests run
+    both builds on a CPU that has AVX-512).  None without the C kernel.
+    """
+    if not backend.c_available():
+        return None
+    if request not in (0, 32, 64):
+        raise ValueError(f"vector width must be 0, 32 or 64 bytes, got {request!r}")
+    return int(backend.kernels()[1].direct_conv_vector_bytes(request))
+
+
 def _check(x, w, padding, out_size=None):
     """The sizes direct.c relies on (the callers have checked the user's input).
 

@@ -83,6 +83,13 @@ def _loaded_libraries():
     return sorted(p for p in paths if os.path.isabs(p))
 
 
+def _vector_width():
+    from . import direct
+
+    width = direct.vector_bytes()
+    return "(no C kernel)" if width is None else f"{width} bytes"
+
+
 def info():
     """A dict of everything ``npfcn info`` prints."""
     blas = blas_info()
@@ -93,6 +100,7 @@ def info():
         "kernel backend": backend.active(),
         "C kernel built": backend.c_available(),
         "kernel threads": backend.num_threads(),
+        "direct conv vectors": _vector_width(),
         "BLAS": f"{blas['name']} {blas['version']}",
         "BLAS threads": blas_threads(),
         "CPU cores": os.cpu_count(),

@@ -9,6 +9,10 @@ rounding only: 1e-12 relative to the largest value.  In float32 the longest
 sums here have a few hundred terms (~1e-5 worst case for a random-order sum of
 unit-variance terms); 2e-5 is used, as for the Winograd path.
 """
+import contextlib
+import os
+import platform
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -81,11 +85,37 @@ def test_outputs_that_see_only_padding_are_the_bias():
         direct.conv_forward(x, w, (1, 1), bias=bias.astype(np.float64))
 
 
-@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]))
-def test_matches_the_im2col_reference(case, dtype):
+def _vector_widths():
+    """The forward pass's builds this CPU runs: 32 bytes always, 64 with AVX-512."""
+    if not backend.c_available():
+        return [32]
+    before = direct.vector_bytes()
+    widths = sorted({direct.vector_bytes(32), direct.vector_bytes(64)})
+    direct.vector_bytes(before)
+    return widths
+
+
+VECTOR_WIDTHS = _vector_widths()
+
+
+@contextlib.contextmanager
+def vector_width(width):
+    before = direct.vector_bytes()
+    try:
+        assert direct.vector_bytes(width) == width
+        yield
+    finally:
+        direct.vector_bytes(before)
+
+
+@given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]),
+       width=st.sampled_from(VECTOR_WIDTHS))
+def test_matches_the_im2col_reference(case, dtype, width):
+    """Every build of the forward pass this CPU can run (the input gradient is one too)."""
     x, w = make(case, dtype)
     y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
-    y1, dx1, dw1 = direct_conv(x, w, case["padding"], dy)
+    with vector_width(width):
+        y1, dx1, dw1 = direct_conv(x, w, case["padding"], dy)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert y1.shape == y0.shape and dx1.shape == dx0.shape
     if case["N"] == 0:
@@ -184,3 +214,24 @@ def test_bad_arrays_are_refused_before_the_kernel():
     with pytest.raises(ValueError, match="dw"):
         direct.conv_backward(np.zeros((1, 4, 8, 8), np.float32), x, w, (1, 1),
                              np.zeros(w.size - 1, np.float32))
+
+
+def test_vector_width_is_chosen_by_the_cpu_and_can_be_narrowed():
+    """64 bytes only where the CPU has AVX-512 as x86-64-v4 defines it (its flags in
+    /proc/cpuinfo, where there is one); 32 can always be chosen; other widths are refused."""
+    before = direct.vector_bytes()
+    try:
+        assert before in (32, 64)
+        assert direct.vector_bytes(32) == 32
+        flags = ""
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        if flags and platform.machine() == "x86_64":
+            words = set(flags.split())
+            avx512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= words
+            assert (direct.vector_bytes(64) == 64) == avx512
+        with pytest.raises(ValueError, match="vector width"):
+            direct.vector_bytes(16)
+    finally:
+        direct.vector_bytes(before)
