@@ -486,7 +486,8 @@ NPFCN_ONLY_BIAS(double, f64)
  * stack, and the AVX2 build ran at 2 GFLOP/s (measured on an AMD EPYC, 2026-12-01).
  * So it is built twice: 64-byte vectors for CPUs with AVX-512, 32-byte vectors
  * (12 of AVX2's 16 registers) for the rest, and each call takes the one the CPU
- * suits (direct_conv_vector_bytes).  The scratch is sized for the wider (its stage rows are longer). */
+ * suits (direct_conv_vector_bytes).  The scratch is sized for the wider: its
+ * stage rows are longer. */
 typedef float npfcn_vf32 __attribute__((vector_size(64)));    /* 16 floats */
 typedef double npfcn_vf64 __attribute__((vector_size(64)));   /* 8 doubles */
 typedef float npfcn_vf32w __attribute__((vector_size(32)));   /* 8 floats */
