@@ -88,8 +88,8 @@ class TrainConfig:
     anneal_class_weights: bool = False   # measured: mean IoU 0.763 either way (5 epochs)
     init: str = "lsuv"              # "he" (the model's own) or "lsuv" (rescaled on data, see below)
     # optimisation
-    # Both cores of the AMD EPYC of 2026-12-01: 12 epochs 9:38-9:49 (best mean IoU
-    # 0.838-0.840), 10 epochs 7:00 (0.767); see the README.
+    # Both cores: 12 epochs 7:30 (mean IoU 0.851) on an AMD EPYC with AVX-512 (Zen 4),
+    # 9:38-9:49 (0.838-0.840) on one without (Zen 3); single runs scatter, see the README.
     epochs: int = 12
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
