@@ -24,7 +24,7 @@ DEFAULT_CHECKPOINT = os.path.join(DEFAULT_RUNS, "latest")
 TRAIN_FLAGS = {
     "model": "model", "width": "width", "data": "data", "epochs": "epochs",
     "batch_size": "batch_size", "crop_size": "crop_size", "optimizer": "optimizer", "lr": "lr",
-    "schedule": "schedule", "weight_decay": "weight_decay", "momentum": "momentum",
+    "schedule": "schedule", "warmup": "warmup", "weight_decay": "weight_decay", "momentum": "momentum",
     "seed": "seed", "output": "output", "name": "name", "num_train": "num_train",
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
@@ -51,6 +51,9 @@ def add_train_parser(subparsers):
     p.add_argument("--optimizer", choices=("sgd", "adam"), help=f"default {d.optimizer}")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--schedule", choices=("poly", "constant"), help=f"learning-rate schedule (default {d.schedule})")
+    p.add_argument("--warmup", type=float, metavar="FRACTION",
+                   help=f"raise the learning rate linearly over this fraction of the run's steps "
+                        f"(default {d.warmup:g})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum:g})")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
     p.add_argument("--dropout", type=float, help=f"dropout after fc6/fc7 (default {d.dropout:g})")

@@ -221,3 +221,22 @@ def poly_lr(base_lr, total_steps, power=0.9):
         return base_lr * max(0.0, 1.0 - step / total_steps) ** power
 
     return schedule
+
+
+def linear_warmup(schedule, warmup_steps):
+    """``schedule`` with its first ``warmup_steps`` steps scaled by ``(step + 1) / warmup_steps``.
+
+    The learning rate rises linearly from ``schedule(0) / warmup_steps`` and joins the
+    schedule at step ``warmup_steps - 1``; from there on it is the schedule itself.  Small
+    first steps keep a network from scratch from being thrown about while its weights
+    and gradients are still far from any trained scale (Goyal et al., 2017).
+    """
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) \
+            or warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be a positive int, got {warmup_steps!r}")
+    warmup_steps = int(warmup_steps)
+
+    def warmed(step):
+        return schedule(step) * min(1.0, (step + 1) / warmup_steps)
+
+    return warmed

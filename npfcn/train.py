@@ -95,6 +95,7 @@ class TrainConfig:
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
     lr: float = 0.02
     schedule: str = "poly"      # "poly" (power 0.9) or "constant"
+    warmup: float = 0.0         # fraction of the run's steps over which the lr rises linearly
     clip_grad_norm: float = 5.0  # rescale the gradient to at most this global L2 norm (0: off)
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -138,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("poly", "constant"):
             raise ValueError(f"schedule must be 'poly' or 'constant', got {self.schedule!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) \
+                or not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be a fraction of the run in [0, 1), got {self.warmup!r}")
         if self.class_weighting not in ("none", "sqrt"):
             raise ValueError(f"class weighting must be 'none' or 'sqrt', got {self.class_weighting!r}")
         if self.init not in ("he", "lsuv"):
@@ -259,11 +263,16 @@ def build_optimizer(config, model):
 
 
 def build_schedule(config, total_steps):
-    from .optim import constant_lr, poly_lr
+    """schedule(global step) -> learning rate for a run of ``total_steps`` steps."""
+    from .optim import constant_lr, linear_warmup, poly_lr
 
     if config.schedule == "poly":
-        return poly_lr(config.lr, total_steps, power=0.9)
-    return constant_lr(config.lr)
+        schedule = poly_lr(config.lr, total_steps, power=0.9)
+    else:
+        schedule = constant_lr(config.lr)
+    if config.warmup:
+        schedule = linear_warmup(schedule, max(1, round(config.warmup * total_steps)))
+    return schedule
 
 
 def clip_gradients(model, max_norm):

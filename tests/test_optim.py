@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from npfcn.optim import SGD, Adam, constant_lr, poly_lr
+from npfcn.optim import SGD, Adam, constant_lr, linear_warmup, poly_lr
 
 
 class TinyModel:
@@ -225,6 +225,21 @@ def test_schedules():
                 lambda: poly(-1), lambda: constant_lr(float("inf"))):
         with pytest.raises(ValueError):
             bad()
+
+
+def test_linear_warmup_ramps_up_then_follows_the_schedule():
+    poly = poly_lr(0.1, total_steps=100, power=0.9)
+    warmed = linear_warmup(poly, 10)
+    # step k < 10 runs at (k + 1) / 10 of the schedule; from step 9 on, the schedule itself
+    for step in range(10):
+        assert warmed(step) == pytest.approx(poly(step) * (step + 1) / 10, rel=1e-15)
+    for step in (9, 10, 50, 99, 100):
+        assert warmed(step) == poly(step)
+    assert linear_warmup(constant_lr(0.2), 4)(0) == pytest.approx(0.05, rel=1e-15)
+    assert linear_warmup(poly, 1)(0) == poly(0)         # one step: no warm-up at all
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            linear_warmup(poly, bad)
 
 
 @pytest.mark.parametrize("make", [

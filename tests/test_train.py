@@ -12,7 +12,7 @@ import npfcn.replicas as replicas_module
 import npfcn.train as train_module
 from npfcn.checkpoint import load_checkpoint
 from npfcn.evaluate import evaluate
-from npfcn.train import (Trainer, TrainConfig, TrainingDiverged, TrainingInterrupted,
+from npfcn.train import (Trainer, build_schedule, TrainConfig, TrainingDiverged, TrainingInterrupted,
                          resolve_checkpoint, train)
 
 
@@ -191,6 +191,18 @@ def test_clip_grad_norm_must_be_a_non_negative_number(tmp_path):
     for bad in (-1.0, float("nan"), "5", True):
         with pytest.raises(ValueError, match="clip_grad_norm"):
             tiny_config(tmp_path, "bad", clip_grad_norm=bad).validate()
+
+
+def test_warmup_is_a_fraction_of_the_run(tmp_path):
+    for bad in (-0.1, 1.0, float("nan"), "0.05", True):
+        with pytest.raises(ValueError, match="warmup"):
+            tiny_config(tmp_path, "bad", warmup=bad).validate()
+    # 5 % of a 200-step run: 10 steps rising to the poly schedule's value, then poly itself.
+    config = tiny_config(tmp_path, "warm", warmup=0.05, schedule="poly", lr=0.02)
+    warmed, plain = build_schedule(config, 200), build_schedule(tiny_config(tmp_path, "plain", schedule="poly", lr=0.02), 200)
+    assert warmed(0) == pytest.approx(plain(0) / 10, rel=1e-12)
+    assert warmed(4) == pytest.approx(plain(4) / 2, rel=1e-12)
+    assert [warmed(k) for k in (9, 10, 199)] == [plain(k) for k in (9, 10, 199)]
 
 
 def test_class_weights_fade_to_one_over_the_run(tmp_path):
