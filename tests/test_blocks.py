@@ -17,9 +17,7 @@ pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not 
 def two_threads():
     before = backend.num_threads(), sysinfo.blas_threads()
     sysinfo.set_threads(2)
-    # Checked against the BLAS count on the way out (not 2: under taskset to one CPU the
-    # kernel reports 1 thread, so before[0] is 1).
-    inside = sysinfo.blas_threads()
+    inside = sysinfo.blas_threads()     # what a section inside the test must restore
     yield
     assert sysinfo.blas_threads() == inside         # a section restores what it found
     sysinfo.set_threads(before[0])
