@@ -34,7 +34,7 @@ TRAIN_FLAGS = {
 
 
 def add_train_parser(subparsers):
-    from .train import TrainConfig
+    from .train import INIT_CHOICES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -65,8 +65,9 @@ def add_train_parser(subparsers):
     p.add_argument("--anneal-class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="fade the class weights to 1 over the run (default "
                         f"{'on' if d.anneal_class_weights else 'off'})")
-    p.add_argument("--init", choices=("he", "lsuv"),
-                   help=f"initialisation (default {d.init}: He rescaled to unit variance on data)")
+    p.add_argument("--init", choices=INIT_CHOICES,
+                   help=f"initialisation (default {d.init}): he = He normal; lsuv = He normal "
+                        "rescaled to unit variance on data; orthogonal-lsuv = orthonormal, rescaled")
     p.add_argument("--preprocessing", choices=("unit", "torchvision", "caffe"),
                    help=f"input normalisation (default {d.preprocessing})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")

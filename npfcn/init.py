@@ -53,3 +53,29 @@ def he_normal(shape, rng, dtype=np.float32):
     weights = rng.standard_normal(shape, dtype=dtype)     # drawn directly in the target dtype
     weights *= dtype.type(math.sqrt(2.0 / fan_in))
     return weights
+
+
+def orthogonal(shape, rng, dtype=np.float32):
+    """Orthonormal convolution weights (Saxe et al., 2014), the start that LSUV
+    (Mishkin & Matas, 2016) rescales: shape (out, in, KH, KW), read as an
+    (out, fan_in) matrix with fan_in = in*KH*KW, gets orthonormal rows when
+    out <= fan_in and orthonormal columns otherwise.
+
+    Why not just He normal: a narrow layer draws few filters (conv1_1 of the default
+    network has 4, each 27 numbers), and independent Gaussian draws can come out
+    nearly parallel, so the layer passes on less of its input than it could.
+    Orthonormal filters never overlap.  The matrix is the Q of a Gaussian matrix's
+    QR factorisation with the signs of R's diagonal moved into Q, which makes it
+    uniformly (Haar) distributed instead of biased by the factorisation's sign choice.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if len(shape) < 2 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be (out, in, ...) with positive sizes, got {shape!r}")
+    out, fan_in = int(shape[0]), int(np.prod(shape[1:]))
+    tall = rng.standard_normal((max(out, fan_in), min(out, fan_in)))   # float64: QR accuracy
+    q, r = np.linalg.qr(tall)             # q: orthonormal columns
+    q *= np.sign(np.diag(r))
+    matrix = q if out >= fan_in else q.T   # (out, fan_in)
+    return matrix.reshape(shape).astype(dtype)

@@ -160,8 +160,56 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, uninterrupted):
         Trainer(config, stream=io.StringIO()).run()
 
 
+def lsuv_batch(trainer):
+    """The batch Trainer rescales on: the first 8 training images in order."""
+    from npfcn.data import iterate_batches
+
+    x, _ = next(iterate_batches(trainer.train_set, 8, preprocessing=trainer.config.preprocessing))
+    return x
+
+
+def encoder_conv_outputs(model, x):
+    """{conv name: its output}, after the ReLU fused into it, as lsuv_init measures it."""
+    outputs, h = {}, x
+    model.eval()
+    for name, module in model.encoder.steps:
+        h = module.forward(h)
+        if name in model.encoder.convs:
+            outputs[name] = h
+    return outputs
+
+
+@pytest.mark.parametrize("init", ["lsuv", "orthogonal-lsuv"])
+def test_lsuv_gives_every_encoder_convolution_unit_variance_on_its_batch(tmp_path, init):
+    trainer = Trainer(tiny_config(tmp_path, init, init=init, num_train=8), stream=io.StringIO())
+    stds = {name: float(y.std()) for name, y in
+            encoder_conv_outputs(trainer.model, lsuv_batch(trainer)).items()}
+    # float32 forward passes recomputed in another order: agreement to ~1e-6, far below
+    # the factor 2-100 by which He-normal layers' output deviations differ from 1.
+    np.testing.assert_allclose(list(stds.values()), 1.0, rtol=1e-4, err_msg=str(stds))
+    he = Trainer(tiny_config(tmp_path, "he", init="he", num_train=8), stream=io.StringIO())
+    he_stds = [float(y.std()) for y in encoder_conv_outputs(he.model, lsuv_batch(he)).values()]
+    assert max(abs(s - 1) for s in he_stds) > 0.1     # the test can tell rescaled from not
+
+
+def test_orthogonal_lsuv_draws_orthogonal_filters_of_equal_length(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "orth", init="orthogonal-lsuv"), stream=io.StringIO())
+    for name, conv in trainer.model.encoder.convs.items():
+        matrix = conv.params["weight"].reshape(conv.params["weight"].shape[0], -1).astype(np.float64)
+        out, fan_in = matrix.shape
+        gram = matrix @ matrix.T if out <= fan_in else matrix.T @ matrix
+        # LSUV scales the orthonormal matrix by one number: the Gram matrix is c * I.
+        np.testing.assert_allclose(gram / gram[0, 0], np.eye(min(out, fan_in)), atol=1e-5,
+                                   err_msg=name)
+    he = Trainer(tiny_config(tmp_path, "lsuv", init="lsuv"), stream=io.StringIO())
+    matrix = he.model.params["conv1_1.weight"].reshape(he.model.params["conv1_1.weight"].shape[0], -1)
+    gram = matrix @ matrix.T
+    assert not np.allclose(gram / gram[0, 0], np.eye(len(gram)), atol=1e-5)
+
+
 def test_bad_configs_are_refused(tmp_path):
-    for bad in (dict(epochs=0), dict(lr=-1.0), dict(model="fcn4s"), dict(optimizer="rmsprop")):
+    for bad in (dict(epochs=0), dict(lr=-1.0), dict(model="fcn4s"), dict(optimizer="rmsprop"),
+                dict(init="orthogonal")):
         with pytest.raises(ValueError):
             tiny_config(tmp_path, "bad", **bad).validate()
 
