@@ -89,11 +89,15 @@ class TrainConfig:
     anneal_class_weights: bool = False   # measured: mean IoU 0.763 either way (5 epochs)
     # "he" (the model's own He normal draw), "lsuv" (that draw rescaled on data, see
     # lsuv_init) or "orthogonal-lsuv" (orthonormal draws rescaled on data: LSUV as its
-    # paper defines it, see orthogonal_init)
-    init: str = "lsuv"
+    # paper defines it, see orthogonal_init).  Measured over 12 epochs, seeds 0-3, one
+    # core each (Zen 3): orthogonal-lsuv 0.824 / 0.820 / 0.793 / 0.819; with lsuv one
+    # run in three or four sits on a plateau for epochs 2-5 (seed 2: 0.318 at epoch 4
+    # against 0.545) and ends far lower.
+    init: str = "orthogonal-lsuv"
     # optimisation
-    # Both cores: 12 epochs 7:30 (mean IoU 0.851) on an AMD EPYC with AVX-512 (Zen 4),
-    # 9:38-9:49 (0.838-0.840) on one without (Zen 3); single runs scatter, see the README.
+    # Both cores: 12 epochs 7:30 (mean IoU 0.851, --init lsuv) on an AMD EPYC with AVX-512
+    # (Zen 4), 9:38-9:49 (0.838-0.840, lsuv) and 11:16 (0.808; 34-40 images/s against
+    # 41 the day before) on one without (Zen 3); single runs scatter, see the README.
     epochs: int = 12
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
