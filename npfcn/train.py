@@ -90,9 +90,9 @@ class TrainConfig:
     # "he" (the model's own He normal draw), "lsuv" (that draw rescaled on data, see
     # lsuv_init) or "orthogonal-lsuv" (orthonormal draws rescaled on data: LSUV as its
     # paper defines it, see orthogonal_init).  Measured over 12 epochs, seeds 0-3, one
-    # core each (Zen 3): orthogonal-lsuv 0.824 / 0.820 / 0.793 / 0.819; with lsuv one
-    # run in three or four sits on a plateau for epochs 2-5 (seed 2: 0.318 at epoch 4
-    # against 0.545) and ends far lower.
+    # core each (Zen 3): orthogonal-lsuv 0.824 / 0.820 / 0.793 / 0.819, lsuv 0.801 /
+    # 0.834 / 0.636 / 0.755 (seed 2 on a plateau at the start).  Seed 5 stalls with
+    # either (0.578 at the end with orthogonal-lsuv): rarer, not cured; see the README.
     init: str = "orthogonal-lsuv"
     # optimisation
     # Both cores: 12 epochs 7:30 (mean IoU 0.851, --init lsuv) on an AMD EPYC with AVX-512
