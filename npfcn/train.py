@@ -234,11 +234,11 @@ def orthogonal_init(model, seed):
 
 def lsuv_init(model, x):
     """Data-dependent rescaling of the encoder's freshly drawn convolutions, He normal or
-    orthonormal (LSUV, Mishkin & Matas 2016): in forward order, divide each convolution's
-    weights by the standard deviation of its output on the batch ``x``, so every layer starts with
-    unit-variance outputs on real images.  A deep plain ReLU stack without batch
-    normalisation then starts learning far sooner.  Runs in eval mode (no dropout
-    masks drawn, so the model's random stream is untouched).
+    orthonormal (LSUV, Mishkin & Matas 2016): in forward order, divide each
+    convolution's weights by the standard deviation of its output on the batch ``x``, so
+    every layer starts with unit-variance outputs on real images.  A deep plain ReLU
+    stack without batch normalisation then starts learning far sooner.  Runs in eval
+    mode (no dropout masks drawn, so the model's random stream is untouched).
     """
     from .layers import Conv2d
 
