@@ -29,7 +29,7 @@ TRAIN_FLAGS = {
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
-    "anneal_class_weights": "anneal_class_weights", "replicas": "replicas",
+    "anneal_class_weights": "anneal_class_weights", "replicas": "replicas", "lars": "lars",
 }
 
 
@@ -55,6 +55,10 @@ def add_train_parser(subparsers):
                    help=f"raise the learning rate linearly over this fraction of the run's steps "
                         f"(default {d.warmup:g})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum:g})")
+    p.add_argument("--lars", type=float, metavar="TRUST",
+                   help=f"layer-wise adaptive rate scaling for SGD: each encoder layer steps by "
+                        f"lr*TRUST of its weights' norm; 0: off (default {d.lars:g}; "
+                        f"SGD only, as --momentum)")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
     p.add_argument("--dropout", type=float, help=f"dropout after fc6/fc7 (default {d.dropout:g})")
     p.add_argument("--learn-upsampling", action=argparse.BooleanOptionalAction, default=None,

@@ -128,27 +128,57 @@ class SGD(Optimizer):
     """SGD with momentum and L2 weight decay (PyTorch's rule, dampening 0, no Nesterov).
 
         g = grad + weight_decay * p        (weights only, not biases)
+        g = trust(p, grad) * g             (only the tensors named in ``layerwise``)
         v = momentum * v + g
         p = p - lr * v
+
+    ``layerwise`` with ``trust_coefficient`` > 0 is LARS, layer-wise adaptive rate
+    scaling (You, Gitman & Ginsburg 2017): each named tensor's gradient is rescaled to
+    ``trust_coefficient * |p| / (|grad| + weight_decay * |p|)`` (L2 norms over the
+    tensor; 1 when a norm is 0), so a step moves every such layer by the same fraction
+    of its own norm, ``lr * trust_coefficient`` before momentum - whether its
+    gradient is large (a layer summing over a 326x326 map) or small (fc7, 1x1 on a 5x5
+    map).  The trust coefficient is configuration, like the schedule: not in the
+    state dict.
     """
 
     KIND = "sgd"
     HYPERPARAMETERS = ("momentum", "weight_decay")
 
-    def __init__(self, model, lr=1e-3, momentum=0.9, weight_decay=5e-4):
+    def __init__(self, model, lr=1e-3, momentum=0.9, weight_decay=5e-4, trust_coefficient=0.0,
+                 layerwise=()):
         self.momentum = _check_number(momentum, "momentum", 0.0, high=1.0)
         self.weight_decay = _check_number(weight_decay, "weight_decay", 0.0)
+        self.trust_coefficient = _check_number(trust_coefficient, "trust_coefficient", 0.0)
         self.BUFFERS = ("momentum_buffer",) if self.momentum > 0 else ()
         super().__init__(model, lr)
+        unknown = sorted(set(layerwise) - set(self.names))
+        if unknown:
+            raise ValueError(f"layerwise names {unknown} are not trainable parameters of the model")
+        self.layerwise = frozenset(layerwise) if self.trust_coefficient > 0 else frozenset()
+
+    def trust(self, name, param, grad):
+        """The factor LARS scales ``name``'s gradient by (1 for the other tensors)."""
+        if name not in self.layerwise:
+            return 1.0
+        p_norm = float(np.linalg.norm(param.ravel().astype(np.float64)))
+        g_norm = float(np.linalg.norm(grad.ravel().astype(np.float64)))
+        decay = self.weight_decay if decays(name) else 0.0
+        if p_norm == 0.0 or g_norm == 0.0:
+            return 1.0
+        return self.trust_coefficient * p_norm / (g_norm + decay * p_norm)
 
     def _update(self, name, param, grad):
         dtype = param.dtype.type
         lr, momentum = dtype(self.lr), dtype(self.momentum)
         decay = dtype(self.weight_decay if decays(name) else 0.0)
+        scale = dtype(self.trust(name, param, grad))
         arrays = (param, grad) + ((self.state["momentum_buffer"][name],) if self.momentum else ())
         for p, g, *velocity in _blocks(*arrays):
             if decay:
                 g = g + decay * p             # a block-sized temporary; grad stays as it is
+            if scale != 1:
+                g = scale * g
             if velocity:
                 v = velocity[0]
                 v *= momentum

@@ -267,3 +267,81 @@ def test_blockwise_update_equals_the_whole_array_update(make, monkeypatch):
         results.append(model.params)
     for k in results[0]:
         np.testing.assert_array_equal(results[0][k], results[1][k])
+
+
+# --- LARS -----------------------------------------------------------------------------
+
+def lars_model(dtype=np.float64):
+    model = TinyModel(dtype)
+    model.grads["a.weight"][...] = np.arange(6, dtype=dtype).reshape(3, 2) - 2.5
+    model.grads["a.bias"][...] = [0.5, -1.0, 2.0]
+    return model
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_lars_step_by_hand(weight_decay):
+    """Without momentum one LARS step moves the named tensor along -(g + decay*w) by
+    exactly lr * trust * |w| / (|g| + decay*|w|) times that vector, and leaves the
+    tensors it does not name to plain SGD."""
+    model = lars_model()
+    w0, g = model.params["a.weight"].copy(), model.grads["a.weight"].copy()
+    b0, gb = model.params["a.bias"].copy(), model.grads["a.bias"].copy()
+    opt = SGD(model, lr=0.1, momentum=0.0, weight_decay=weight_decay, trust_coefficient=0.05,
+              layerwise=["a.weight"])
+    opt.step()
+    w_norm, g_norm = np.sqrt((w0 ** 2).sum()), np.sqrt((g ** 2).sum())
+    ratio = 0.05 * w_norm / (g_norm + weight_decay * w_norm)
+    np.testing.assert_allclose(model.params["a.weight"], w0 - 0.1 * ratio * (g + weight_decay * w0),
+                               rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(model.params["a.bias"], b0 - 0.1 * gb, rtol=1e-14)   # not named
+
+
+def test_lars_moves_every_named_layer_by_the_same_fraction_of_its_norm():
+    """The point of LARS: gradients 1e-4 and 1e4 times as large give steps of the same
+    relative size, lr * trust (no decay, no momentum)."""
+    model = TinyModel()
+    model.params["b.weight"] = np.full((5, 5), 3.0)
+    model.grads["b.weight"] = np.full((5, 5), 1e4)
+    model.grads["a.weight"][...] = 1e-4
+    model.trainable = ["a.weight", "b.weight"]
+    before = {k: model.params[k].copy() for k in model.trainable}
+    SGD(model, lr=0.5, momentum=0.0, weight_decay=0.0, trust_coefficient=0.02,
+        layerwise=model.trainable).step()
+    for k in model.trainable:
+        moved = np.linalg.norm(model.params[k] - before[k]) / np.linalg.norm(before[k])
+        assert moved == pytest.approx(0.5 * 0.02, rel=1e-12), k
+
+
+def test_lars_leaves_zero_tensors_to_plain_sgd_and_can_be_off():
+    model = lars_model()
+    model.params["a.weight"][...] = 0.0          # a trust ratio of 0 would freeze it
+    g = model.grads["a.weight"].copy()
+    SGD(model, lr=0.1, momentum=0.0, weight_decay=0.0, trust_coefficient=0.05,
+        layerwise=["a.weight"]).step()
+    np.testing.assert_allclose(model.params["a.weight"], -0.1 * g, rtol=1e-15)
+    plain, off = lars_model(), lars_model()
+    SGD(plain, lr=0.1, momentum=0.9, weight_decay=0.0).step()
+    SGD(off, lr=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.0,
+        layerwise=["a.weight"]).step()
+    np.testing.assert_array_equal(plain.params["a.weight"], off.params["a.weight"])
+
+
+def test_lars_with_momentum_accumulates_the_scaled_gradient():
+    model = lars_model()
+    opt = SGD(model, lr=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.05,
+              layerwise=["a.weight"])
+    w0, g = model.params["a.weight"].copy(), model.grads["a.weight"].copy()
+    scaled0 = 0.05 * np.linalg.norm(w0) / np.linalg.norm(g) * g
+    opt.step()
+    w1 = model.params["a.weight"].copy()
+    scaled1 = 0.05 * np.linalg.norm(w1) / np.linalg.norm(g) * g
+    opt.step()
+    np.testing.assert_allclose(model.params["a.weight"], w1 - 0.1 * (0.9 * scaled0 + scaled1),
+                               rtol=1e-13)
+
+
+def test_lars_refuses_names_that_are_not_trainable():
+    with pytest.raises(ValueError, match="frozen.weight"):
+        SGD(lars_model(), lr=0.1, trust_coefficient=0.05, layerwise=["frozen.weight"])
+    with pytest.raises(ValueError, match="trust_coefficient"):
+        SGD(lars_model(), lr=0.1, trust_coefficient=-1.0, layerwise=["a.weight"])

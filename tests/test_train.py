@@ -371,3 +371,39 @@ def test_flip_averaging_is_the_mean_of_both_views_and_mirrors_with_the_input(tmp
     expected = evaluate(model, trainer.val_set, score_offset=load_checkpoint(checkpoint).meta["score_offset"],
                         flip=True).hist
     np.testing.assert_array_equal(json.load(open(out / "eval.json"))["confusion_matrix"], expected)
+
+
+def test_lars_scales_the_encoder_weights_only(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "lars", lars=0.05), stream=io.StringIO())
+    encoder = {f"{name}.weight" for name in trainer.model.encoder.convs}
+    assert trainer.optimizer.layerwise == encoder
+    assert "fc7.weight" in encoder and "conv1_1.weight" in encoder
+    # Not the biases, the zero-started score layers or the upsampling kernels.
+    assert not {"conv1_1.bias", "score_fr.weight", "score_pool3.weight", "upscore8.weight"} & encoder
+    off = Trainer(tiny_config(tmp_path, "nolars", lars=0.0), stream=io.StringIO())
+    assert off.optimizer.layerwise == frozenset()
+
+
+def test_lars_must_be_a_non_negative_number(tmp_path):
+    for bad in (-0.1, float("nan"), "0.05", True):
+        with pytest.raises(ValueError, match="lars"):
+            tiny_config(tmp_path, "bad", lars=bad).validate()
+
+
+def test_a_run_saved_before_lars_existed_resumes_without_it(tmp_path, uninterrupted):
+    """A checkpoint whose config has no "lars" trained with plain SGD: resuming it must
+    not switch LARS on (the default now) half way through."""
+    from npfcn.checkpoint import save_checkpoint
+
+    result, _ = uninterrupted
+    old = load_checkpoint(os.path.join(result.run_dir, "last.npz"))
+    meta = {key: value for key, value in old.meta.items()
+            if key not in ("optimizer", "format", "version", "checksum")}
+    meta["config"] = json.loads(json.dumps(meta["config"]))
+    del meta["config"]["train"]["lars"]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    path = save_checkpoint(str(folder / "last.npz"), old.model_state, old.optimizer_state, meta)
+    trainer = Trainer.resume(path, stream=io.StringIO())
+    assert trainer.config.lars == 0.0 and trainer.optimizer.layerwise == frozenset()
+    assert TrainConfig().lars > 0                       # while new runs use it
