@@ -161,8 +161,9 @@ class SGD(Optimizer):
         """The factor LARS scales ``name``'s gradient by (1 for the other tensors)."""
         if name not in self.layerwise:
             return 1.0
-        p_norm = float(np.linalg.norm(param.ravel().astype(np.float64)))
-        g_norm = float(np.linalg.norm(grad.ravel().astype(np.float64)))
+        # In the tensors' own dtype (BLAS nrm2, no float64 copy of fc6's 400k weights
+        # every step): a trust ratio needs no more than float32's 7 digits.
+        p_norm, g_norm = float(np.linalg.norm(param.ravel())), float(np.linalg.norm(grad.ravel()))
         decay = self.weight_decay if decays(name) else 0.0
         if p_norm == 0.0 or g_norm == 0.0:
             return 1.0
