@@ -96,8 +96,8 @@ class TrainConfig:
     init: str = "orthogonal-lsuv"
     # optimisation
     # Both cores: 12 epochs 7:30 (mean IoU 0.851, --init lsuv) on an AMD EPYC with AVX-512
-    # (Zen 4), 9:38-9:49 (0.838-0.840, lsuv) and 11:16 (0.808; 34-40 images/s against
-    # 41 the day before) on one without (Zen 3); single runs scatter, see the README.
+    # (Zen 4), 9:38-9:49 (0.838-0.840, lsuv), 11:16 (0.808) and, with LARS, 11:45 (0.838;
+    # 29-40 images/s against 41 the day before) on one without (Zen 3); see the README.
     epochs: int = 12
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
