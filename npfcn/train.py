@@ -112,8 +112,8 @@ class TrainConfig:
     # (npfcn.optim.SGD).  Without it the relative step per layer spans 30x - fc7, a 1x1
     # layer on a 5x5 map, moved by 2e-4 of its norm per step, conv1_2 by 5e-3 - and one
     # draw in six sat on a plateau for most of the run.  Measured (Zen 3, one core, 12
-    # epochs, seeds 0 / 2 / 5): 0.825 / 0.826 / 0.839 against 0.824 / 0.793 / 0.578 without;
-    # 0.05: 0.806 / - / 0.776; see the README.
+    # epochs, seeds 0-5): 0.825 0.830 0.826 0.792 0.806 0.839 against 0.824 0.820 0.793
+    # 0.819 0.827 0.578 without (seed 5 the plateau); 0.05: 0.806 (seed 0), 0.776 (5).
     lars: float = 0.1
     seed: int = 0
     # Processes that share every batch (npfcn.replicas), the threads divided among them.
