@@ -82,13 +82,13 @@ _DIRECT_SIGNATURES = """
 void direct_conv_forward_{s}(const {t} *x, const {t} *x_mask, const {t} *wb,
                 const {t} *bias, {t} *y, int64_t relu, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,
-                int64_t PW, int64_t OH, int64_t OW, const int64_t *rects, int64_t nrects,
-                const {t} *fill, {t} *scratch);
+                int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,
+                int64_t ox1, {t} *scratch);
 void direct_conv_weight_grad_{s}(const {t} *x, const {t} *dy, const {t} *dy_mask, {t} *dw,
                 {t} *db, int64_t N,
                 int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
-                int64_t PH, int64_t PW, int64_t OH, int64_t OW, const int64_t *rects,
-                int64_t nrects, {t} *scratch);
+                int64_t PH, int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1,
+                int64_t ox0, int64_t ox1, {t} *scratch);
 int64_t direct_conv_scratch_{s}(int64_t weight_grad, int64_t C, int64_t O, int64_t KH,
                 int64_t KW, int64_t RX);
 """

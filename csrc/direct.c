@@ -204,36 +204,6 @@ NPFCN_INLINE void direct_block_##SUFFIX##_##VL(const T *restrict stage, const T 
     }                                                                                     \
 }
 
-/* The same for at most VL outputs: 4 channels x 1 vector.  Narrow rectangles (the
- * frame of npfcn.regions, 1-5 columns wide) and the ragged ends of rows would
- * otherwise pay for three vectors of outputs.  Four chains do not hide the
- * multiply-add latency as twelve do, but they are a small share of the work. */
-#define NPFCN_DIRECT_BLOCK1(T, SUFFIX, VEC, VL)                                           \
-NPFCN_INLINE void direct_block1_##SUFFIX##_##VL(const T *restrict stage, const T *restrict wb, \
-                                          const T bias[NPFCN_OB], int64_t taps_c,         \
-                                          int64_t KW, int64_t SW, int64_t s,              \
-                                          T *restrict out[NPFCN_OB], int64_t nob,         \
-                                          int64_t count)                                  \
-{                                                                                         \
-    const VEC zero = {0};                                                                 \
-    VEC a0 = zero + bias[0], a1 = zero + bias[1], a2 = zero + bias[2], a3 = zero + bias[3]; \
-    for (int64_t r = 0; r < taps_c; ++r) {                                                \
-        const T *row = stage + r * SW + s;                                                \
-        const T *wr = wb + r * KW * NPFCN_OB;                                             \
-        for (int64_t j = 0; j < KW; ++j) {                                                \
-            const VEC x0 = load_##SUFFIX##_##VL(row + j);                                 \
-            const T *wj = wr + j * NPFCN_OB;                                              \
-            a0 += wj[0] * x0; a1 += wj[1] * x0; a2 += wj[2] * x0; a3 += wj[3] * x0;       \
-        }                                                                                 \
-    }                                                                                     \
-    const VEC *acc[NPFCN_OB] = {&a0, &a1, &a2, &a3};                                      \
-    for (int64_t o = 0; o < nob; ++o) {                                                   \
-        T lanes[VL];                                                                      \
-        memcpy(lanes, acc[o], sizeof(VEC));                                               \
-        memcpy(out[o], lanes, (size_t)count * sizeof(T));                                 \
-    }                                                                                     \
-}
-
 /* An output that sees only padding: its bias (0 without one), through the ReLU if fused. */
 #define NPFCN_ONLY_BIAS(T, SUFFIX)                                                        \
 NPFCN_INLINE T only_bias_##SUFFIX(const T *bias, int64_t o, int64_t relu)                 \
@@ -249,13 +219,10 @@ TARGET                                                                          
 static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,                 \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
-        int64_t OH, int64_t OW, const int64_t *rects, int64_t nrects, const T *fill,     \
+        int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
 {                                                                                         \
-    int64_t RXmax = 0;                                                                    \
-    for (int64_t r = 0; r < nrects; ++r)                                                  \
-        if (rects[4 * r + 3] - rects[4 * r + 2] > RXmax) RXmax = rects[4 * r + 3] - rects[4 * r + 2]; \
-    const int64_t SWmax = RXmax + KW - 1 + NPFCN_VECTORS * VL;                            \
+    const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + NPFCN_VECTORS * VL;                  \
     const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
     const int64_t tasks = N * OH;                                                         \
     int64_t task;                                                                         \
@@ -263,51 +230,39 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
     for (task = 0; task < tasks; ++task) {                                                \
         const int64_t n = task / OH, oy = task % OH;                                      \
         T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
-        T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SWmax;                 \
-        int64_t done = 0;           /* columns [0, done) of this row are written */       \
-        for (int64_t r = 0; r <= nrects; ++r) {                                           \
-            /* the rectangles are sorted by column and do not overlap; r == nrects       \
-             * fills the rest of the row */                                               \
-            int64_t ox0 = OW, ox1 = OW;                                                   \
-            if (r < nrects) {                                                             \
-                const int64_t *rect = rects + 4 * r;    /* (y0, y1, x0, x1) */            \
-                if (oy < rect[0] || oy >= rect[1] || rect[3] <= rect[2]) continue;        \
-                ox0 = rect[2];                                                            \
-                ox1 = rect[3];                                                            \
+        if (oy < oy0 || oy >= oy1 || RX <= 0) {     /* sees no input: just the bias */    \
+            for (int64_t o = 0; o < O; ++o)                                               \
+                fill_##SUFFIX(yrow + o * OH * OW, only_bias_##SUFFIX(bias, o, relu), OW); \
+            continue;                                                                     \
+        }                                                                                 \
+        T *stage = scratch + (int64_t)npfcn_thread_id() * taps_c * SW;                    \
+        stage_rows_##SUFFIX(x + n * C * H * W, x_mask ? x_mask + n * C * H * W : NULL,    \
+                            stage, C, H, W, KH, oy, PH, PW, ox0, SW);                     \
+        for (int64_t b = 0; b < blocks; ++b) {                                            \
+            const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
+            T *out[NPFCN_OB];                                                             \
+            T bq[NPFCN_OB];                                                               \
+            for (int64_t o = 0; o < NPFCN_OB; ++o) {                                      \
+                out[o] = yrow + (b * NPFCN_OB + (o < nob ? o : 0)) * OH * OW;             \
+                bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                     \
             }                                                                             \
-            for (int64_t o = 0; o < O; ++o)     /* outside every rectangle: a constant */ \
-                fill_##SUFFIX(yrow + o * OH * OW + done,                                  \
-                              fill ? fill[o] : only_bias_##SUFFIX(bias, o, relu), ox0 - done); \
-            done = ox1;                                                                   \
-            if (r == nrects) break;                                                       \
-            const int64_t RX = ox1 - ox0, SW = RX + KW - 1 + NPFCN_VECTORS * VL;          \
-            stage_rows_##SUFFIX(x + n * C * H * W, x_mask ? x_mask + n * C * H * W : NULL,\
-                                stage, C, H, W, KH, oy, PH, PW, ox0, SW);                 \
-            for (int64_t b = 0; b < blocks; ++b) {                                        \
-                const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
-                T *out[NPFCN_OB];                                                         \
-                T bq[NPFCN_OB];                                                           \
-                for (int64_t o = 0; o < NPFCN_OB; ++o) {                                  \
-                    out[o] = yrow + (b * NPFCN_OB + (o < nob ? o : 0)) * OH * OW;         \
-                    bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                 \
-                }                                                                         \
-                const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                        \
-                for (int64_t s = 0; s < RX; s += NPFCN_VECTORS * VL) {                    \
-                    T *dst[NPFCN_OB];                                                     \
-                    const int64_t count = RX - s < NPFCN_VECTORS * VL ? RX - s : NPFCN_VECTORS * VL; \
-                    for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;         \
-                    if (count <= VL && KW == 3)     /* one vector is enough */            \
-                        direct_block1_##SUFFIX##_##VL(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
-                    else if (count <= VL)                                                 \
-                        direct_block1_##SUFFIX##_##VL(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
-                    else if (KW == 3)   /* a constant: the tap loop unrolls */            \
-                        direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
-                    else                                                                  \
-                        direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
-                    for (int64_t o = 0; relu && o < nob; ++o)   /* fused ReLU, still in L1 */ \
-                        for (int64_t v = 0; v < count; ++v)                               \
-                            dst[o][v] = relu_##SUFFIX(dst[o][v]);                         \
-                }                                                                         \
+            for (int64_t o = 0; o < nob; ++o) {                                           \
+                const T edge = only_bias_##SUFFIX(bias, b * NPFCN_OB + o, relu);          \
+                fill_##SUFFIX(out[o], edge, ox0);                                         \
+                fill_##SUFFIX(out[o] + ox1, edge, OW - ox1);                              \
+            }                                                                             \
+            const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
+            for (int64_t s = 0; s < RX; s += NPFCN_VECTORS * VL) {                        \
+                T *dst[NPFCN_OB];                                                         \
+                const int64_t count = RX - s < NPFCN_VECTORS * VL ? RX - s : NPFCN_VECTORS * VL; \
+                for (int o = 0; o < NPFCN_OB; ++o) dst[o] = out[o] + ox0 + s;             \
+                if (KW == 3)        /* a constant: the tap loop unrolls */                \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, 3, SW, s, dst, nob, count); \
+                else                                                                      \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, KW, SW, s, dst, nob, count); \
+                for (int64_t o = 0; relu && o < nob; ++o)   /* fused ReLU, still in L1 */ \
+                    for (int64_t v = 0; v < count; ++v)                                   \
+                        dst[o][v] = relu_##SUFFIX(dst[o][v]);                             \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
@@ -402,9 +357,9 @@ NPFCN_INLINE void dw3_##SUFFIX(const T *const g[NPFCN_OB], const T *restrict x, 
  * dy's block (O planes of rows) and the partial sums (doubles). */
 #define NPFCN_DW_MIN_DOT 2048   /* block rows: dots at least this long (or the image) */
 #define NPFCN_DIRECT_SCRATCH(T, SUFFIX, VL)                                               \
-static int64_t dw_row_##SUFFIX(int64_t RX, int64_t KW)   /* never 0: a divisor below */   \
+static int64_t dw_row_##SUFFIX(int64_t RX, int64_t KW)                                    \
 {                                                                                         \
-    return ((RX > 1 ? RX : 1) + KW - 1 + VL - 1) / VL * VL;                               \
+    return ((RX > 0 ? RX : 0) + KW - 1 + VL - 1) / VL * VL;                               \
 }                                                                                         \
 static int64_t dw_block_rows_##SUFFIX(int64_t RX, int64_t KW)                             \
 {                                                                                         \
@@ -434,28 +389,18 @@ NPFCN_CLONES                                                                    
 void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask, T *dw,  \
         T *db, int64_t N,                                                                 \
         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,  \
-        int64_t PW, int64_t OH, int64_t OW, const int64_t *rects, int64_t nrects,        \
-        T *scratch)                                                                       \
+        int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,       \
+        int64_t ox1, T *scratch)                                                          \
 {                                                                                         \
+    const int64_t RX = ox1 - ox0, RY = oy1 - oy0, GW = dw_row_##SUFFIX(RX, KW);           \
     const int64_t wsize = O * C * KH * KW, threads = npfcn_num_threads();                 \
-    /* each thread's slice: its partial sums (dw's, then db's, in double) first, then    \
-     * the staging of the rectangle at hand; sized for the widest rectangle */          \
-    const int64_t partial_len = (wsize + O) * (int64_t)(sizeof(double) / sizeof(T));      \
-    int64_t slice = partial_len;                                                          \
-    for (int64_t r = 0; r < nrects; ++r) {                                                \
-        const int64_t need = direct_conv_scratch_##SUFFIX(1, C, O, KH, KW, rects[4 * r + 3] - rects[4 * r + 2]); \
-        if (need > slice) slice = need;                                                   \
-    }                                                                                     \
-    for (int64_t t = 0; t < threads; ++t)                                                 \
-        memset(scratch + t * slice, 0, (size_t)(wsize + O) * sizeof(double));            \
-    for (int64_t r = 0; r < nrects; ++r) {                                                \
-        const int64_t oy0 = rects[4 * r], oy1 = rects[4 * r + 1];                         \
-        const int64_t ox0 = rects[4 * r + 2], ox1 = rects[4 * r + 3];                     \
-        const int64_t RX = ox1 - ox0, RY = oy1 - oy0, GW = dw_row_##SUFFIX(RX, KW);       \
-        if (RX <= 0 || RY <= 0) continue;                                                 \
-        const int64_t stage_len = dw_stage_len_##SUFFIX(C, KH, KW, RX);                   \
-        const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                \
-        const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                       \
+    const int64_t stage_len = dw_stage_len_##SUFFIX(C, KH, KW, RX);                       \
+    const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                    \
+    const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                           \
+    const int64_t slice = direct_conv_scratch_##SUFFIX(1, C, O, KH, KW, RX);              \
+    for (int64_t t = 0; t < threads; ++t)   /* dw's partial sums, then db's */            \
+        memset(scratch + t * slice + stage_len + g_len, 0, (size_t)(wsize + O) * sizeof(double)); \
+    if (RX > 0 && RY > 0) {                                                               \
         const int64_t row_blocks = (RY + BR - 1) / BR;                                    \
         const int64_t tasks = N * row_blocks;                                             \
         int64_t task;                                                                     \
@@ -465,9 +410,9 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
             const int64_t first = oy0 + (task % row_blocks) * BR;                         \
             const int64_t rows = oy1 - first < BR ? oy1 - first : BR;                     \
             const int64_t rows_in = rows + KH - 1;                                        \
-            double *partial = (double *)(scratch + (int64_t)npfcn_thread_id() * slice);   \
-            T *stage = scratch + (int64_t)npfcn_thread_id() * slice + partial_len;        \
+            T *stage = scratch + (int64_t)npfcn_thread_id() * slice;                      \
             T *g = stage + stage_len;                                                     \
+            double *partial = (double *)(g + g_len);                                      \
             /* input rows first-PH .. first-PH+rows_in-1; plane c at c*rows_in*GW */      \
             stage_rows_##SUFFIX(x + n * C * H * W, NULL, stage, C, H, W, rows_in, first,  \
                                 PH, PW, ox0, GW);                                         \
@@ -518,7 +463,7 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
     for (int64_t k = 0; k < wsize + (db ? O : 0); ++k) {                                  \
         double total = 0;                                                                 \
         for (int64_t t = 0; t < threads; ++t)                                             \
-            total += ((const double *)(scratch + t * slice))[k];                          \
+            total += ((const double *)(scratch + t * slice + stage_len + g_len))[k];      \
         if (k < wsize)                                                                    \
             dw[k] += (T)total;                                                            \
         else                                                                              \
@@ -551,10 +496,6 @@ NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32, 16)
 NPFCN_DIRECT_BLOCK(double, f64, npfcn_vf64, 8)
 NPFCN_DIRECT_BLOCK(float, f32, npfcn_vf32w, 8)
 NPFCN_DIRECT_BLOCK(double, f64, npfcn_vf64w, 4)
-NPFCN_DIRECT_BLOCK1(float, f32, npfcn_vf32, 16)
-NPFCN_DIRECT_BLOCK1(double, f64, npfcn_vf64, 8)
-NPFCN_DIRECT_BLOCK1(float, f32, npfcn_vf32w, 8)
-NPFCN_DIRECT_BLOCK1(double, f64, npfcn_vf64w, 4)
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define NPFCN_AVX512 __attribute__((target("arch=x86-64-v4")))
 #define NPFCN_HAS_AVX512() __builtin_cpu_supports("x86-64-v4")
@@ -585,13 +526,13 @@ int64_t direct_conv_vector_bytes(int64_t request)
 void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
-        int64_t OH, int64_t OW, const int64_t *rects, int64_t nrects, const T *fill,     \
+        int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
         T *scratch)                                                                       \
 {                                                                                         \
     (direct_conv_vector_bytes(0) == 64 ? direct_conv_forward_##SUFFIX##_64                 \
                                        : direct_conv_forward_##SUFFIX##_32)(              \
         x, x_mask, wb, bias, y, relu, N, C, H, W, O, KH, KW, PH, PW, OH, OW,              \
-        rects, nrects, fill, scratch);                                                    \
+        oy0, oy1, ox0, ox1, scratch);                                                     \
 }
 NPFCN_DIRECT_FORWARD_DISPATCH(float, f32)
 NPFCN_DIRECT_FORWARD_DISPATCH(double, f64)

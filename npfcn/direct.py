@@ -125,32 +125,7 @@ def _pointer_or_null(array):
     return backend.kernels()[0].NULL if array is None else backend.pointer(array)
 
 
-def window_rects(H, W, OH, OW, KH, KW, PH, PW):
-    """The one rectangle ``[(oy0, oy1, ox0, ox1)]`` of outputs that can see the image."""
-    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
-    return np.array([[oy0, oy1, ox0, ox1]], dtype=np.int64)
-
-
-def check_rects(rects, OH, OW):
-    """rects: (k, 4) int64 rows (y0, y1, x0, x1) inside the (OH, OW) output, sorted by x0,
-    no two overlapping: what direct.c walks row by row.  Returns it C-contiguous."""
-    rects = np.ascontiguousarray(rects, dtype=np.int64)
-    if rects.ndim != 2 or rects.shape[1] != 4:
-        raise ValueError(f"direct conv: rectangles must be a (k, 4) array, got shape {rects.shape}")
-    y0, y1, x0, x1 = rects.T
-    if np.any((y0 < 0) | (y1 > OH) | (y0 > y1) | (x0 < 0) | (x1 > OW) | (x0 > x1)):
-        raise ValueError(f"direct conv: a rectangle lies outside the {OH}x{OW} output: {rects.tolist()}")
-    if np.any(np.diff(x0) < 0):
-        raise ValueError("direct conv: rectangles must be sorted by their first column")
-    for a in range(len(rects)):
-        for b in range(a + 1, len(rects)):
-            if (max(y0[a], y0[b]) < min(y1[a], y1[b]) and max(x0[a], x0[b]) < min(x1[a], x1[b])):
-                raise ValueError(f"direct conv: rectangles {rects[a].tolist()} and "
-                                 f"{rects[b].tolist()} overlap")
-    return rects
-
-
-def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None, rects=None, fill=None):
+def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None):
     """y = the stride-1 cross-correlation of x and w, plus bias; padding may be negative.
 
     x: (N, C, H, W), w: (O, C, KH, KW), padding: (PH, PW), bias: (O,) or None
@@ -158,10 +133,6 @@ def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None, rect
     when given.  The bias starts each sum (no second pass over y to add it).
     relu: store max(y, 0) (a fused ReLU).  x_mask: (N, C, H, W) or None; the input is
     read as x where x_mask > 0, else 0 (the input gradient through a fused ReLU).
-    rects: (k, 4) rows (y0, y1, x0, x1), the only outputs computed (default: the
-    window that sees the image); every other output is set to ``fill`` (O,) - the
-    caller knows it is constant there (npfcn.regions) - or, without fill, to the
-    bias (through the ReLU), which is what an output that sees only padding holds.
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _check(x, w, padding)
     if y is None:
@@ -170,40 +141,15 @@ def conv_forward(x, w, padding, y=None, bias=None, relu=False, x_mask=None, rect
         raise ValueError(f"direct conv: out must be a C-contiguous {x.dtype} array {(N, O, OH, OW)}")
     if bias is not None:
         _channel_values(bias, O, x.dtype, "bias")
-    if fill is not None:
-        _channel_values(fill, O, x.dtype, "fill")
     _check_mask(x_mask, x, "input")
-    rects = window_rects(H, W, OH, OW, KH, KW, PH, PW) if rects is None else check_rects(rects, OH, OW)
-    widest = int((rects[:, 3] - rects[:, 2]).max(initial=0))
-    scratch = _scratch("direct_stage", False, C, O, KH, KW, widest, x.dtype)
+    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
+    scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
     wb = blocked_weight(w)
     _lib(x.dtype, "forward")(backend.pointer(x), _pointer_or_null(x_mask), backend.pointer(wb),
                              _pointer_or_null(bias), backend.pointer(y), int(bool(relu)),
-                             N, C, H, W, O, KH, KW, PH, PW, OH, OW, backend.pointer(rects),
-                             len(rects), _pointer_or_null(fill), backend.pointer(scratch))
+                             N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                             backend.pointer(scratch))
     return y
-
-
-def add_weight_grad(dy, x, w_shape, padding, dw2, dy_mask=None, db=None, rects=None):
-    """dw2 += sum over the outputs in ``rects`` of dy * x's patch; db += those dy.
-
-    dy: (N, O, OH, OW), x: (N, C, H, W), w_shape: (O, C, KH, KW); dw2: a C-contiguous
-    array of O*C*KH*KW elements; dy_mask: a fused ReLU's output (dy counts where it is
-    > 0) or None; db: (O,) or None.  rects: as in conv_forward (default: the window).
-    """
-    N, C, H, W = x.shape
-    O, _, KH, KW = w_shape
-    (PH, PW), (OH, OW) = padding, dy.shape[2:]
-    rects = window_rects(H, W, OH, OW, KH, KW, PH, PW) if rects is None else check_rects(rects, OH, OW)
-    # direct.c sizes each thread's slice for the rectangle that needs the most
-    scratch_per_thread = max(_lib(x.dtype, "scratch")(1, C, O, KH, KW, int(width))
-                             for width in [0] + list(rects[:, 3] - rects[:, 2]))
-    scratch = workspace.get("direct_stage_dw", (backend.num_threads() * scratch_per_thread,), x.dtype)
-    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy),
-                                 _pointer_or_null(dy_mask), backend.pointer(dw2),
-                                 _pointer_or_null(db),
-                                 N, C, H, W, O, KH, KW, PH, PW, OH, OW,
-                                 backend.pointer(rects), len(rects), backend.pointer(scratch))
 
 
 def _outside_window_sums(dy, dy_mask, rect):
@@ -247,9 +193,13 @@ def conv_backward(dy, x, w, padding, dw2, dy_mask=None, db=None):
     _check_mask(dy_mask, dy, "output gradient")
     if db is not None:
         _channel_values(db, O, x.dtype, "db")
-    rects = window_rects(H, W, OH, OW, KH, KW, PH, PW)
-    add_weight_grad(dy, x, w.shape, (PH, PW), dw2, dy_mask, db, rects)
-    (oy0, oy1, ox0, ox1), = rects.tolist()
+    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
+    scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
+    _lib(x.dtype, "weight_grad")(backend.pointer(x), backend.pointer(dy),
+                                 _pointer_or_null(dy_mask), backend.pointer(dw2),
+                                 _pointer_or_null(db),
+                                 N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                                 backend.pointer(scratch))
     if db is not None and N > 0 and (oy0, oy1, ox0, ox1) != (0, OH, 0, OW):
         db += _outside_window_sums(dy, dy_mask, (oy0, oy1, ox0, ox1))
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of

@@ -11,7 +11,6 @@ undo the offset it adds.
 """
 import numpy as np
 
-from .. import backend, regions
 from ..init import he_normal
 from ..layers import ConvReLU2d, Dropout, MaxPool2d
 
@@ -97,41 +96,19 @@ class VGG16Encoder:
 
     def forward(self, x):
         taps = {}
-        start = self._start_by_regions(x)
-        if start:
-            x = self._regions.forward(x)
-            if self.steps[start - 1][0] in self.TAPS:
-                taps[self.steps[start - 1][0]] = x
-        self._region_steps = start
-        for name, module in self.steps[start:]:
+        for name, module in self.steps:
             x = module.forward(x)
             if name in self.TAPS:
                 taps[name] = x
         taps["fc7"] = x
         return taps
 
-    def _start_by_regions(self, x):
-        """How many first steps run by regions (npfcn.regions) for this input: the
-        constant part of the padded maps is computed once per channel.  The prefix
-        ends at the first tap at the latest (a tap's gradient joins there)."""
-        key = (x.shape[2:], x.dtype, backend.active(), regions._enabled)
-        if getattr(self, "_plan_key", None) != key:
-            last = min(i for i, (name, _) in enumerate(self.steps) if name in self.TAPS)
-            count, planned = regions.plan([m for _, m in self.steps[:last + 1]], x.shape)
-            self._plan_key = key
-            self._regions = regions.RegionRun([m for _, m in self.steps[:count]], planned) \
-                if count > 1 else None
-        return len(self._regions.modules) if self._regions is not None else 0
-
     def backward(self, grads):
         dy = grads["fc7"]
-        start = self._region_steps
-        for index in range(len(self.steps) - 1, -1, -1):
-            name, module = self.steps[index]
+        for name, module in reversed(self.steps):
             if name in self.TAPS and grads.get(name) is not None:
                 # The tap feeds both the next block and a skip branch: gradients add.
                 dy = dy + grads[name]
-            if index < start:
-                return self._regions.backward(dy)
             dy = module.backward(dy)
         return dy
+
