@@ -96,3 +96,24 @@ def check_same_shape(a, shape, name):
     """Raise ValueError unless ``a.shape == shape``."""
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)} but {tuple(shape)} was expected")
+
+
+def check_target(target, logits_shape, num_classes, ignore_index):
+    """Integer labels of shape (N, *spatial) in [0, C) or equal to ignore_index."""
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"target must be a numpy.ndarray of integer labels, got {type(target).__name__}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
+    expected = (logits_shape[0],) + tuple(logits_shape[2:])
+    if target.shape != expected:
+        raise ValueError(f"target has shape {target.shape} but logits {tuple(logits_shape)} "
+                         f"need labels of shape {expected}")
+    valid = target != ignore_index
+    if valid.any():
+        labels = target[valid]
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the "
+                             f"ignore_index {ignore_index}")
+    return valid

@@ -30,6 +30,7 @@ TRAIN_FLAGS = {
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
     "anneal_class_weights": "anneal_class_weights", "replicas": "replicas", "lars": "lars",
+    "lovasz": "lovasz",
 }
 
 
@@ -66,6 +67,9 @@ def add_train_parser(subparsers):
                         f"{'on' if d.learn_upsampling else 'off: frozen bilinear'})")
     p.add_argument("--class-weighting", choices=("none", "sqrt"),
                    help=f"loss weights per class (default {d.class_weighting}: 1/sqrt(frequency))")
+    p.add_argument("--lovasz", type=float, metavar="WEIGHT",
+                   help=f"add WEIGHT x the Lovász-softmax loss (a surrogate of 1 - IoU) to the "
+                        f"cross-entropy; 0: cross-entropy alone (default {d.lovasz:g})")
     p.add_argument("--anneal-class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="fade the class weights to 1 over the run (default "
                         f"{'on' if d.anneal_class_weights else 'off'})")
@@ -303,7 +307,7 @@ def _default_class_names(num_classes):
 # --- gradcheck ------------------------------------------------------------------------
 
 GRADCHECK_LAYERS = ("conv2d", "conv_transpose2d", "maxpool", "unpool", "relu", "dropout",
-                    "crop", "add", "cross_entropy")
+                    "crop", "add", "cross_entropy", "lovasz")
 
 
 def add_gradcheck_parser(subparsers):
@@ -332,6 +336,7 @@ def gradcheck_case(args):
     """(module, inputs) of a small float64 instance of ``args.layer``."""
     from . import layers
     from .losses import CrossEntropyLoss
+    from .lovasz import LovaszSoftmaxLoss
 
     for key in ("channels", "size", "batch"):
         if getattr(args, key) < 1:
@@ -378,11 +383,14 @@ def gradcheck_case(args):
         return layers.Crop(args.offset), (x, (size, size))
     if kind == "add":
         return layers.Add(), (x, rng.standard_normal(x.shape))
-    # cross_entropy: logits over c + 1 classes, some pixels ignored (255).
+    # cross_entropy, lovasz: logits over c + 1 classes, some pixels ignored (255).  The
+    # Lovász loss is piecewise linear in the sorted errors: random logits keep the
+    # difference quotients away from its kinks (ties between two pixels' errors).
     classes = c + 1
     target = rng.integers(0, classes, (n, s, s))
     target[rng.random((n, s, s)) < 0.2] = 255
-    return CrossEntropyLoss(ignore_index=255), (rng.standard_normal((n, classes, s, s)), target)
+    loss = LovaszSoftmaxLoss if kind == "lovasz" else CrossEntropyLoss
+    return loss(ignore_index=255), (rng.standard_normal((n, classes, s, s)), target)
 
 
 def cmd_gradcheck(args):

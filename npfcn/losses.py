@@ -1,28 +1,7 @@
 """Per-pixel softmax cross-entropy with an ignore label and optional class weights."""
 import numpy as np
 
-from ._checks import as_float_tensor
-
-
-def _check_target(target, logits_shape, num_classes, ignore_index):
-    """Integer labels of shape (N, *spatial) in [0, C) or equal to ignore_index."""
-    if not isinstance(target, np.ndarray):
-        raise TypeError(f"target must be a numpy.ndarray of integer labels, got {type(target).__name__}")
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
-    expected = (logits_shape[0],) + tuple(logits_shape[2:])
-    if target.shape != expected:
-        raise ValueError(f"target has shape {target.shape} but logits {tuple(logits_shape)} "
-                         f"need labels of shape {expected}")
-    valid = target != ignore_index
-    if valid.any():
-        labels = target[valid]
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the "
-                             f"ignore_index {ignore_index}")
-    return valid
+from ._checks import as_float_tensor, check_target
 
 
 def _true_class_index(shape, target):
@@ -120,7 +99,7 @@ class CrossEntropyLoss:
         if self.weight is not None and self.weight.shape != (num_classes,):
             raise ValueError(f"class weight has {self.weight.shape[0]} entries but logits have "
                              f"{num_classes} classes")
-        valid = _check_target(target, logits.shape, num_classes, self.ignore_index)
+        valid = check_target(target, logits.shape, num_classes, self.ignore_index)
         safe_target = np.where(valid, target, 0).astype(np.intp)
 
         # Stable log-softmax: subtract the per-pixel maximum before exponentiating.
@@ -154,4 +133,53 @@ class CrossEntropyLoss:
         dlogits = prob  # reused in place: the cache is consumed
         dlogits.reshape(-1)[true_class] -= 1       # each index once: no repeats to add up
         dlogits *= (pixel_weight * dlogits.dtype.type(scale * grad))[:, None]
+        return dlogits
+
+
+class SegmentationLoss:
+    """What training minimises: the (class-weighted) cross-entropy plus ``lovasz`` times
+    the Lovász-softmax loss (``npfcn.lovasz``), a surrogate of 1 - IoU per class.
+
+    Cross-entropy gives every pixel a gradient from the first step and a calibrated
+    softmax (which ``prior_correction`` relies on); the Lovász term weighs each pixel
+    by what it costs its class's IoU, which cross-entropy cannot see.  ``lovasz=0``:
+    cross-entropy alone, as the reference FCN trains.
+
+    forward(logits, target, denominator=None, num_images=None) -> the loss (a float);
+    ``denominator`` and ``num_images`` let a shard of a larger batch divide by the whole
+    batch's weight total and image count (see the two losses).
+    backward(grad=1.0) -> d loss / d logits.
+    """
+
+    def __init__(self, weight=None, ignore_index=255, lovasz=0.0):
+        from .lovasz import LovaszSoftmaxLoss
+
+        if not (isinstance(lovasz, (int, float)) and np.isfinite(lovasz) and lovasz >= 0):
+            raise ValueError(f"lovasz (the Lovász term's weight) must be a number >= 0, got {lovasz!r}")
+        self.cross_entropy = CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.lovasz = float(lovasz)
+        self.lovasz_loss = LovaszSoftmaxLoss(ignore_index=ignore_index) if lovasz else None
+        self.ignore_index = int(ignore_index)
+
+    @property
+    def weight(self):
+        return self.cross_entropy.weight
+
+    @weight.setter
+    def weight(self, weight):
+        self.cross_entropy.weight = weight
+
+    def __call__(self, logits, target):
+        return self.forward(logits, target)
+
+    def forward(self, logits, target, denominator=None, num_images=None):
+        loss = self.cross_entropy.forward(logits, target, denominator=denominator)
+        if self.lovasz_loss is not None:
+            loss += self.lovasz * self.lovasz_loss.forward(logits, target, num_images=num_images)
+        return loss
+
+    def backward(self, grad=1.0):
+        dlogits = self.cross_entropy.backward(grad)
+        if self.lovasz_loss is not None:
+            dlogits += self.lovasz_loss.backward(self.lovasz * grad)
         return dlogits

@@ -21,8 +21,9 @@ One step, for a batch of N images and R replicas (the main process is replica 0)
 
 The optimizer, the data stream and the checkpoints stay in the main process; the
 helpers keep no state between steps but their copy of the model.  Every shard
-divides its loss by the WHOLE batch's weight total (``losses.weight_total``), so
-the shards' losses and gradients add up to the batch's mean loss and its gradient:
+divides its loss by the WHOLE batch's weight total (``losses.weight_total``) and
+its Lovász term by the whole batch's image count, so the shards' losses and
+gradients add up to the batch's mean loss and its gradient:
 the same numbers as one process computes, up to the order of the float additions.
 Results are deterministic for a given number of replicas.
 
@@ -41,7 +42,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from .losses import CrossEntropyLoss, _check_target, weight_total
+from ._checks import check_target
+from .losses import SegmentationLoss, weight_total
 
 
 class ReplicaError(RuntimeError):
@@ -60,11 +62,12 @@ def shard_bounds(batch, replicas):
     return bounds
 
 
-def shard_step(model, loss_fn, x, y, denominator=None):
+def shard_step(model, loss_fn, x, y, denominator=None, num_images=None):
     """Forward, loss and backward of one shard (or a whole batch): adds d loss / d weights
-    into ``model.grads`` and returns the loss.  ``denominator``: see CrossEntropyLoss."""
+    into ``model.grads`` and returns the loss.  ``denominator``, ``num_images``: the whole
+    batch's, see SegmentationLoss."""
     scores = model.forward(x)
-    loss = loss_fn.forward(scores, y, denominator=denominator)
+    loss = loss_fn.forward(scores, y, denominator=denominator, num_images=num_images)
     model.backward(loss_fn.backward())
     return loss
 
@@ -167,9 +170,10 @@ class ReplicaGroup:
     among the replicas: ``threads`` each, at least 1; the main process switches to
     its share only inside ``training_threads()``, so validation keeps them all.
     ``replicas=1`` starts no process: the step runs in this process as usual.
+    ignore_index, lovasz: the training loss's (``npfcn.losses.SegmentationLoss``).
     """
 
-    def __init__(self, model, build_model, replicas=1, ignore_index=255):
+    def __init__(self, model, build_model, replicas=1, ignore_index=255, lovasz=0.0):
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
         self.model = model
@@ -177,7 +181,7 @@ class ReplicaGroup:
         self.all_threads = _current_threads()
         threads = self.threads = max(1, self.all_threads // replicas)
         self.ignore_index = ignore_index
-        self.loss_fn = CrossEntropyLoss(ignore_index=ignore_index)
+        self.loss_fn = SegmentationLoss(ignore_index=ignore_index, lovasz=lovasz)
         self._helpers = []
         if replicas == 1:
             return
@@ -197,7 +201,7 @@ class ReplicaGroup:
                 # sys.path first: unpickling build_model may import the caller's modules.
                 self._send(connection, ("path", list(sys.path)))
                 self._send(connection, ("init", build_model, weight_layout, grad_layout,
-                                        threads, ignore_index))
+                                        threads, ignore_index, lovasz))
             for helper in self._helpers:
                 self._receive(helper[1], "ready")
         except BaseException:
@@ -236,7 +240,7 @@ class ReplicaGroup:
         # Check the images and every label here, before any shard goes out: bad input
         # then fails with the model's and the loss's own messages, in this process.
         x = model.check_input(x)
-        _check_target(y, (len(x), model.num_classes) + tuple(np.shape(x)[2:]), model.num_classes,
+        check_target(y, (len(x), model.num_classes) + tuple(np.shape(x)[2:]), model.num_classes,
                       self.ignore_index)
         weight = None if class_weight is None else np.asarray(class_weight).astype(model.dtype)
         denominator = weight_total(y, weight, self.ignore_index)
@@ -251,12 +255,13 @@ class ReplicaGroup:
             # so the main Generator advances the same way in every run.
             seed = int(model.rng.integers(2 ** 63))
             if stop > start:
-                self._send(helper[1], ("step", x[start:stop], y[start:stop], weight, denominator, seed))
+                self._send(helper[1], ("step", x[start:stop], y[start:stop], weight, denominator,
+                                       len(x), seed))
                 busy.append(helper)
         start, stop = bounds[0]
         loss = 0.0
         if stop > start:
-            loss = shard_step(model, self.loss_fn, x[start:stop], y[start:stop], denominator)
+            loss = shard_step(model, self.loss_fn, x[start:stop], y[start:stop], denominator, len(x))
         for _, connection, grads, _ in busy:
             loss += self._receive(connection, "done")
             for name in model.trainable:
@@ -326,8 +331,8 @@ def _helper_main():
     and the gradients' file descriptors, then the two memory sizes).
 
     Receives ("path", sys.path) and ("init", build_model, layouts, threads,
-    ignore_index), answers ("ready", None); then for every ("step", x, y,
-    class_weight, denominator, seed) runs forward and backward on that shard, writes
+    ignore_index, lovasz), answers ("ready", None); then for every ("step", x, y,
+    class_weight, denominator, num_images, seed) runs forward and backward on that shard, writes
     its gradients to the shared memory and answers ("done", loss); ("stop",) or the
     main process going away ends it.  Any exception is sent back as ("error", text).
     """
@@ -336,7 +341,7 @@ def _helper_main():
     try:
         _, path = connection.recv()
         sys.path[:] = path
-        _, build_model, weight_layout, grad_layout, threads, ignore_index = connection.recv()
+        _, build_model, weight_layout, grad_layout, threads, ignore_index, lovasz = connection.recv()
         from .sysinfo import set_threads
 
         set_threads(threads)
@@ -344,7 +349,7 @@ def _helper_main():
         model.train()
         weights = _views(SharedMemory.attach(weights_fd, weights_size).buffer, weight_layout)
         grads = _views(SharedMemory.attach(grads_fd, grads_size).buffer, grad_layout)
-        loss_fn = CrossEntropyLoss(ignore_index=ignore_index)
+        loss_fn = SegmentationLoss(ignore_index=ignore_index, lovasz=lovasz)
         connection.send(("ready", None))
     except (EOFError, OSError):
         return                  # the main process has gone
@@ -359,13 +364,13 @@ def _helper_main():
         if message[0] == "stop":
             return
         try:
-            _, x, y, class_weight, denominator, seed = message
+            _, x, y, class_weight, denominator, num_images, seed = message
             for name, view in weights.items():
                 model.params[name][...] = view
             model.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
             model.zero_grad()
             loss_fn.weight = class_weight
-            loss = shard_step(model, loss_fn, x, y, denominator)
+            loss = shard_step(model, loss_fn, x, y, denominator, num_images)
             for name, view in grads.items():
                 view[...] = model.grads[name]
             connection.send(("done", loss))

@@ -20,6 +20,9 @@ make_model = functools.partial(build_model, "fcn8s", num_classes=3, width=1 / 32
                                learn_upsampling=True, dropout=0.0, seed=1)
 
 
+LOVASZ = 0.5     # the weight of the Lovász term in the groups' training loss
+
+
 def perturbed_model(dropout=0.0):
     """Weights moved off their start (the score layers start at zero) the same way every call."""
     model = build_model("fcn8s", num_classes=3, width=1 / 32, dtype=np.float64,
@@ -41,9 +44,10 @@ def batch(n, rng=None):
 @pytest.fixture(scope="module")
 def pair():
     """A group of 2 replicas (one helper process) and its model; shared to pay the
-    helper's start-up (~1 s) once."""
+    helper's start-up (~1 s) once.  Its loss has the Lovász term, which divides by the
+    batch's image count, not the shard's."""
     model = perturbed_model()
-    with ReplicaGroup(model, make_model, replicas=2) as group:
+    with ReplicaGroup(model, make_model, replicas=2, lovasz=LOVASZ) as group:
         yield group, model
 
 
@@ -88,7 +92,7 @@ def test_two_replicas_give_the_one_process_loss_and_gradients(pair, size):
     x, y = batch(size)
     weight = np.array([0.4, 1.0, 2.5])
     loss = group.forward_backward(x, y, weight)
-    single = ReplicaGroup(reference, make_model, replicas=1)
+    single = ReplicaGroup(reference, make_model, replicas=1, lovasz=LOVASZ)
     expected = single.forward_backward(x, y, weight)
     assert loss == pytest.approx(expected, rel=1e-12)
     for name in reference.trainable:
@@ -109,7 +113,7 @@ def test_helpers_use_the_current_weights_every_step(pair):
         changed = group.forward_backward(x, y)
         reference = perturbed_model()
         reference.params["conv3_1.weight"][...] = model.params["conv3_1.weight"]
-        expected = ReplicaGroup(reference, make_model).forward_backward(x, y)
+        expected = ReplicaGroup(reference, make_model, lovasz=LOVASZ).forward_backward(x, y)
     finally:
         model.params["conv3_1.weight"][...] = saved
     assert changed != before

@@ -112,20 +112,20 @@ def test_resume_between_epochs_equals_uninterrupted_run(tmp_path, uninterrupted)
     assert_same_state(final_state(trainer.run_dir), uninterrupted[1])
 
 
-class PoisonedLoss(replicas_module.CrossEntropyLoss):
-    """Cross-entropy that returns NaN from the 4th call on (global step 4 = epoch 2, step 2)."""
+class PoisonedLoss(replicas_module.SegmentationLoss):
+    """The training loss, returning NaN from the 4th call on (global step 4 = epoch 2, step 2)."""
 
     calls = 0
 
-    def forward(self, logits, target, denominator=None):
+    def forward(self, logits, target, denominator=None, num_images=None):
         PoisonedLoss.calls += 1
-        value = super().forward(logits, target, denominator)
+        value = super().forward(logits, target, denominator, num_images)
         return float("nan") if PoisonedLoss.calls >= 4 else value
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     PoisonedLoss.calls = 0
-    monkeypatch.setattr(replicas_module, "CrossEntropyLoss", PoisonedLoss)
+    monkeypatch.setattr(replicas_module, "SegmentationLoss", PoisonedLoss)
     trainer = Trainer(tiny_config(tmp_path, "nan"), stream=io.StringIO())
     snapshots = {}
     trainer.on_step = lambda t: snapshots.setdefault(t.global_step, t.model.state_dict())

@@ -12,11 +12,12 @@ from .colormap import VOID_LABEL, palette_image, save_palette_png, voc_colormap
 from .synthetic import SHAPE_CLASSES, SyntheticShapes, synthetic_splits
 from .voc import VOC_CLASSES, VOCSegmentation, open_dataset
 from .transforms import (PREPROCESSING, Compose, RandomCrop, RandomHorizontalFlip, RandomScale,
+                         RandomSymmetry,
                          deprocess, preprocess)
 
 __all__ = [
     "iterate_batches", "VOID_LABEL", "palette_image", "save_palette_png", "voc_colormap",
     "SHAPE_CLASSES", "SyntheticShapes", "synthetic_splits", "PREPROCESSING", "Compose",
-    "RandomCrop", "RandomHorizontalFlip", "RandomScale", "deprocess", "preprocess",
+    "RandomCrop", "RandomHorizontalFlip", "RandomScale", "RandomSymmetry", "deprocess", "preprocess",
     "FolderDataset", "read_image", "read_mask", "VOC_CLASSES", "VOCSegmentation", "open_dataset",
 ]

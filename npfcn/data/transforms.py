@@ -167,6 +167,32 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+class RandomSymmetry:
+    """Apply one of the symmetries of the image's frame, drawn uniformly: for a square
+    image the 8 of the dihedral group (4 rotations by 90 degrees, each optionally
+    mirrored), for an oblong one the 4 that keep its height and width (identity, the
+    left-right and up-down mirrors, and both: a rotation by 180 degrees).
+
+    Worth it when the classes do not care which way up they are (the synthetic shapes are
+    drawn at every angle), not for photographs: sky is not at the bottom.  Every symmetry
+    is a composition of a transpose and the two mirrors, so three coin flips draw it.
+    """
+
+    def __call__(self, image, mask, rng):
+        _check_pair(image, mask)
+        transpose, flip_rows, flip_cols = rng.random(3) < 0.5
+        if transpose and mask.shape[0] == mask.shape[1]:
+            image, mask = image.transpose(1, 0, 2), mask.T
+        if flip_rows:
+            image, mask = image[::-1], mask[::-1]
+        if flip_cols:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def __repr__(self):
+        return "RandomSymmetry()"
+
+
 class RandomScale:
     """Resize by a factor drawn uniformly from [min_scale, max_scale]: the image bilinearly,
     the mask with nearest neighbour (labels must not be blended into new classes)."""
