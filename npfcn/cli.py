@@ -30,12 +30,12 @@ TRAIN_FLAGS = {
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
     "anneal_class_weights": "anneal_class_weights", "replicas": "replicas", "lars": "lars",
-    "lovasz": "lovasz",
+    "lovasz": "lovasz", "symmetries": "symmetries",
 }
 
 
 def add_train_parser(subparsers):
-    from .train import INIT_CHOICES, TrainConfig
+    from .train import INIT_CHOICES, SYMMETRY_CHOICES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -49,6 +49,10 @@ def add_train_parser(subparsers):
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--crop-size", type=int, help="random square crops of this size (default: none)")
+    p.add_argument("--symmetries", choices=SYMMETRY_CHOICES,
+                   help="random symmetries of the training images: all (rotations by 90 degrees "
+                        "and mirrors), mirror (left-right), none; auto: all for the synthetic "
+                        f"shapes, mirror for a folder (default {d.symmetries})")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help=f"default {d.optimizer}")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--schedule", choices=("poly", "constant"), help=f"learning-rate schedule (default {d.schedule})")

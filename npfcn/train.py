@@ -40,6 +40,7 @@ from .replicas import ReplicaError
 IGNORE_INDEX = 255
 LAST, BEST = "last.npz", "best.npz"
 INIT_CHOICES = ("he", "lsuv", "orthogonal-lsuv")
+SYMMETRY_CHOICES = ("auto", "all", "mirror", "none")
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,7 +81,11 @@ class TrainConfig:
     synthetic_options: dict = field(default_factory=lambda: {
         "min_scale": 0.3, "max_scale": 0.5, "max_shapes": 3, "max_occlusion": 0.25})
     crop_size: int = 0          # 0: no random crop
-    flip: bool = True           # random horizontal flips
+    # Random symmetries of each training image and its mask: "mirror" (left-right, half
+    # the time, as FCN trains on PASCAL VOC), "all" (one of every symmetry of the frame,
+    # npfcn.data.RandomSymmetry: for classes that have no "up"), "none"; "auto" is "all"
+    # for the synthetic shapes (drawn at every angle) and "mirror" for a dataset folder.
+    symmetries: str = "auto"
     preprocessing: str = "unit"
     class_weighting: str = "sqrt"   # "none" or "sqrt" (weights 1/sqrt(class frequency))
     # Fade the class weights to 1 over the run (w ** (1 - step/steps)): they get a network
@@ -132,6 +137,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
+        values = dict(values)
+        if "flip" in values:    # configs saved before 2026-12-02: a left-right flip switch
+            values.setdefault("symmetries", "mirror" if values.pop("flip") else "none")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -162,6 +170,9 @@ class TrainConfig:
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) \
                 or not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a fraction of the run in [0, 1), got {self.warmup!r}")
+        if self.symmetries not in SYMMETRY_CHOICES:
+            raise ValueError(f"symmetries must be one of {', '.join(SYMMETRY_CHOICES)}, "
+                             f"got {self.symmetries!r}")
         if self.class_weighting not in ("none", "sqrt"):
             raise ValueError(f"class weighting must be 'none' or 'sqrt', got {self.class_weighting!r}")
         if self.init not in INIT_CHOICES:
@@ -273,13 +284,18 @@ def lsuv_init(model, x):
 
 
 def build_transform(config):
-    """The training augmentation: optional random crop, optional horizontal flip."""
-    from .data import Compose, RandomCrop, RandomHorizontalFlip
+    """The training augmentation: optional random crop, then random symmetries."""
+    from .data import Compose, RandomCrop, RandomHorizontalFlip, RandomSymmetry
 
     steps = []
     if config.crop_size:
         steps.append(RandomCrop(config.crop_size))
-    if config.flip:
+    symmetries = config.symmetries
+    if symmetries == "auto":
+        symmetries = "all" if config.data == "synthetic" else "mirror"
+    if symmetries == "all":
+        steps.append(RandomSymmetry())
+    elif symmetries == "mirror":
         steps.append(RandomHorizontalFlip())
     return Compose(steps) if steps else None
 

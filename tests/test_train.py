@@ -143,7 +143,7 @@ def test_overfits_two_images(tmp_path):
     # the loss down by 10x and label every pixel right.  Measured: 1.61 -> ~0.01 and mean
     # IoU 1.0 after ~40 steps; 60 epochs of one step leave margin.
     config = tiny_config(tmp_path, "overfit", num_train=2, num_val=1, batch_size=2, epochs=60,
-                         flip=False, dropout=0.0, learn_upsampling=True, optimizer="adam", lr=1e-2,
+                         symmetries="none", dropout=0.0, learn_upsampling=True, optimizer="adam", lr=1e-2,
                          schedule="constant", num_samples=0, init="he", class_weighting="none",
                          synthetic_options={})
     trainer = Trainer(config, stream=io.StringIO())
@@ -210,9 +210,30 @@ def test_orthogonal_lsuv_draws_orthogonal_filters_of_equal_length(tmp_path):
 
 def test_bad_configs_are_refused(tmp_path):
     for bad in (dict(epochs=0), dict(lr=-1.0), dict(model="fcn4s"), dict(optimizer="rmsprop"),
-                dict(init="orthogonal")):
+                dict(init="orthogonal"), dict(symmetries="rotations"), dict(lovasz=-1.0),
+                dict(lovasz=float("inf"))):
         with pytest.raises(ValueError):
             tiny_config(tmp_path, "bad", **bad).validate()
+
+
+@pytest.mark.parametrize("symmetries, data, expected", [
+    ("auto", "synthetic", "RandomSymmetry"), ("auto", "some/folder", "RandomHorizontalFlip"),
+    ("all", "some/folder", "RandomSymmetry"), ("mirror", "synthetic", "RandomHorizontalFlip"),
+    ("none", "synthetic", None)])
+def test_symmetries_choose_the_transform(symmetries, data, expected):
+    from npfcn.train import build_transform
+
+    transform = build_transform(TrainConfig(symmetries=symmetries, data=data))
+    names = [type(step).__name__ for step in transform.transforms] if transform else []
+    assert names == ([expected] if expected else [])
+
+
+def test_configs_saved_with_the_old_flip_switch_still_load():
+    """Checkpoints written before 2026-12-02 store ``flip``; resuming them must augment the same."""
+    assert TrainConfig.from_dict({"flip": True}).symmetries == "mirror"
+    assert TrainConfig.from_dict({"flip": False}).symmetries == "none"
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"flips": True})
 
 
 def test_clip_gradients_rescales_only_a_norm_above_the_limit():
