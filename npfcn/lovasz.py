@@ -39,11 +39,13 @@ def jaccard_steps(in_class_sorted):
     k largest errors are the wrong pixels; every g_k >= 0 and sum(g) = J(P) = 1.
     """
     count = len(in_class_sorted)
-    # Pixels of the class among the first k (the misses), as int: exact counts.
-    misses = np.cumsum(in_class_sorted, dtype=np.int64)
-    total = misses[-1] if count else 0
+    # Pixels of the class among the first k (the misses): counted in integers (exact, and
+    # several times faster than a float cumsum of bools), then as float64 for the ratios.
+    misses = np.cumsum(in_class_sorted, dtype=np.int64).astype(np.float64)
+    total = misses[-1] if count else 0.0
     intersection = total - misses                       # class pixels not yet wrong
-    union = total + np.arange(1, count + 1) - misses    # class + wrongly claimed pixels
+    union = np.arange(1.0, count + 1.0)                 # k pixels claimed wrong ...
+    union += total - misses                             # ... plus the class's untouched ones
     jaccard = 1.0 - intersection / union                # union >= 1: k >= 1
     steps = np.empty(count, dtype=np.float64)
     steps[:1] = jaccard[:1]
@@ -64,22 +66,25 @@ def lovasz_softmax(prob, target, ignore_index=255):
     dprob = np.zeros_like(prob)
     for n in range(n_images):
         labels = target[n].reshape(-1)
-        counted = np.flatnonzero(labels != ignore_index)
-        labels = labels[counted].astype(np.intp)
-        present = np.flatnonzero(np.bincount(labels, minlength=n_classes))
+        counted = labels != ignore_index
+        # A slice where every pixel counts (the usual case): views, not gathered copies.
+        pixels = slice(None) if counted.all() else np.flatnonzero(counted)
+        labels = labels[pixels]
+        present = np.flatnonzero(np.bincount(labels.astype(np.intp), minlength=n_classes))
         p_image = prob[n].reshape(n_classes, -1)
         d_image = dprob[n].reshape(n_classes, -1)        # a view: writes land in dprob
         for c in present:
-            in_class = labels == c
-            p = p_image[c, counted]
-            errors = np.where(in_class, 1 - p, p)
+            in_class = (labels == c).astype(prob.dtype)   # 1 in the class, 0 outside
+            errors = np.abs(in_class - p_image[c, pixels])
             order = np.argsort(errors)[::-1]              # largest error first
-            steps = jaccard_steps(in_class[order])
-            losses[n] += float(np.dot(errors[order], steps)) / len(present)
-            d_errors = np.empty_like(steps)
-            d_errors[order] = steps / len(present)
-            # e = 1 - p in the class, p outside it
-            d_image[c, counted] += np.where(in_class, -d_errors, d_errors).astype(prob.dtype)
+            steps = jaccard_steps(in_class[order] > 0) / len(present)
+            # einsum, not np.dot: a BLAS dot of mixed dtypes takes a slow path, and a
+            # threaded one waits for a busy core (0.8 ms instead of 6 us, measured)
+            losses[n] += float(np.einsum("i,i->", errors[order], steps))
+            d_errors = np.empty(len(steps), dtype=prob.dtype)
+            d_errors[order] = steps
+            # e = 1 - p in the class, p outside it: de/dp = -1 and +1
+            d_image[c, pixels] = d_errors * (1 - 2 * in_class)
     return losses, dprob
 
 
