@@ -106,9 +106,9 @@ class TrainConfig:
     # either (0.578 at the end with orthogonal-lsuv): rarer, not cured; see the README.
     init: str = "orthogonal-lsuv"
     # optimisation
-    # Both cores: 12 epochs 7:30 (mean IoU 0.851, --init lsuv) on an AMD EPYC with AVX-512
-    # (Zen 4), 9:38-9:49 (0.838-0.840, lsuv), 11:16 (0.808) and, with LARS, 11:45 (0.838;
-    # 29-40 images/s against 41 the day before) on one without (Zen 3); see the README.
+    # Both cores: 12 epochs of the defaults 5:54 (mean IoU 0.847) on an AMD EPYC with
+    # AVX-512 (Zen 5); before the Lovász term 5:44 there, 7:30 on a Zen 4 and 11:45 on a
+    # Zen 3 without AVX-512 (29-40 images/s against 67-73); see the README.
     epochs: int = 12
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
