@@ -1,4 +1,5 @@
-"""Per-pixel softmax cross-entropy with an ignore label and optional class weights."""
+"""Per-pixel softmax cross-entropy with an ignore label and optional class weights, and
+the training loss: that cross-entropy plus a weighted Lovász-softmax term (npfcn.lovasz)."""
 import numpy as np
 
 from ._checks import as_float_tensor, check_target

@@ -12,8 +12,7 @@ from .colormap import VOID_LABEL, palette_image, save_palette_png, voc_colormap
 from .synthetic import SHAPE_CLASSES, SyntheticShapes, synthetic_splits
 from .voc import VOC_CLASSES, VOCSegmentation, open_dataset
 from .transforms import (PREPROCESSING, Compose, RandomCrop, RandomHorizontalFlip, RandomScale,
-                         RandomSymmetry,
-                         deprocess, preprocess)
+                         RandomSymmetry, deprocess, preprocess)
 
 __all__ = [
     "iterate_batches", "VOID_LABEL", "palette_image", "save_palette_png", "voc_colormap",
