@@ -155,7 +155,9 @@ class SegmentationLoss:
     def __init__(self, weight=None, ignore_index=255, lovasz=0.0):
         from .lovasz import LovaszSoftmaxLoss
 
-        if not (isinstance(lovasz, (int, float)) and np.isfinite(lovasz) and lovasz >= 0):
+        valid = (not isinstance(lovasz, bool) and isinstance(lovasz, (int, float))
+                 and np.isfinite(lovasz) and lovasz >= 0)
+        if not valid:
             raise ValueError(f"lovasz (the Lovász term's weight) must be a number >= 0, got {lovasz!r}")
         self.cross_entropy = CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
         self.lovasz = float(lovasz)

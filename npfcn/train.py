@@ -95,7 +95,7 @@ class TrainConfig:
     # Weight of the Lovász-softmax term added to the cross-entropy (npfcn.lovasz; 0: off):
     # a surrogate of 1 - IoU, so the network spends its few channels on what the mean IoU
     # counts.  Measured (Zen 5, one core each, 12 epochs, all symmetries), seeds 0 / 1 /
-    # 2 / 5: 0.867 0.863 0.864 0.850 with weight 3; seeds 0 / 1: 0.845 0.832 with 1,
+    # 2 / 5: 0.867 0.863 0.864 0.8497 with weight 3; seeds 0 / 1: 0.845 0.832 with 1,
     # 0.829 0.834 with 0 (see the README).
     lovasz: float = 3.0
     # "he" (the model's own He normal draw), "lsuv" (that draw rescaled on data, see

@@ -168,8 +168,9 @@ def test_num_images_below_the_batch_and_a_negative_weight_are_refused():
     x, y = np.zeros((2, 3, 2, 2)), np.zeros((2, 2, 2), dtype=np.int64)
     with pytest.raises(ValueError, match="num_images"):
         LovaszSoftmaxLoss().forward(x, y, num_images=1)
-    with pytest.raises(ValueError, match="lovasz"):
-        SegmentationLoss(lovasz=-1.0)
+    for bad in (-1.0, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="lovasz"):
+            SegmentationLoss(lovasz=bad)
 
 
 def test_backward_before_forward_is_an_error():
