@@ -72,7 +72,8 @@ class TrainConfig:
     num_train: int = 2000       # 500 seen 30 times over-fitted (train loss 0.14, val 0.23)
     # 500, not 50: the mean IoU of 50 images measures a network to about +-0.01 (the
     # default run's network: 0.847 on the first 50 of these, 0.864 on all 500), too coarse
-    # to tell 0.85 from 0.86; 500 cost ~3 s a validation on two cores.
+    # to tell 0.85 from 0.86; 500 cost 4.4 s an epoch on two Zen 4 cores (with the
+    # checkpoints and pictures).
     num_val: int = 500
     image_size: int = 128
     data_seed: int = 0
@@ -111,8 +112,9 @@ class TrainConfig:
     init: str = "orthogonal-lsuv"
     # optimisation
     # Seeds 0 / 1 / 2 / 5 (one core each, 500 validation images): 0.876 0.884 0.871 0.864
-    # after 14 epochs, 0.876 0.871 0.867 0.849 after 12.  Both cores, the defaults: see
-    # the README (about 7.5 minutes on an AMD EPYC with AVX-512, twice that without).
+    # after 14 epochs, 0.876 0.871 0.867 0.849 after 12.  Both cores, the defaults: 12:52
+    # and 0.877 on a 2-core Zen 4 (AMD EPYC; 28-46 images/s), where a Zen 5 runs 62-79
+    # images/s; AVX2-only machines take about twice the Zen 5's time (see the README).
     epochs: int = 14
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
