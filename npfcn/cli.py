@@ -90,8 +90,9 @@ def add_train_parser(subparsers):
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
     add_threads_flag(p)
     p.add_argument("--replicas", type=int,
-                   help=f"processes that share every batch, the --threads divided among them "
-                        f"(default {d.replicas}; other counts give the same run up to float rounding)")
+                   help="processes that share every batch, the --threads divided among them "
+                        "(default 0: one per thread, at most one per image of a batch; other "
+                        "counts give the same run up to float rounding)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
                         "OUTPUT/latest); --epochs may extend it")

@@ -178,7 +178,7 @@ class ReplicaGroup:
             raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
         self.model = model
         self.replicas = replicas
-        self.all_threads = _current_threads()
+        self.all_threads = current_threads()
         threads = self.threads = max(1, self.all_threads // replicas)
         self.ignore_index = ignore_index
         self.loss_fn = SegmentationLoss(ignore_index=ignore_index, lovasz=lovasz)
@@ -316,7 +316,7 @@ class ReplicaGroup:
             memory.close()
 
 
-def _current_threads():
+def current_threads():
     """Threads this process's kernels use now: the C kernel's OpenMP count, else BLAS's."""
     from . import backend
     from .sysinfo import blas_threads

@@ -133,11 +133,14 @@ class TrainConfig:
     # 0.819 0.827 0.578 without (seed 5 the plateau); 0.05: 0.806 (seed 0), 0.776 (5).
     lars: float = 0.1
     seed: int = 0
-    # Processes that share every batch (npfcn.replicas), the threads divided among them.
-    # Measured on 2 cores against one process with 2 threads: 1.02-1.1x the images per
-    # second at batch 2 in normal spells of the machine (more in slow ones): not worth a
-    # second process by default.  The results depend on it only through float rounding.
-    replicas: int = 1
+    # Processes that share every batch (npfcn.replicas), the threads divided among them;
+    # 0 (auto): one per thread, at most one per image of a batch (``replica_count``).  A
+    # step of this narrow network is a chain of short kernels with NumPy and Python in
+    # between, where a second thread in one process mostly waits (one process with two
+    # threads used 1.3 of the 2 cores).  Measured on a 2-core Zen 4, the default run:
+    # 55-61 images/s with two processes against 37-46 with one (see the README).  The
+    # results depend on the count only through float rounding.
+    replicas: int = 0
     # output
     output: str = "runs"
     name: str = ""
@@ -163,10 +166,13 @@ class TrainConfig:
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_train": self.num_train,
-                    "num_val": self.num_val, "image_size": self.image_size, "replicas": self.replicas}
+                    "num_val": self.num_val, "image_size": self.image_size}
         for key, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
+            raise ValueError(f"replicas must be an integer >= 0 (0: one per thread), "
+                             f"got {self.replicas!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
         if not (isinstance(self.width, (int, float)) and self.width > 0):
@@ -314,6 +320,15 @@ def build_model_for(config, num_classes):
     return build_model(config.model, num_classes=num_classes, width=config.width,
                        learn_upsampling=config.learn_upsampling, scale_skips=config.scale_skips,
                        dropout=config.dropout, seed=config.seed)
+
+
+def replica_count(config, threads):
+    """The processes that share each batch: ``config.replicas``, or for 0 (auto) one per
+    thread this process may use, but no more than a batch has images (a process without
+    an image would only wait)."""
+    if config.replicas:
+        return config.replicas
+    return max(1, min(threads, config.batch_size))
 
 
 def build_optimizer(config, model):
@@ -659,8 +674,15 @@ class Trainer:
         from .replicas import ReplicaGroup
 
         return ReplicaGroup(self.model, partial(build_model_for, self.config, self.num_classes),
-                            replicas=self.config.replicas, ignore_index=IGNORE_INDEX,
+                            replicas=self.replicas, ignore_index=IGNORE_INDEX,
                             lovasz=self.config.lovasz)
+
+    @property
+    def replicas(self):
+        """The number of processes this run's steps use (see ``replica_count``)."""
+        from .replicas import current_threads
+
+        return replica_count(self.config, current_threads())
 
     def _say(self, text):
         self.stream.write(text + "\n")
@@ -679,6 +701,9 @@ class Trainer:
                   f"{c.optimizer} lr {c.lr:g}{f' (LARS {c.lars:g})' if c.lars and c.optimizer == 'sgd' else ''}, "
                   f"{f'cross-entropy + {c.lovasz:g} x Lovász loss' if c.lovasz else 'cross-entropy loss'}, "
                   f"batch {c.batch_size}, seed {c.seed}{resumed}")
+        replicas = self.replicas
+        if replicas > 1:
+            self._say(f"{replicas} processes share every batch (--replicas)")
         self._say(f"writing {self.run_dir}/ (checkpoints, metrics.json, curves.png, samples.png)")
 
     def _train_epoch(self, stop):

@@ -10,8 +10,9 @@ import pytest
 
 from npfcn.losses import CrossEntropyLoss, weight_total
 from npfcn.models.fcn import build_model
+import npfcn.replicas as replicas_module
 from npfcn.replicas import ReplicaError, ReplicaGroup, shard_bounds
-from npfcn.train import Trainer, TrainingInterrupted, train
+from npfcn.train import TrainConfig, Trainer, TrainingInterrupted, replica_count, train
 
 from test_train import assert_same_state, final_state, interrupt_at, tiny_config
 
@@ -185,6 +186,37 @@ def test_replicas_must_be_a_positive_integer():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="replicas"):
             ReplicaGroup(perturbed_model(), make_model, replicas=bad)
+
+
+@pytest.mark.parametrize("replicas,threads,batch_size,expected", [
+    (0, 2, 2, 2), (0, 4, 2, 2), (0, 1, 2, 1), (0, 2, 1, 1), (0, 8, 5, 5), (3, 1, 2, 3), (1, 2, 2, 1)])
+def test_replica_count_is_one_per_thread_but_at_most_one_per_image(replicas, threads, batch_size,
+                                                                   expected):
+    config = TrainConfig(replicas=replicas, batch_size=batch_size)
+    assert replica_count(config, threads) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_config_refuses_a_bad_replica_count(bad):
+    with pytest.raises(ValueError, match="replicas must be an integer >= 0"):
+        TrainConfig(replicas=bad).validate()
+
+
+def test_the_default_run_uses_a_process_per_thread(tmp_path):
+    from npfcn import sysinfo
+
+    before = replicas_module.current_threads()
+    sysinfo.set_threads(2)
+    try:
+        stream = io.StringIO()
+        trainer = Trainer(tiny_config(tmp_path, "auto", replicas=0, epochs=1), stream=stream)
+        assert trainer.replicas == 2
+        trainer.run()
+        assert "2 processes share every batch" in stream.getvalue()
+        sysinfo.set_threads(1)
+        assert trainer.replicas == 1
+    finally:
+        sysinfo.set_threads(before)
 
 
 # -- the training loop with two replicas ----------------------------------------------

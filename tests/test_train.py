@@ -17,9 +17,10 @@ from npfcn.train import (Trainer, build_schedule, TrainConfig, TrainingDiverged,
 
 
 def tiny_config(tmp_path, name, **changes):
-    """A run of seconds: 1/32 width, 24x24 images, 6 train / 3 val, 2 steps per epoch."""
+    """A run of seconds: 1/32 width, 24x24 images, 6 train / 3 val, 2 steps per epoch, in
+    one process (tests of replicas ask for them; the command-line tests run the default)."""
     values = dict(width=1 / 32, image_size=24, num_train=6, num_val=3, batch_size=3, epochs=3,
-                  output=str(tmp_path / "runs"), name=name, num_samples=2)
+                  output=str(tmp_path / "runs"), name=name, num_samples=2, replicas=1)
     values.update(changes)
     return TrainConfig(**values)
 
