@@ -112,9 +112,10 @@ class TrainConfig:
     init: str = "orthogonal-lsuv"
     # optimisation
     # Seeds 0 / 1 / 2 / 5 (one core each, 500 validation images): 0.876 0.884 0.871 0.864
-    # after 14 epochs, 0.876 0.871 0.867 0.849 after 12.  Both cores, the defaults: 12:52
-    # and 0.877 on a 2-core Zen 4 (AMD EPYC; 28-46 images/s), where a Zen 5 runs 62-79
-    # images/s; AVX2-only machines take about twice the Zen 5's time (see the README).
+    # after 14 epochs, 0.876 0.871 0.867 0.849 after 12; seeds 3 / 4: 0.863 0.863 after 14.
+    # Both cores, the defaults, on a 2-core Zen 4 (AMD EPYC): 8:55 and 0.876 with two
+    # replicas, 12:52 and 0.877 in one process; AVX2-only machines take about twice as
+    # long as a Zen 5 (see the README).
     epochs: int = 14
     batch_size: int = 2
     optimizer: str = "sgd"      # measured: SGD with momentum learns this from scratch faster than Adam
