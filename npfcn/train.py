@@ -326,9 +326,12 @@ def build_model_for(config, num_classes):
 def replica_count(config, threads):
     """The processes that share each batch: ``config.replicas``, or for 0 (auto) one per
     thread this process may use, but no more than a batch has images (a process without
-    an image would only wait)."""
+    an image would only wait).  Auto is 1 where helper processes cannot run (they need
+    POSIX: file descriptors passed to a child)."""
     if config.replicas:
         return config.replicas
+    if os.name != "posix":
+        return 1
     return max(1, min(threads, config.batch_size))
 
 

@@ -196,6 +196,12 @@ def test_replica_count_is_one_per_thread_but_at_most_one_per_image(replicas, thr
     assert replica_count(config, threads) == expected
 
 
+def test_auto_replicas_stay_one_process_without_posix(monkeypatch):
+    monkeypatch.setattr(os, "name", "nt")
+    assert replica_count(TrainConfig(replicas=0, batch_size=2), 2) == 1
+    assert replica_count(TrainConfig(replicas=2, batch_size=2), 2) == 2   # asked for: tried
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
 def test_config_refuses_a_bad_replica_count(bad):
     with pytest.raises(ValueError, match="replicas must be an integer >= 0"):
