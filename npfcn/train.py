@@ -138,9 +138,9 @@ class TrainConfig:
     # 0 (auto): one per thread, at most one per image of a batch (``replica_count``).  A
     # step of this narrow network is a chain of short kernels with NumPy and Python in
     # between, where a second thread in one process mostly waits (one process with two
-    # threads used 1.3 of the 2 cores).  Measured on a 2-core Zen 4, the default run:
-    # 55-61 images/s with two processes against 37-46 with one (see the README).  The
-    # results depend on the count only through float rounding.
+    # threads used 1.4 of the 2 cores).  Measured on a 2-core Zen 4, the default run:
+    # 47-76 images/s with two processes against 28-46 with one, 8:55 against 12:52 (see
+    # the README).  The results depend on the count only through float rounding.
     replicas: int = 0
     # output
     output: str = "runs"
