@@ -15,7 +15,7 @@ alternately with PyTorch in one process (see bench_timing.compare).  Columns:
                                means npfcn adds nothing around that limit.  Above
                                1.0 npfcn needs fewer multiplications than that
                                design (Winograd for 3x3 convolutions, sub-pixel
-                               phases for transposed ones: see README);
+                               phases for transposed ones: see docs/kernels.md);
 * ``spread``                   (max - min) / median over the runs of npfcn;
 * ``numpy-ref ms``             (``--reference``) the pure-NumPy reference path.
 

@@ -41,7 +41,7 @@ def add_train_parser(subparsers):
     p = subparsers.add_parser(
         "train", help="train an FCN (default: a narrow FCN-8s on the synthetic shapes)",
         description="Train an FCN. With no arguments: a narrow FCN-8s on the built-in synthetic "
-                    "shapes (9 minutes on two cores of an AMD EPYC with AVX-512, longer without; see README). Writes OUTPUT/NAME/ with checkpoints, "
+                    "shapes (measured times: docs/training-notes.md). Writes OUTPUT/NAME/ with checkpoints, "
                     "metrics.json, curves.png and samples.png; OUTPUT/latest points at it.")
     p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s"), help=f"architecture (default {d.model})")
     p.add_argument("--width", type=float, help=f"channel width multiplier (default {d.width:g}; 1 = the paper's)")

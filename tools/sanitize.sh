@@ -6,6 +6,8 @@
 #   bash tools/sanitize.sh tests/test_layers.py # any test files, given relative to the repo
 #   NPFCN_FUZZ_EXAMPLES=500 bash tools/sanitize.sh   # more fuzz examples per test
 #
+# docs/sanitizers.md describes the build flags and what the fuzz tests cover.
+#
 # Why a copy: the package in this tree (npfcn/_kernels*.so) is in use by other
 # processes and must stay the optimised build.  The copy lives in a temporary
 # folder (NPFCN_SANITIZE_DIR to choose it) with its own sanitized extension,
