@@ -3,20 +3,7 @@ the training loss: that cross-entropy plus a weighted Lovász-softmax term (npfc
 import numpy as np
 
 from ._checks import as_float_tensor, check_target
-
-
-def _true_class_index(shape, target):
-    """Flat positions of logits[n, target[n, ...], ...] in a C-contiguous (N, C, ...) array.
-
-    shape: (N, C, *spatial); target: (N, *spatial) in [0, C) -> (N, *spatial) indices.
-    One 1-D gather/scatter with these is several times faster than
-    np.take_along_axis / np.put_along_axis, which build an index per axis.
-    """
-    N, C = shape[:2]
-    P = int(np.prod(shape[2:], dtype=np.int64))
-    pixel = np.arange(P, dtype=np.intp).reshape(shape[2:])
-    image = np.arange(N, dtype=np.intp).reshape((N,) + (1,) * (len(shape) - 2))
-    return (image * C + target) * P + pixel
+from .reference.softmax import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
 
 def weight_total(target, weight=None, ignore_index=255):
@@ -100,41 +87,21 @@ class CrossEntropyLoss:
         if self.weight is not None and self.weight.shape != (num_classes,):
             raise ValueError(f"class weight has {self.weight.shape[0]} entries but logits have "
                              f"{num_classes} classes")
-        valid = check_target(target, logits.shape, num_classes, self.ignore_index)
-        safe_target = np.where(valid, target, 0).astype(np.intp)
-
-        # Stable log-softmax: subtract the per-pixel maximum before exponentiating.
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        sum_exp = exp.sum(axis=1, keepdims=True)
-        true_class = _true_class_index(logits.shape, safe_target)
-        log_prob_true = shifted.reshape(-1)[true_class] - np.log(sum_exp[:, 0])
-
-        pixel_weight = valid.astype(logits.dtype)
-        if self.weight is not None:
-            pixel_weight *= self.weight.astype(logits.dtype)[safe_target]
-        total = float(np.sum(pixel_weight * -log_prob_true, dtype=np.float64))
-        if self.reduction == "mean":
-            if denominator is None:
-                denominator = float(np.sum(pixel_weight, dtype=np.float64))
-            elif not (np.isfinite(denominator) and denominator >= 0):
-                raise ValueError(f"denominator must be a finite number >= 0, got {denominator!r}")
-            scale = 1.0 / denominator if denominator > 0 else 0.0
-        else:
-            scale = 1.0
-        self._cache = (exp / sum_exp, true_class, pixel_weight, scale)
-        return total * scale
+        check_target(target, logits.shape, num_classes, self.ignore_index)
+        if denominator is not None and not (np.isfinite(denominator) and denominator >= 0):
+            raise ValueError(f"denominator must be a finite number >= 0, got {denominator!r}")
+        # The arithmetic is the reference's (npfcn/reference/softmax.py).
+        loss, self._cache = softmax_cross_entropy_forward(
+            logits, target, self.weight, self.ignore_index, self.reduction,
+            denominator if self.reduction == "mean" else None)
+        return loss
 
     def backward(self, grad=1.0):
         """d loss / d logits = (softmax - onehot(target)) * pixel weight * scale * grad."""
         if self._cache is None:
             raise ValueError("CrossEntropyLoss.backward() called before forward()")
-        prob, true_class, pixel_weight, scale = self._cache
-        self._cache = None
-        dlogits = prob  # reused in place: the cache is consumed
-        dlogits.reshape(-1)[true_class] -= 1       # each index once: no repeats to add up
-        dlogits *= (pixel_weight * dlogits.dtype.type(scale * grad))[:, None]
-        return dlogits
+        cache, self._cache = self._cache, None      # the gradient is built in the cache
+        return softmax_cross_entropy_backward(grad, cache)
 
 
 class SegmentationLoss:
