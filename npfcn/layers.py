@@ -283,3 +283,59 @@ def _positive(value, name):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation per channel, with PyTorch's semantics and names.
+
+    forward(x: (N, num_features, H, W)) -> y of the same shape.  Training mode:
+    normalised by the batch's mean and biased variance, and ``running_mean`` /
+    ``running_var`` (the unbiased variance) move towards them by ``momentum``;
+    eval mode: normalised by the running statistics.  ``params``: weight (gamma,
+    started at 1) and bias (beta, at 0) when ``affine``; ``buffers``: running_mean
+    (0) and running_var (1) when ``track_running_stats`` - state, not learned, but
+    saved with the weights.  The math is in ``npfcn.reference.batchnorm``.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.num_features = _positive(num_features, "num_features")
+        for name, value in (("eps", eps), ("momentum", momentum)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if momentum > 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        if self.affine:
+            self._add_param("weight", np.ones(self.num_features))
+            self._add_param("bias", np.zeros(self.num_features))
+        self.buffers = {}
+        if self.track_running_stats:
+            self.buffers["running_mean"] = np.zeros(self.num_features, dtype=self.dtype)
+            self.buffers["running_var"] = np.ones(self.num_features, dtype=self.dtype)
+
+    def forward(self, x):
+        from ._checks import as_float_tensor
+        from .reference.batchnorm import batch_norm2d_forward
+
+        x = as_float_tensor(x, "batch norm input", ndim=4, dtype=self.dtype)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"batch norm over {self.num_features} channels got input of "
+                             f"shape {x.shape}")
+        y, self._cache = batch_norm2d_forward(
+            x, self.params.get("weight"), self.params.get("bias"),
+            self.buffers.get("running_mean"), self.buffers.get("running_var"),
+            self.training, self.momentum, self.eps)
+        return y
+
+    def backward(self, dy):
+        from .reference.batchnorm import batch_norm2d_backward
+
+        dx, dgamma, dbeta = batch_norm2d_backward(dy, self._take_cache())
+        if self.affine:
+            self._accumulate("weight", dgamma)
+            self._accumulate("bias", dbeta)
+        return dx

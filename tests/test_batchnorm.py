@@ -1,0 +1,112 @@
+"""BatchNorm2d: gradients against central differences (float64) and PyTorch parity
+(float32) in training and eval mode, running statistics over several steps."""
+import numpy as np
+import pytest
+
+from npfcn.gradcheck import gradcheck
+from npfcn.layers import BatchNorm2d
+from npfcn.reference.batchnorm import batch_norm2d_backward, batch_norm2d_forward
+
+
+def _bn64(channels=3, **kwargs):
+    bn = BatchNorm2d(channels, dtype=np.float64, **kwargs)
+    rng = np.random.default_rng(1)
+    if bn.affine:    # away from 1 / 0 so a swapped gamma/beta would show
+        bn.params["weight"][...] = rng.uniform(0.5, 2.0, channels)
+        bn.params["bias"][...] = rng.normal(size=channels)
+    return bn
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 3, 1), (4, 3, 1, 1)])
+def test_gradcheck_training_mode(shape):
+    # float64 central differences: a correct backward agrees to ~1e-9 (see npfcn.gradcheck).
+    # Not seed 0: gradcheck projects the output on a seed-0 draw, and for x drawn from the
+    # same stream sum(BN(x) * r) sits at a stationary point (every gradient ~0, pure noise).
+    x = np.random.default_rng(7).normal(2.0, 3.0, shape)
+    gradcheck(_bn64(), (x,)).assert_ok(1e-6)
+
+
+def test_gradcheck_eval_mode_and_without_affine():
+    x = np.random.default_rng(7).normal(size=(2, 3, 4, 4))
+    bn = _bn64()
+    bn.buffers["running_mean"][...] = [0.5, -1.0, 2.0]
+    bn.buffers["running_var"][...] = [0.3, 2.0, 1.5]
+    gradcheck(bn.eval(), (x,)).assert_ok(1e-6)
+    gradcheck(_bn64(affine=False), (x,)).assert_ok(1e-6)
+    gradcheck(_bn64(track_running_stats=False).eval(), (x,)).assert_ok(1e-6)
+
+
+def test_normalises_by_hand():
+    # One channel, values 1, 2, 3, 6: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5,
+    # unbiased 14 / 3.
+    x = np.array([1.0, 2.0, 3.0, 6.0]).reshape(2, 1, 2, 1)
+    bn = BatchNorm2d(1, eps=0.0, momentum=0.5, dtype=np.float64)
+    y = bn.forward(x)
+    np.testing.assert_allclose(y.ravel(), (np.array([1, 2, 3, 6]) - 3) / np.sqrt(3.5), rtol=1e-12)
+    np.testing.assert_allclose(bn.buffers["running_mean"], [0.5 * 0 + 0.5 * 3])
+    np.testing.assert_allclose(bn.buffers["running_var"], [0.5 * 1 + 0.5 * 14 / 3])
+    bn.eval()
+    np.testing.assert_allclose(bn.forward(x).ravel(),
+                               (np.array([1, 2, 3, 6]) - 1.5) / np.sqrt(0.5 + 7 / 3), rtol=1e-12)
+
+
+def test_single_value_per_channel_is_refused_in_training():
+    with pytest.raises(ValueError, match="more than one value"):
+        BatchNorm2d(2).forward(np.ones((1, 2, 1, 1), np.float32))
+    BatchNorm2d(2).eval().forward(np.ones((1, 2, 1, 1), np.float32))    # eval: fine
+
+
+def test_wrong_channel_count_is_refused():
+    with pytest.raises(ValueError, match="3 channels"):
+        BatchNorm2d(3).forward(np.ones((2, 4, 2, 2), np.float32))
+
+
+def test_functional_backward_without_affine_returns_none():
+    x = np.random.default_rng(0).normal(size=(2, 2, 3, 3))
+    _, cache = batch_norm2d_forward(x, None, None, None, None, training=True)
+    dx, dgamma, dbeta = batch_norm2d_backward(np.ones_like(x), cache)
+    assert dgamma is None and dbeta is None
+    np.testing.assert_allclose(dx, 0, atol=1e-12)   # sum of xhat is constant (0): no gradient
+
+
+def test_pytorch_parity_training_and_eval_over_steps():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    channels = 5
+    ours = BatchNorm2d(channels, momentum=0.2)
+    theirs = torch.nn.BatchNorm2d(channels, momentum=0.2)
+    weight, bias = rng.uniform(0.5, 2, channels), rng.normal(size=channels)
+    ours.params["weight"][...] = weight
+    ours.params["bias"][...] = bias
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(weight))
+        theirs.bias.copy_(torch.from_numpy(bias))
+    # float32 against float32: sums of a few hundred values agree to ~1e-6 relative;
+    # 1e-4 leaves room for the different summation orders.
+    for step in range(4):
+        x = rng.normal(1.0 + step, 2.0, (3, channels, 6, 7)).astype(np.float32)
+        dy = rng.normal(size=x.shape).astype(np.float32)
+        ours.zero_grad()
+        y = ours.forward(x)
+        dx = ours.backward(dy)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        theirs.zero_grad()
+        yt = theirs(xt)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ours.grads["weight"], theirs.weight.grad.numpy(), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(ours.grads["bias"], theirs.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(ours.buffers["running_mean"], theirs.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours.buffers["running_var"], theirs.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    ours.eval()
+    theirs.eval()
+    x = rng.normal(size=(2, channels, 4, 4)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    y = ours.forward(x)
+    dx = ours.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = theirs(xt)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
