@@ -129,10 +129,16 @@ class ConvTranspose2d(Module):
     forward(x: (N, in_channels, H, W)) -> (N, out_channels, OH, OW) with PyTorch's
     ``OH = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``, or
     ``OH = H*stride`` with ``padding="same"`` (TensorFlow's rule).
+
+    ``frozen=True``: the parameters are not learned (FCN's bilinear upsampling, the
+    reference's ``lr_mult: 0``).  backward then returns only d/dx - the convolution
+    of dy with the same weight, read as a conv weight - and spends no time on
+    gradients nobody uses; ``grads`` stay zero.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, dilation=1, bias=True, dtype=np.float32, rng=None):
+                 output_padding=0, dilation=1, bias=True, dtype=np.float32, rng=None,
+                 frozen=False):
         super().__init__(dtype)
         in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -149,17 +155,31 @@ class ConvTranspose2d(Module):
                                               (in_channels, out_channels, *self.kernel_size)))
         if bias:
             self._add_param("bias", rng.uniform(-bound, bound, out_channels))
+        self.frozen = bool(frozen)
 
     def forward(self, x):
         y, self._cache = F.conv_transpose2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
             self.output_padding, self.dilation)
+        self._output_shape = y.shape
         return y
 
     def backward(self, dy):
-        dx, _, db = F.conv_transpose2d_backward(dy, self._take_cache(),
-                                                dw_into=self.grads["weight"])
-        if "bias" in self.params:
+        cache = self._take_cache()
+        if np.shape(dy) != self._output_shape:
+            raise ValueError(f"gradient of conv_transpose2d output has shape {np.shape(dy)} "
+                             f"but {self._output_shape} was expected")
+        if self.frozen and self.padding != "same" and all(
+                op < s for op, s in zip(self.output_padding, self.stride)):
+            # The adjoint of the transposed convolution is the convolution with the same
+            # weight and geometry; it lands exactly on x's size unless output_padding
+            # reaches the stride or "same" pads asymmetrically (then the full pass below).
+            dx, _ = F.conv2d_forward(dy, self.params["weight"], None, self.stride,
+                                     self.padding, self.dilation)
+            return dx
+        dx, dw, db = F.conv_transpose2d_backward(
+            dy, cache, dw_into=None if self.frozen else self.grads["weight"])
+        if "bias" in self.params and not self.frozen:
             self._accumulate("bias", db)
         return dx
 
