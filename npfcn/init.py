@@ -1,4 +1,5 @@
-"""Weight initialisation: bilinear upsampling kernels and He (Kaiming) normal weights."""
+"""Weight initialisation: bilinear upsampling kernels, He (Kaiming) normal and orthonormal
+weights, and LSUV (layer-sequential unit variance) rescaling of a model on data."""
 import math
 
 import numpy as np
@@ -79,3 +80,46 @@ def orthogonal(shape, rng, dtype=np.float32):
     q *= np.sign(np.diag(r))
     matrix = q if out >= fan_in else q.T   # (out, fan_in)
     return matrix.reshape(shape).astype(dtype)
+
+
+def orthogonal_init(model, seed):
+    """Redraw every encoder convolution's weights orthonormal (``orthogonal``), the first
+    step of LSUV as Mishkin & Matas define it; ``lsuv_init`` then rescales them.  Only
+    the directions matter: with zero biases a ReLU layer's output scales with its
+    weights, so LSUV's rescaling undoes any scale drawn here.
+
+    model: an FCN (its ``encoder.convs``).  The draws come from their own stream of the
+    seed ([seed, 99]; the training data use [seed, 1]) so that they do not shift any
+    other random sequence of the run.
+    """
+    rng = np.random.default_rng([int(seed), 99])
+    for conv in model.encoder.convs.values():
+        weight = conv.params["weight"]
+        weight[...] = orthogonal(weight.shape, rng, weight.dtype)
+
+
+def lsuv_init(model, x):
+    """Data-dependent rescaling of the encoder's freshly drawn convolutions, He normal or
+    orthonormal (LSUV, Mishkin & Matas 2016): in forward order, divide each
+    convolution's weights by the standard deviation of its output on the batch
+    ``x`` (N, 3, H, W), so every layer starts with unit-variance outputs on real images.
+    A deep plain ReLU stack without batch normalisation then starts learning far sooner.
+    Runs in eval mode (no dropout masks drawn, so the model's random stream is untouched).
+    """
+    from .layers import Conv2d
+
+    was_training = model.training
+    model.eval()
+    h = x
+    for _, module in model.encoder.steps:
+        if isinstance(module, Conv2d):
+            y = module.forward(h)
+            std = float(y.std())
+            if std > 0 and np.isfinite(std):
+                module.params["weight"] /= module.params["weight"].dtype.type(std)
+            y = module.forward(h)
+        else:
+            y = module.forward(h)
+        module._cache = None        # no backward follows: drop what forward kept for it
+        h = y
+    model.train(was_training)

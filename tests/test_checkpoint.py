@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from npfcn import checkpoint as ckpt
-from npfcn.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_into,
-                              load_model, save_checkpoint)
+from npfcn.train import checkpoint as ckpt
+from npfcn.train.checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_into,
+                                    load_model, save_checkpoint)
 from npfcn.models import build_model
 from npfcn.optim import Adam
 

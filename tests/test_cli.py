@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npfcn.checkpoint import load_checkpoint
+from npfcn.train import load_checkpoint
 from npfcn.cli import main
 
 TINY_TRAIN = ["--width", "0.03125", "--image-size", "24", "--num-train", "4", "--num-val", "2",
@@ -77,7 +77,7 @@ def test_predict_any_size_and_format(trained, tmp_path, capsys):
 
 def test_predict_applies_the_checkpoints_correction_and_flip(trained, tmp_path):
     """The mask is the argmax of the corrected (and with --flip, mirror-averaged) scores."""
-    from npfcn.checkpoint import load_model, save_checkpoint
+    from npfcn.train import load_model, save_checkpoint
     from npfcn.data.transforms import preprocess
     from npfcn.evaluate import predict_labels
     from npfcn.viz import colorize
@@ -219,7 +219,7 @@ def test_checkpoint_for_a_different_model(trained, tmp_path, capsys):
 
 
 def test_checkpoint_that_is_not_a_training_run_cannot_be_resumed(tmp_path, capsys):
-    from npfcn.checkpoint import save_checkpoint
+    from npfcn.train import save_checkpoint
     from npfcn.models import build_model
 
     path = save_checkpoint(tmp_path / "plain.npz", build_model(num_classes=2, width=1 / 32))

@@ -36,8 +36,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from npfcn.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_into,
-                              load_model, save_checkpoint)
+from npfcn.train.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_into,
+                                    load_model, save_checkpoint)
 from npfcn.models import build_model
 from npfcn.optim import SGD, Adam
 
@@ -74,7 +74,7 @@ def assert_same_state(a, b):
 
 def recomputed_checksum(arrays):
     """SHA-256 over (name, dtype, shape, bytes) of every array in name order, written here
-    from the recipe in npfcn/checkpoint.py's docstring."""
+    from the recipe in npfcn/train/checkpoint.py's docstring."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
@@ -115,7 +115,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     """Disk full halfway through a save: the error reaches the caller, the previous
     checkpoint is untouched and no temporary file is left behind."""
     import errno
-    import npfcn.checkpoint
+    import npfcn.train.checkpoint
 
     model, optimizer = trained_pair(seed=0)
     path = save_checkpoint(tmp_path / "last.npz", model, optimizer)
@@ -125,7 +125,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         handle.write(b"PK\x03\x04 half a zip")          # some bytes reach the temp file
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(npfcn.checkpoint.np, "savez", disk_full)
+    monkeypatch.setattr(npfcn.train.checkpoint.np, "savez", disk_full)
     other, other_optimizer = trained_pair(seed=1)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, other, other_optimizer)

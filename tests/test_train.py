@@ -10,7 +10,7 @@ import pytest
 
 import npfcn.replicas as replicas_module
 import npfcn.train as train_module
-from npfcn.checkpoint import load_checkpoint
+from npfcn.train import load_checkpoint
 from npfcn.evaluate import evaluate
 from npfcn.train import (Trainer, build_schedule, TrainConfig, TrainingDiverged, TrainingInterrupted,
                          resolve_checkpoint, train)
@@ -415,7 +415,7 @@ def test_lars_must_be_a_non_negative_number(tmp_path):
 def test_a_run_saved_before_lars_existed_resumes_without_it(tmp_path, uninterrupted):
     """A checkpoint whose config has no "lars" trained with plain SGD: resuming it must
     not switch LARS on (the default now) half way through."""
-    from npfcn.checkpoint import save_checkpoint
+    from npfcn.train import save_checkpoint
 
     result, _ = uninterrupted
     old = load_checkpoint(os.path.join(result.run_dir, "last.npz"))

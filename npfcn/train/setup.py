@@ -1,0 +1,105 @@
+"""What a run is built from: its datasets, augmentation, class weights and model.
+
+Each builder takes the ``TrainConfig`` and returns one thing; ``Trainer.__init__`` calls
+them in order.  A new dataset or model is added here, in the builder concerned.
+"""
+import numpy as np
+
+from ..progress import ProgressBar
+from .config import IGNORE_INDEX
+
+
+def build_datasets(config):
+    """(train, val) datasets for ``config.data``: "synthetic" or a dataset folder."""
+    if config.data == "synthetic":
+        from ..data import synthetic_splits
+
+        return synthetic_splits(train_size=config.num_train, val_size=config.num_val,
+                                image_size=config.image_size, seed=config.data_seed,
+                                **config.synthetic_options)
+    from ..data import FolderDataset, open_dataset
+
+    train = open_dataset(config.data, "train")
+    if isinstance(train, FolderDataset):
+        # Classes may be inferred from the masks: make the val split agree with train.
+        return train, open_dataset(config.data, "val", num_classes=train.num_classes)
+    return train, open_dataset(config.data, "val")
+
+
+def check_dataset(dataset, what, stream):
+    """Read every item once, so a bad file stops the run before it starts (not hours into
+    it); the loaders raise ValueError/FileNotFoundError naming the file.  Returns the set
+    of mask shapes."""
+    bar = ProgressBar(len(dataset), f"checking {len(dataset)} {what} images", stream=stream)
+    sizes = set()
+    for index in range(len(dataset)):
+        sizes.add(dataset[index][1].shape)
+        bar.update(index + 1, 1)
+    bar.clear()
+    return sizes
+
+
+def class_weights(dataset, num_classes, how):
+    """Per-class loss weights (K,) or None.
+
+    "sqrt": ``w_c = 1 / sqrt(f_c)`` for the pixel frequency ``f_c`` of class c in the
+    training masks, scaled so the average weight per pixel is 1.  Mean IoU counts
+    every class equally while the pixels are mostly background; without weights the
+    loss is dominated by background and a network from scratch first spends hundreds
+    of steps predicting background everywhere.  The square root is the gentler
+    version of SegNet's median-frequency balancing (which over-predicts small classes).
+    """
+    if how == "none":
+        return None
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for index in range(len(dataset)):
+        _, mask = dataset[index]
+        counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+    frequency = counts / max(counts.sum(), 1)
+    weights = np.where(frequency > 0, 1.0 / np.sqrt(np.maximum(frequency, 1e-12)), 0.0)
+    return weights / float(np.sum(frequency * weights))
+
+
+def build_transform(config):
+    """The training augmentation: optional random crop, then random symmetries."""
+    from ..data import Compose, RandomCrop, RandomHorizontalFlip, RandomSymmetry
+
+    steps = []
+    if config.crop_size:
+        steps.append(RandomCrop(config.crop_size))
+    symmetries = config.symmetries
+    if symmetries == "auto":
+        symmetries = "all" if config.data == "synthetic" else "mirror"
+    if symmetries == "all":
+        steps.append(RandomSymmetry())
+    elif symmetries == "mirror":
+        steps.append(RandomHorizontalFlip())
+    return Compose(steps) if steps else None
+
+
+def build_model(config, num_classes):
+    """The freshly initialised network ``config.model`` (He normal draws from ``config.seed``)."""
+    from ..models import build_model as build
+
+    return build(config.model, num_classes=num_classes, width=config.width,
+                 learn_upsampling=config.learn_upsampling, scale_skips=config.scale_skips,
+                 dropout=config.dropout, seed=config.seed)
+
+
+def initialise(model, config, train_set):
+    """Apply ``config.init`` to a freshly built model: "he" keeps its draw; "lsuv" and
+    "orthogonal-lsuv" rescale it on the first (up to 8) training images in order.
+    Images of mixed sizes (a folder dataset without --crop-size) cannot share a batch,
+    so then only the first.  No random draw: the data stream stays untouched."""
+    from ..data import RandomCrop, iterate_batches
+    from ..init import lsuv_init, orthogonal_init
+
+    if config.init == "orthogonal-lsuv":
+        orthogonal_init(model, config.seed)
+    if config.init in ("lsuv", "orthogonal-lsuv"):
+        same_size = config.data == "synthetic" or config.crop_size
+        crop = RandomCrop(config.crop_size) if config.crop_size else None
+        x, _ = next(iterate_batches(train_set, min(len(train_set), 8 if same_size else 1),
+                                    transform=crop, preprocessing=config.preprocessing))
+        lsuv_init(model, x)
+    return model
