@@ -186,8 +186,10 @@ def _build_layer(spec, dtype, rng):
         return conv
     if kind == "bn":
         return BatchNorm2d(spec[2], dtype=dtype)
-    # x2 upsampling: kernel 4, stride 2, padding 1 gives exactly 2h, started bilinear.
-    up = ConvTranspose2d(spec[2], spec[2], 4, stride=2, padding=1, bias=False, dtype=dtype, rng=rng)
+    # x2 upsampling: kernel 4, stride 2, padding 1 gives exactly 2h, started bilinear;
+    # a frozen one computes no weight gradient.
+    up = ConvTranspose2d(spec[2], spec[2], 4, stride=2, padding=1, bias=False, dtype=dtype,
+                         rng=rng, frozen=not spec[3])
     up.params["weight"][...] = bilinear_kernel(spec[2], 4, dtype)
     return up
 
