@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from npfcn import functional as F
 from npfcn.gradcheck import gradcheck, relative_error
 from npfcn.init import bilinear_kernel, upsample_filt
+from npfcn.layers import ConvTranspose2d
 from npfcn.losses import CrossEntropyLoss
-from npfcn.models import (FCN8s, FCN16s, FCN32s, MODEL_NAMES, build_model, count_parameters,
+from npfcn.models import (FCN8s, FCN16s, FCN32s, build_model, count_parameters,
                           parameter_shapes, upsampling_names)
-from npfcn.models.blocks import Upsample
-from npfcn.models.fcn import ARCHITECTURES
+from npfcn.models.fcn import ARCHITECTURES, MODEL_NAMES      # the FCNs (SegNet & co.: test_segnet.py)
 from npfcn.optim import SGD
 
 TINY = 1 / 64          # every VGG/fc channel count scaled to 1..64: a full forward takes ms
@@ -257,20 +257,41 @@ def test_bilinear_upsampling_reproduces_a_linear_ramp_in_the_interior(kernel, st
                                rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel", ["bilinear", "random"])
-def test_frozen_upsampling_equals_the_full_transposed_convolution(kernel):
-    # The frozen layer computes d/dx as a plain convolution with the same weight.
-    layer = Upsample(3, 4, 2, learnable=False, dtype=np.float64)
-    w = layer.params["weight"]
-    if kernel == "random":
-        w[...] = np.random.default_rng(0).standard_normal(w.shape)
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=4, stride=2),                                  # FCN's upscore2
+    dict(kernel_size=3, stride=(2, 3), padding=(1, 2), dilation=(2, 1), output_padding=1),
+    dict(kernel_size=3, stride=2, padding="same"),                  # asymmetric padding
+    dict(kernel_size=3, stride=1, dilation=2, output_padding=1),    # output_padding >= stride
+])
+@pytest.mark.parametrize("bias", [False, True])
+def test_frozen_transposed_convolution_gives_the_full_input_gradient(geometry, bias):
+    """A frozen ConvTranspose2d (FCN's upsampling) has the learned layer's output and d/dx,
+    and leaves every gradient at zero (float64: the two compute the same sums, 1e-12)."""
+    frozen = ConvTranspose2d(3, 4, **geometry, bias=bias, dtype=np.float64, rng=0, frozen=True)
+    learned = ConvTranspose2d(3, 4, **geometry, bias=bias, dtype=np.float64, rng=0)
     x = np.random.default_rng(1).standard_normal((2, 3, 5, 4))
-    expected, cache = F.conv_transpose2d_forward(x, w.copy(), None, 2, 0)
-    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-13, atol=1e-13)
-    dy = np.random.default_rng(2).standard_normal(expected.shape)
-    expected_dx, _, _ = F.conv_transpose2d_backward(dy, cache)
-    np.testing.assert_allclose(layer.backward(dy), expected_dx, rtol=1e-12, atol=1e-12)
-    assert not layer.grads["weight"].any()
+    y = frozen.forward(x)
+    np.testing.assert_allclose(y, learned.forward(x), rtol=0, atol=1e-12)
+    dy = np.random.default_rng(2).standard_normal(y.shape)
+    np.testing.assert_allclose(frozen.backward(dy), learned.backward(dy), rtol=0, atol=1e-12)
+    assert not any(g.any() for g in frozen.grads.values())
+    assert learned.grads["weight"].any()
+
+
+def test_frozen_fcn_upsampling_computes_no_weight_gradient(monkeypatch):
+    """FCN's frozen upsampling layers are ConvTranspose2d and never run the transposed
+    convolution's backward pass (which would build the weight gradient)."""
+    model = FCN8s(num_classes=2, width=TINY, dtype=np.float64, dropout=0.0)
+    for name in upsampling_names("fcn8s"):
+        layer = model._layers[name.split(".")[0]]
+        assert isinstance(layer, ConvTranspose2d) and layer.frozen and "bias" not in layer.params
+    model.forward(np.random.default_rng(1).standard_normal((1, 3, 9, 9)))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a frozen upsampling layer ran conv_transpose2d_backward")
+
+    monkeypatch.setattr(F, "conv_transpose2d_backward", refuse)
+    model.backward(np.ones((1, 2, 9, 9)))
 
 
 def test_upsampling_is_frozen_by_default_but_still_passes_the_gradient():

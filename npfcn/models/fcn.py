@@ -14,9 +14,9 @@ those Caffe's ``coord_map`` derives: following a pixel through the padding of
 100, the pools and the transposed convolutions, the feature maps are shifted
 against each other by exactly these amounts (see tests/test_models.py).
 
-The upsampling layers are bias-free transposed convolutions started as
-bilinear interpolation and, as in the reference (``lr_mult: 0``), frozen
-unless ``learn_upsampling=True``.  The score layers start at zero, as in the
+The upsampling layers are bias-free transposed convolutions (``ConvTranspose2d``)
+started as bilinear interpolation and, as in the reference (``lr_mult: 0``),
+frozen unless ``learn_upsampling=True``.  The score layers start at zero, as in the
 reference; training still starts because their weight gradients are not zero.
 """
 import os
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import as_float_tensor
-from ..layers import Conv2d, Crop, _as_dtype
-from .blocks import Scale, Upsample
+from ..init import bilinear_kernel
+from ..layers import Conv2d, ConvTranspose2d, Crop, Module, _as_dtype
 from .vgg import FC_CHANNELS, VGG16Encoder, check_width, encoder_conv_specs, scaled_channels
 
 MODEL_NAMES = ("fcn8s", "fcn16s", "fcn32s")
@@ -212,13 +212,15 @@ class FCN:
         layers["score_fr"] = _zero_conv(fc_channels, classes, self.dtype)
         self._skip_scales = {}
         for skip in self._skips:
-            layers[skip.upsample] = Upsample(classes, 4, 2, self.learn_upsampling, self.dtype)
+            layers[skip.upsample] = _bilinear_upsampling(classes, 4, 2, self.learn_upsampling,
+                                                         self.dtype)
             layers[skip.score] = _zero_conv(scaled_channels(skip.channels, self.width), classes,
                                             self.dtype)
             if self.scale_skips:
                 self._skip_scales[skip.tap] = Scale(skip.scale)
-        layers[self._final.name] = Upsample(classes, self._final.kernel_size, self._final.stride,
-                                            self.learn_upsampling, self.dtype)
+        layers[self._final.name] = _bilinear_upsampling(classes, self._final.kernel_size,
+                                                        self._final.stride, self.learn_upsampling,
+                                                        self.dtype)
         self._layers = layers
         self._skip_crops = {skip.score: Crop(skip.offset) for skip in self._skips}
         self._final_crop = Crop(self._final.offset)
@@ -350,6 +352,32 @@ class FCN:
                 raise ValueError(f"{name}: contains NaN or infinite values")
         for name, param in self.params.items():
             param[...] = state[name]
+
+
+def _bilinear_upsampling(channels, kernel_size, stride, learned, dtype):
+    """A bias-free transposed convolution (C, C, k, k) started as bilinear interpolation,
+    frozen (not learned) unless ``learned``."""
+    layer = ConvTranspose2d(channels, channels, kernel_size, stride, bias=False, dtype=dtype,
+                            rng=0, frozen=not learned)
+    layer.params["weight"][...] = bilinear_kernel(channels, kernel_size, dtype)
+    return layer
+
+
+class Scale(Module):
+    """y = factor * x with a fixed factor: the "at-once" FCN's scaling of pool4/pool3
+    (kept for users of that reference net, ``scale_skips=True``)."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        self._cache = True
+        return x * x.dtype.type(self.factor)
+
+    def backward(self, dy):
+        self._take_cache()
+        return dy * dy.dtype.type(self.factor)
 
 
 def _zero_conv(in_channels, out_channels, dtype):
