@@ -443,6 +443,8 @@ def build_parser():
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_info_parser,
                 add_import_parser, add_gradcheck_parser, add_bench_parser):
         add(subparsers)
+    from .teach.cli import add_parsers as add_teach_parsers   # explain, check
+    add_teach_parsers(subparsers)
     return parser
 
 
