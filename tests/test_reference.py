@@ -99,8 +99,9 @@ def test_conv_output_size():
     assert R.conv_output_size((7, 8), (3, 2), (2, 3), (0, 1), (2, 1)) == (2, 3)
     # ceil_mode: 5 rows, kernel 2, stride 2 -> 3 windows (floor would give 2) ...
     assert R.conv_output_size((5, 5), 2, 2, ceil_mode=True) == (3, 3)
-    # ... but a window that would start in the bottom padding is dropped: 4 rows, pad 1
-    assert R.conv_output_size((4, 4), 2, 2, 1, ceil_mode=True) == (3, 3)
+    # ... but a window that would start in the bottom padding is dropped: 5 rows, pad 1,
+    # windows at rows -1, 1, 3 and 5 (= 5 + 1 - 1, the padding): 3, not 4
+    assert R.conv_output_size((5, 5), 2, 2, 1, ceil_mode=True) == (3, 3)
     with pytest.raises(ValueError, match="larger than the padded input"):
         R.conv_output_size((2, 2), 5)
 
@@ -216,6 +217,10 @@ def test_max_pool2d_padding_nan_and_minus_infinity():
     # windows without the NaN at (1, 1) hold only -inf and padding: their first real pixel
     np.testing.assert_array_equal(indices[0, 0], [[0, 0, 1], [0, 3, 3], [2, 3, 3]])
     assert np.isneginf(y[0, 0, 0, 0]) and np.isnan(y[0, 0, 1, 1])
+    # With dilation 2 the first window reads rows and columns -1 and 1 of a 3x3 image:
+    # its only real pixel is (1, 1), index 4 (not the pixel nearest the padding, 0).
+    y, indices, _ = R.max_pool2d_forward(np.full((1, 1, 3, 3), -np.inf), 2, 1, 1, dilation=2)
+    assert indices[0, 0, 0, 0] == 4 and np.isneginf(y).all()
 
 
 def test_overlapping_windows_add_their_gradients():
