@@ -413,3 +413,20 @@ def test_pooling_and_loss_match_pytorch_float32():
     loss, cache = R.softmax_cross_entropy_forward(logits, target, weight)
     assert abs(loss - tloss.item()) < 1e-4 * abs(tloss.item())
     assert torch_rel(R.softmax_cross_entropy_backward(1.0, cache), tl.grad) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch_and_dtype(dtype):
+    """N = 0 goes through every op (functional accepts it), and the input's dtype is kept."""
+    for n in (0, 1):
+        x = np.ones((n, 2, 5, 5), dtype)
+        y, cache = R.conv2d_forward(x, np.ones((3, 2, 3, 3), dtype), np.ones(3, dtype), 2, 1)
+        grads = R.conv2d_backward(y, cache)
+        y2, cache2 = R.conv_transpose2d_forward(x, np.ones((2, 3, 4, 4), dtype), None, 2, 1)
+        grads += R.conv_transpose2d_backward(y2, cache2)[:2]
+        pooled, indices, cache3 = R.max_pool2d_forward(x, 2, ceil_mode=True)
+        unpooled, cache4 = R.max_unpool2d_forward(pooled, indices, 2, output_size=x.shape)
+        grads += (R.max_pool2d_backward(pooled, cache3), R.max_unpool2d_backward(unpooled, cache4))
+        for out in (y, y2, pooled, unpooled) + grads:
+            assert out.dtype == dtype and out.shape[0] in (n, 3, 2)
+        assert y.shape == (n, 3, 3, 3) and y2.shape == (n, 3, 10, 10) and unpooled.shape == x.shape

@@ -17,8 +17,8 @@ from .im2col import conv_output_size, pair
 
 def _planes(a):
     """(N, C, h, w) -> (N*C, h*w): one row per image plane, the layout the indices address."""
-    N, C = a.shape[:2]
-    return a.reshape(N * C, -1)
+    N, C, h, w = a.shape
+    return a.reshape(N * C, h * w)
 
 
 # --- max pooling ---------------------------------------------------------------------
