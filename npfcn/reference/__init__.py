@@ -15,7 +15,9 @@ Read them in this order:
 3. ``pooling.py``     - max pooling with indices, and max unpooling
 4. ``elementwise.py`` - ReLU, dropout, the FCN crop, the skip sum
 5. ``softmax.py``     - softmax cross-entropy with ignore label and class weights
+6. ``batchnorm.py``   - batch normalisation (SegNet's layers)
 """
+from .batchnorm import batch_norm2d_backward, batch_norm2d_forward
 from .conv import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                    conv_transpose2d_forward, conv_transpose2d_geometry)
 from .elementwise import (add_backward, add_forward, crop_backward, crop_forward,
@@ -34,4 +36,5 @@ __all__ = [
     "relu_forward", "relu_backward", "dropout_forward", "dropout_backward",
     "crop_forward", "crop_backward", "add_forward", "add_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "batch_norm2d_forward", "batch_norm2d_backward",
 ]
