@@ -32,7 +32,7 @@ def number(value):
     value = float(value)
     if value == int(value) and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:.3g}"
+    return f"{value:.4g}"
 
 
 def grid(values, colours=None, title=None, cell=34, fmt=number):
