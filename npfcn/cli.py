@@ -30,12 +30,14 @@ TRAIN_FLAGS = {
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
     "anneal_class_weights": "anneal_class_weights", "replicas": "replicas", "lars": "lars",
-    "lovasz": "lovasz", "symmetries": "symmetries",
+    "lovasz": "lovasz", "symmetries": "symmetries", "scale": "scale",
 }
 
 
 def add_train_parser(subparsers):
+    from .models import MODEL_NAMES
     from .train import INIT_CHOICES, SYMMETRY_CHOICES, TrainConfig
+    from .train.config import CLASS_WEIGHTING_CHOICES
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -43,9 +45,12 @@ def add_train_parser(subparsers):
         description="Train an FCN. With no arguments: a narrow FCN-8s on the built-in synthetic "
                     "shapes (measured times: docs/training-notes.md). Writes OUTPUT/NAME/ with checkpoints, "
                     "metrics.json, curves.png and samples.png; OUTPUT/latest points at it.")
-    p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s"), help=f"architecture (default {d.model})")
+    p.add_argument("--model", choices=MODEL_NAMES, help=f"architecture (default {d.model})")
     p.add_argument("--width", type=float, help=f"channel width multiplier (default {d.width:g}; 1 = the paper's)")
-    p.add_argument("--data", help="'synthetic' or a dataset folder (VOC layout or images/ + masks/)")
+    p.add_argument("--data", help="'synthetic', 'camvid:DIR' or a dataset folder (VOC layout, "
+                   "CamVid layout or images/ + masks/)")
+    p.add_argument("--scale", type=float, help="dataset folders: resize images (bilinear) and "
+                   f"masks (nearest) by this factor (default {d.scale:g})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--crop-size", type=int, help="random square crops of this size (default: none)")
@@ -69,7 +74,7 @@ def add_train_parser(subparsers):
     p.add_argument("--learn-upsampling", action=argparse.BooleanOptionalAction, default=None,
                    help="learn the transposed convolutions, initialised bilinear (default "
                         f"{'on' if d.learn_upsampling else 'off: frozen bilinear'})")
-    p.add_argument("--class-weighting", choices=("none", "sqrt"),
+    p.add_argument("--class-weighting", choices=CLASS_WEIGHTING_CHOICES,
                    help=f"loss weights per class (default {d.class_weighting}: 1/sqrt(frequency))")
     p.add_argument("--lovasz", type=float, metavar="WEIGHT",
                    help=f"add WEIGHT x the Lovász-softmax loss (a surrogate of 1 - IoU) to the "
@@ -83,8 +88,10 @@ def add_train_parser(subparsers):
     p.add_argument("--preprocessing", choices=("unit", "torchvision", "caffe"),
                    help=f"input normalisation (default {d.preprocessing})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--num-train", type=int, help=f"synthetic training images (default {d.num_train})")
-    p.add_argument("--num-val", type=int, help=f"synthetic validation images (default {d.num_val})")
+    p.add_argument("--num-train", type=int, help=f"training images: synthetic ones drawn, at most "
+                   f"this many of a folder (default {d.num_train})")
+    p.add_argument("--num-val", type=int, help=f"validation images: synthetic ones drawn, at most "
+                   f"this many of a folder (default {d.num_val})")
     p.add_argument("--image-size", type=int, help=f"synthetic image side (default {d.image_size})")
     p.add_argument("--output", help=f"runs folder (default {d.output})")
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
@@ -147,7 +154,10 @@ def add_eval_parser(subparsers):
                    help="checkpoint file or run folder (default runs/latest: its best.npz)")
     p.add_argument("--data", help="'synthetic' or a dataset folder (default: the training data)")
     p.add_argument("--split", default="val", help="dataset split (default val)")
-    p.add_argument("--num-val", type=int, help="synthetic: number of images (default: as trained)")
+    p.add_argument("--num-val", type=int, help="synthetic: number of images (default: as trained); "
+                   "a folder: at most this many (default: all)")
+    p.add_argument("--scale", type=float, help="dataset folders: resize images and masks by this "
+                   "factor (default: as trained)")
     p.add_argument("--batch-size", type=int, default=8)
     add_flip_flag(p)
     p.add_argument("-o", "--output", help="folder for eval.json and confusion.png "
@@ -179,7 +189,7 @@ def cmd_eval(args):
     bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
     result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
                       class_names=class_names, progress=lambda done, n: bar.update(done, n),
-                      score_offset=meta.get("score_offset"), flip=args.flip)
+                      score_offset=meta.get("score_offset"), flip=args.flip, boundary=True)
     bar.close()
     print(f"{path}: {len(dataset)} images")
     print("\n".join(format_table(result.metrics)))
@@ -205,7 +215,10 @@ def _eval_dataset(args, trained):
                                **trained.get("synthetic_options", {}))
     from .data import open_dataset
 
-    return open_dataset(data, args.split)
+    dataset = open_dataset(data, args.split)
+    if args.num_val:
+        dataset.limited(args.num_val)
+    return dataset.rescaled(args.scale or trained.get("scale", 1.0))
 
 
 def _nan_to_none(value):

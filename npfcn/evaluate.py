@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .losses import CrossEntropyLoss
-from .metrics import confusion_matrix, summarize
+from .metrics import boundary_f1, confusion_matrix, summarize
 
 IGNORE_INDEX = 255
 
@@ -57,7 +57,7 @@ def predict_labels(model, x, score_offset=None, flip=False):
 
 
 def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None,
-             score_offset=None, flip=False):
+             score_offset=None, flip=False, boundary=False):
     """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
 
     The loss is the pixel-weighted mean over the whole dataset (each batch's mean
@@ -65,6 +65,8 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
     same scores the prediction is the argmax of.
     score_offset, flip: see ``predict_labels``.
     progress: optional callable ``progress(done_batches, images)`` for a bar.
+    boundary: also the mean boundary F1 score over the images (``metrics["boundary_f1"]``,
+    npfcn.metrics.boundary_f1; images scored in tiles are left out of it).
     """
     from .data import iterate_batches
 
@@ -72,6 +74,7 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     loss_fn = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     loss_sum, pixels = 0.0, 0
+    boundary_scores = []
     batches = iterate_batches(dataset, batch_size, rng=None, transform=None,
                               preprocessing=preprocessing, drop_last=False)
     for done, (x, y) in enumerate(batches, start=1):
@@ -80,10 +83,17 @@ def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=Non
         loss_sum += loss_fn.forward(scores, y) * counted
         pixels += counted
         hist += confusion_matrix(y, labels, num_classes, ignore_index=IGNORE_INDEX)
+        if boundary:
+            boundary_scores += [boundary_f1(t, p, num_classes, IGNORE_INDEX)
+                                for t, p in zip(y, labels)]
         if progress is not None:
             progress(done, len(x))
     names = class_names if class_names is not None else getattr(dataset, "class_names", None)
-    return Evaluation(hist=hist, loss=loss_sum / max(pixels, 1), metrics=summarize(hist, names))
+    metrics = summarize(hist, names)
+    if boundary:
+        scored = [v for v in boundary_scores if not np.isnan(v)]
+        metrics["boundary_f1"] = float(np.mean(scored)) if scored else float("nan")
+    return Evaluation(hist=hist, loss=loss_sum / max(pixels, 1), metrics=metrics)
 
 
 def sample_grid(model, dataset, indices, preprocessing="unit", score_offset=None):
@@ -98,7 +108,8 @@ def sample_grid(model, dataset, indices, preprocessing="unit", score_offset=None
     for i in indices:
         image, mask = dataset[i]
         labels, _ = predict_labels(model, preprocess(image, preprocessing)[None], score_offset)
-        rows.append([image, colorize(mask), colorize(labels[0].astype(np.uint8))])
+        colours = getattr(dataset, "colormap", None)     # the dataset's own colours, if any
+        rows.append([image, colorize(mask, colours), colorize(labels[0].astype(np.uint8), colours)])
     return image_grid(rows, titles=["image", "truth", "prediction"])
 
 
@@ -115,6 +126,8 @@ def format_table(metrics, class_names=None):
         lines.append(f"{name:<{width}}  {shown}")
     lines.append("")
     for key, label in (("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"),
-                       ("mean_iou", "mean IoU"), ("frequency_weighted_iou", "frequency-weighted IoU")):
-        lines.append(f"{label:<24}{metrics[key]:.4f}")
+                       ("mean_iou", "mean IoU"), ("frequency_weighted_iou", "frequency-weighted IoU"),
+                       ("boundary_f1", "boundary F1 (BF)")):
+        if key in metrics:
+            lines.append(f"{label:<24}{metrics[key]:.4f}")
     return lines

@@ -14,6 +14,9 @@ per dataset, not averaged per image.  From it (as in the reference ``score.py``)
 A class that never occurs in the truth has no accuracy and a class absent from
 both truth and prediction has no IoU: they are NaN and left out of the means
 (``np.nanmean``), never counted as 0 or 1.
+
+The boundary F1 score (``boundary_f1``, the SegNet paper's BF) is not a confusion
+matrix score: it is computed per image, from where the class boundaries lie.
 """
 import numpy as np
 
@@ -132,3 +135,76 @@ def summarize(hist, class_names=None):
         "frequency_weighted_iou": frequency_weighted_iou(hist),
         "iou_per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
     }
+
+
+# --- boundary F1 (BF) score ----------------------------------------------------------
+
+BF_TOLERANCE = 0.0075       # of the image diagonal, as the SegNet paper scores CamVid
+
+
+def boundary_pixels(region):
+    """(H, W) bool -> (H, W) bool: the pixels of ``region`` with a 4-neighbour outside it.
+
+    The image's edge is not a boundary (nothing is known beyond it).
+    """
+    region = np.asarray(region, dtype=bool)
+    edge = np.zeros_like(region)
+    edge[:-1] |= region[:-1] & ~region[1:]
+    edge[1:] |= region[1:] & ~region[:-1]
+    edge[:, :-1] |= region[:, :-1] & ~region[:, 1:]
+    edge[:, 1:] |= region[:, 1:] & ~region[:, :-1]
+    return edge
+
+
+def _within(points, radius):
+    """(H, W) bool -> the pixels at Euclidean distance <= radius from a True pixel."""
+    h, w = points.shape
+    near = points.copy()
+    r = int(np.floor(radius))
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
+                near[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
+                    points[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return near
+
+
+def boundary_f1(target, prediction, num_classes, ignore_index=255, tolerance=None):
+    """The BF score of one image (Csurka et al. 2013, as the SegNet paper uses it).
+
+    target, prediction: (H, W) class ids.  For every class c the truth has: the boundary
+    pixels of {target == c} and of {prediction == c} (``boundary_pixels``); precision =
+    share of predicted boundary pixels within ``tolerance`` pixels (Euclidean) of a true
+    one, recall = share of true boundary pixels within ``tolerance`` of a predicted one,
+    F1 = 2PR / (P + R) (0 when either is 0; a class whose truth has no boundary, filling
+    the whole image, scores 1 if the prediction has none either).  Pixels the truth marks
+    ``ignore_index`` carry no predicted boundary.  Returns the mean F1 over the classes
+    present in the truth, or NaN if there are none.
+
+    tolerance: pixels; default ``BF_TOLERANCE`` (0.75 %) of the image diagonal.
+    """
+    target, prediction = _labels(target, "target"), _labels(prediction, "prediction")
+    if target.shape != prediction.shape or target.ndim != 2:
+        raise ValueError(f"target and prediction must be (H, W) of one shape, got "
+                         f"{target.shape} and {prediction.shape}")
+    if tolerance is None:
+        tolerance = BF_TOLERANCE * float(np.hypot(*target.shape))
+    valid = target != ignore_index
+    scores = []
+    for c in np.unique(target[valid]):
+        if not 0 <= c < num_classes:
+            continue
+        true_edge = boundary_pixels(target == c)
+        pred_edge = boundary_pixels(prediction == c) & valid
+        n_true, n_pred = int(true_edge.sum()), int(pred_edge.sum())
+        if n_true == 0 and n_pred == 0:
+            scores.append(1.0)
+            continue
+        if n_true == 0 or n_pred == 0:
+            scores.append(0.0)
+            continue
+        precision = np.count_nonzero(pred_edge & _within(true_edge, tolerance)) / n_pred
+        recall = np.count_nonzero(true_edge & _within(pred_edge, tolerance)) / n_true
+        total = precision + recall
+        scores.append(0.0 if total == 0 else 2 * precision * recall / total)
+    return float(np.mean(scores)) if scores else float("nan")

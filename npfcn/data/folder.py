@@ -105,6 +105,27 @@ class FileSegmentationDataset:
     image_paths: list
     mask_paths: list
     class_names: list
+    scale = 1.0         # resize factor applied as items are read (``rescaled``)
+
+    def read_mask(self, path):
+        """The mask file at ``path`` as class ids (a layout with its own coding overrides this)."""
+        return read_mask(path)
+
+    def rescaled(self, factor):
+        """Resize every item by ``factor`` from now on (images bilinear, masks nearest); self."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"scale must be a positive number, got {factor!r}")
+        self.scale = float(factor)
+        return self
+
+    def limited(self, count):
+        """Keep only the first ``count`` items (all of them if there are fewer); self."""
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"number of images must be a positive integer, got {count!r}")
+        self.names, self.image_paths, self.mask_paths = (
+            self.names[:count], self.image_paths[:count], self.mask_paths[:count])
+        return self
 
     @property
     def num_classes(self):
@@ -122,15 +143,27 @@ class FileSegmentationDataset:
             raise IndexError(f"index {index} out of range for {len(self)} items")
         image_path, mask_path = self.image_paths[index], self.mask_paths[index]
         image = read_image(image_path)
-        mask = read_mask(mask_path)
+        mask = self.read_mask(mask_path)
         if image.shape[:2] != mask.shape:
             raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but "
                              f"its mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}")
         check_mask_values(mask, self.num_classes, mask_path)
+        if self.scale != 1.0:
+            image, mask = resize_pair(image, mask, self.scale)
         return image, mask
 
     def __repr__(self):
         return f"{type(self).__name__}({str(self.root)!r}, {len(self)} items, {self.num_classes} classes)"
+
+
+def resize_pair(image, mask, factor):
+    """Image (H, W, 3) bilinear and mask (H, W) nearest to round(H*factor) x round(W*factor)
+    (at least 1x1): labels must not be blended into classes nobody drew."""
+    h, w = mask.shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return image.copy(), mask.copy()
 
 
 def _files_by_stem(folder, what):

@@ -58,11 +58,15 @@ class VOCSegmentation(FileSegmentationDataset):
 
 def open_dataset(path, split="train", **options):
     """A dataset from ``path``: ``"synthetic"`` (the built-in shapes; ``options`` go to
-    ``SyntheticShapes``), a VOC-layout folder, or an ``images/`` + ``masks/`` folder
+    ``SyntheticShapes``), ``"camvid:DIR"`` or a folder in CamVid's layout (npfcn.data.camvid),
+    a VOC-layout folder, or an ``images/`` + ``masks/`` folder
     (``options`` go to ``FolderDataset``, e.g. ``num_classes``).  The layout is detected."""
     if isinstance(path, str) and path == "synthetic":
         from .synthetic import SyntheticShapes
         return SyntheticShapes(split=split, **options)
+    from .camvid import PREFIX, is_camvid_layout, open_camvid
+    if isinstance(path, str) and path.startswith(PREFIX):
+        return open_camvid(path, split)
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"dataset folder not found: {root}")
@@ -74,5 +78,7 @@ def open_dataset(path, split="train", **options):
         return VOCSegmentation(root, split)
     if (root / "images").is_dir() or any(p.is_dir() for p in root.glob("*/images")):
         return FolderDataset(root, split, **options)
+    if is_camvid_layout(root):
+        return open_camvid(root, split)
     raise ValueError(f"{root} is neither a VOC layout (JPEGImages/, SegmentationClass/, "
                      "ImageSets/Segmentation/) nor an images/ + masks/ folder")

@@ -231,6 +231,7 @@ class _BNNet:
     """
 
     NAME = None
+    batch_norm = True       # the trainer skips LSUV for these nets
 
     def __init__(self, num_classes=11, width=1.0, dtype=np.float32, seed=0):
         self.num_classes = _check_num_classes(num_classes)

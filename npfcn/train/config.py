@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 IGNORE_INDEX = 255
 INIT_CHOICES = ("he", "lsuv", "orthogonal-lsuv")
 SYMMETRY_CHOICES = ("auto", "all", "mirror", "none")
-CLASS_WEIGHTING_CHOICES = ("none", "sqrt")
+CLASS_WEIGHTING_CHOICES = ("none", "sqrt", "median")
 
 # Settings older versions saved that no longer define the run: the number of processes
 # is chosen when a run is started (``npfcn train --procs``), not stored with it.
@@ -34,6 +34,7 @@ class TrainConfig:
     # few dozen images scatters by about 0.01.
     num_val: int = 500
     image_size: int = 128
+    scale: float = 1.0          # dataset folders: resize every image by this factor as read
     data_seed: int = 0
     # Extra SyntheticShapes arguments: 1-3 shapes of 38-64 pixels, none more than a quarter
     # hidden.  The stride-8 output draws a boundary within a few pixels, so the larger a
@@ -49,7 +50,9 @@ class TrainConfig:
     # for the synthetic shapes (drawn at every angle) and "mirror" for a dataset folder.
     symmetries: str = "auto"
     preprocessing: str = "unit"
-    class_weighting: str = "sqrt"   # "none" or "sqrt" (weights 1/sqrt(class frequency))
+    # "none", "sqrt" (weights 1/sqrt(class frequency)) or "median" (median frequency
+    # balancing, as the SegNet paper trains on CamVid: npfcn.data.camvid)
+    class_weighting: str = "sqrt"
     # Fade the class weights to 1 over the run (w ** (1 - step/steps)): they get a network
     # from scratch past "background everywhere" early, but a weighted loss is minimised by
     # scores tilted towards the rare classes, which draws every shape too large at the end.
@@ -141,6 +144,9 @@ class TrainConfig:
                              f"got {self.class_weighting!r}")
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                or not math.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {self.scale!r}")
         if self.crop_size < 0:
             raise ValueError(f"crop size must be >= 0, got {self.crop_size}")
         for name in ("lars", "clip_grad_norm", "lovasz"):

@@ -22,8 +22,12 @@ def build_datasets(config):
     train = open_dataset(config.data, "train")
     if isinstance(train, FolderDataset):
         # Classes may be inferred from the masks: make the val split agree with train.
-        return train, open_dataset(config.data, "val", num_classes=train.num_classes)
-    return train, open_dataset(config.data, "val")
+        val = open_dataset(config.data, "val", num_classes=train.num_classes)
+    else:
+        val = open_dataset(config.data, "val")
+    # At most num_train / num_val images of a folder, each resized by config.scale.
+    return (train.limited(config.num_train).rescaled(config.scale),
+            val.limited(config.num_val).rescaled(config.scale))
 
 
 def check_dataset(dataset, what, stream):
@@ -51,6 +55,10 @@ def class_weights(dataset, num_classes, how):
     """
     if how == "none":
         return None
+    if how == "median":
+        from ..data.camvid import median_frequency_weights
+
+        return median_frequency_weights(dataset, num_classes, IGNORE_INDEX)
     counts = np.zeros(num_classes, dtype=np.int64)
     for index in range(len(dataset)):
         _, mask = dataset[index]
@@ -94,6 +102,10 @@ def initialise(model, config, train_set):
     from ..data import RandomCrop, iterate_batches
     from ..init import lsuv_init, orthogonal_init
 
+    if getattr(model, "batch_norm", False):
+        # Batch norm rescales every layer's output on every batch, which is what LSUV
+        # sets up once: the BN nets keep their He normal draw.
+        return model
     if config.init == "orthogonal-lsuv":
         orthogonal_init(model, config.seed)
     if config.init in ("lsuv", "orthogonal-lsuv"):
