@@ -145,6 +145,21 @@ def add_flip_flag(parser):
                              "the time; smoother, usually better masks)")
 
 
+def add_max_memory_flag(parser):
+    from .tiling import DEFAULT_MAX_MEMORY, format_bytes, parse_bytes
+
+    def size(text):
+        try:
+            return parse_bytes(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--max-memory", type=size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                        help="memory one forward pass may use, e.g. 800M or 2G; larger images are "
+                             "predicted in overlapping tiles with the same result (default "
+                             f"{format_bytes(DEFAULT_MAX_MEMORY)}; the picture itself comes on top)")
+
+
 def add_eval_parser(subparsers):
     p = subparsers.add_parser(
         "eval", help="score a checkpoint: per-class IoU, pixel/mean accuracy, mean IoU, fwIoU",
@@ -160,6 +175,7 @@ def add_eval_parser(subparsers):
                    "factor (default: as trained)")
     p.add_argument("--batch-size", type=int, default=8)
     add_flip_flag(p)
+    add_max_memory_flag(p)
     p.add_argument("-o", "--output", help="folder for eval.json and confusion.png "
                                           "(default: <run folder>/eval)")
     add_threads_flag(p)
@@ -189,7 +205,8 @@ def cmd_eval(args):
     bar = ProgressBar(-(-len(dataset) // batch_size), "evaluating")
     result = evaluate(model, dataset, batch_size=batch_size, preprocessing=preprocessing,
                       class_names=class_names, progress=lambda done, n: bar.update(done, n),
-                      score_offset=meta.get("score_offset"), flip=args.flip, boundary=True)
+                      score_offset=meta.get("score_offset"), flip=args.flip,
+                      max_memory=args.max_memory, boundary=True)
     bar.close()
     print(f"{path}: {len(dataset)} images")
     print("\n".join(format_table(result.metrics)))
@@ -244,6 +261,7 @@ def add_predict_parser(subparsers):
     p.add_argument("-o", "--output", default="predictions", help="output folder (default predictions)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     add_flip_flag(p)
+    add_max_memory_flag(p)
     add_threads_flag(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -255,7 +273,7 @@ def cmd_predict(args):
     apply_threads(args)
     path = resolve_checkpoint(args.checkpoint)
     for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha,
-                                                         flip=args.flip):
+                                                         flip=args.flip, max_memory=args.max_memory):
         print(f"{source} -> {mask_path}, {overlay_path}")
     return 0
 
@@ -497,4 +515,10 @@ def main(argv=None):
     except (CheckpointError, TrainingDiverged, ReplicaError, ValueError, TypeError, OSError,
             KeyError) as exc:
         print(f"npfcn: error: {_message(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        # numpy says which allocation failed ("Unable to allocate 161. MiB for an array ...").
+        detail = f" ({_message(exc)})" if str(exc) else ""
+        print(f"npfcn: error: out of memory{detail}; use fewer or smaller images, a smaller "
+              "--batch-size or --max-memory, or fewer --threads", file=sys.stderr)
         return 1

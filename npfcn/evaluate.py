@@ -8,6 +8,7 @@ import numpy as np
 
 from .losses import CrossEntropyLoss
 from .metrics import boundary_f1, confusion_matrix, summarize
+from .tiling import DEFAULT_MAX_MEMORY, forward_bytes, tile_scores, tiles_for
 
 IGNORE_INDEX = 255
 
@@ -57,43 +58,81 @@ def predict_labels(model, x, score_offset=None, flip=False):
 
 
 def evaluate(model, dataset, batch_size=8, preprocessing="unit", class_names=None, progress=None,
-             score_offset=None, flip=False, boundary=False):
+             score_offset=None, flip=False, max_memory=DEFAULT_MAX_MEMORY, boundary=False):
     """Score ``model`` on every item of ``dataset`` (in order); returns an Evaluation.
 
     The loss is the pixel-weighted mean over the whole dataset (each batch's mean
     times its counted pixels), so it does not depend on the batch size; it scores the
     same scores the prediction is the argmax of.
     score_offset, flip: see ``predict_labels``.
+    max_memory: bytes one forward pass may use; a batch that needs more is scored image
+    by image, and an image that needs more in overlapping tiles (``npfcn.tiling``: the
+    same scores up to float rounding).
     progress: optional callable ``progress(done_batches, images)`` for a bar.
     boundary: also the mean boundary F1 score over the images (``metrics["boundary_f1"]``,
-    npfcn.metrics.boundary_f1; images scored in tiles are left out of it).
+    npfcn.metrics.boundary_f1).
     """
-    from .data import iterate_batches
+    from .data.transforms import preprocess, resolve_preprocessing
 
     num_classes = model.num_classes
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     loss_fn = CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     loss_sum, pixels = 0.0, 0
     boundary_scores = []
-    batches = iterate_batches(dataset, batch_size, rng=None, transform=None,
-                              preprocessing=preprocessing, drop_last=False)
-    for done, (x, y) in enumerate(batches, start=1):
-        labels, scores = predict_labels(model, x, score_offset, flip)
+    spec = resolve_preprocessing(preprocessing)
+
+    def score(scores, labels, y):
+        nonlocal loss_sum, pixels, hist
         counted = int(np.count_nonzero(y != IGNORE_INDEX))
-        loss_sum += loss_fn.forward(scores, y) * counted
+        if counted:
+            loss_sum += loss_fn.forward(scores, y) * counted
         pixels += counted
         hist += confusion_matrix(y, labels, num_classes, ignore_index=IGNORE_INDEX)
-        if boundary:
-            boundary_scores += [boundary_f1(t, p, num_classes, IGNORE_INDEX)
-                                for t, p in zip(y, labels)]
+
+    for done, start in enumerate(range(0, len(dataset), batch_size), start=1):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        if _fits_as_batch(model, items, flip, max_memory):
+            x = np.stack([preprocess(image, spec) for image, _ in items]).astype(model.dtype, copy=False)
+            y = np.stack([mask for _, mask in items]).astype(np.int64)
+            labels, scores = predict_labels(model, x, score_offset, flip)
+            score(scores, labels, y)
+            if boundary:
+                boundary_scores += [boundary_f1(t, p, num_classes, IGNORE_INDEX)
+                                    for t, p in zip(y, labels)]
+        else:
+            for image, mask in items:           # one at a time, tiled if need be
+                height, width = image.shape[:2]
+                if mask.shape != (height, width):
+                    raise ValueError(f"image {height}x{width} and its mask {mask.shape} differ in size")
+                labels = np.empty((height, width), dtype=np.int64) if boundary else None
+                for tile in tiles_for(model, height, width, max_memory, flip):
+                    scores = tile_scores(model, image, tile, spec, score_offset, flip)
+                    y = mask[None, tile.cy0:tile.cy1, tile.cx0:tile.cx1].astype(np.int64)
+                    core = scores.argmax(axis=1)
+                    score(scores, core, y)
+                    if boundary:
+                        labels[tile.cy0:tile.cy1, tile.cx0:tile.cx1] = core[0]
+                if boundary:
+                    boundary_scores.append(boundary_f1(mask.astype(np.int64), labels, num_classes,
+                                                       IGNORE_INDEX))
         if progress is not None:
-            progress(done, len(x))
+            progress(done, len(items))
     names = class_names if class_names is not None else getattr(dataset, "class_names", None)
     metrics = summarize(hist, names)
     if boundary:
         scored = [v for v in boundary_scores if not np.isnan(v)]
         metrics["boundary_f1"] = float(np.mean(scored)) if scored else float("nan")
     return Evaluation(hist=hist, loss=loss_sum / max(pixels, 1), metrics=metrics)
+
+
+def _fits_as_batch(model, items, flip, max_memory):
+    """Whether the (image, mask) items are all one size and fit in one forward pass."""
+    sizes = {image.shape[:2] for image, _ in items} | {mask.shape for _, mask in items}
+    if len(sizes) != 1:
+        return False
+    (height, width), = sizes
+    needed = forward_bytes(model, len(items), height, width, flip)
+    return needed is None or needed <= max_memory
 
 
 def sample_grid(model, dataset, indices, preprocessing="unit", score_offset=None):

@@ -1,0 +1,348 @@
+"""Predicting images larger than memory allows: overlapping tiles that give the whole-image result.
+
+A fully convolutional network computes every output pixel from a bounded window
+of input pixels, so an image can be cut into tiles, each tile predicted alone and
+the centres of the tiles ("cores") pasted together.  The pasted result EQUALS the
+whole-image prediction (up to float rounding of kernels that pick different paths
+for different sizes) when two conditions hold:
+
+1. **Tiles start on the network's alignment** (``TileGeometry.align``, 32 for
+   FCN: the stride of pool5, the deepest map).  Shifting the input by a multiple
+   of 32 shifts every feature map by a whole number of its pixels, so a 2x2 pool
+   window covers the same four pixels in the tile as in the whole image, and
+   the transposed convolutions' outputs land on the same pixels.  Shifted by
+   any other amount, the pools would group different pixels and the result
+   would differ everywhere, not only near the seams.
+2. **Every core pixel keeps at least ``TileGeometry.radius`` pixels of real
+   image around it inside its tile** (or the tile side IS the image side).
+   ``radius`` is the reach of one output pixel: FCN-8s's score at pixel y
+   depends on input pixels y-245 ... y+245 (``fcn_geometry`` follows the
+   window through every layer).  Near a seam the tile sees zeros (conv1_1's
+   padding of 100, conv padding 1 on every map, the ceil-mode pools' short
+   windows) where the whole image has pixels; those differences travel at most
+   ``radius`` pixels inwards, so they never reach a core pixel.  At the image's
+   own border the tile's border IS the image's: FCN's padding of 100, the
+   crops 5, 9 and 31 and the ceil-mode pools then see exactly what they see in
+   the whole image (a tile starting at 0 has maps that are prefixes of the
+   whole image's maps; one ending at the image's end, started on the
+   alignment, has maps that are suffixes of them).
+
+So tiles are cores of ``core`` x ``core`` pixels (a multiple of ``align``) with
+``halo = radius`` rounded up to ``align`` on each side, clipped to the image.
+
+With ``flip`` the mirrored image is scored too.  A tile of the mirrored image
+starts at ``W - x1``, which is on the alignment only if ``W`` is; the mirrored
+pass therefore widens the tile on the right to the next column ``x1'`` with
+``W - x1'`` a multiple of ``align`` (at most ``align - 1`` more columns).
+
+The memory a tile needs is estimated from the network's layer shapes
+(``forward_bytes``); tiles are as large as the budget allows.
+"""
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_MAX_MEMORY = 1 << 30   # working memory of one forward pass: the default-width FCN-8s stays
+#                                under ~1.5 GiB of resident memory with the picture and Python beside it
+_SCRATCH_BYTES = 64 << 20      # kernel workspaces (blocks of ~16 MiB per thread) and temporaries
+
+
+class MemoryBudgetError(ValueError):
+    """The memory budget is too small for even the smallest tile."""
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """align: tiles start on multiples of this (pixels); radius: an output pixel depends on
+    input pixels at most this far away (pixels, along each axis)."""
+
+    align: int
+    radius: int
+
+    @property
+    def halo(self):
+        """Overlap kept on each inner side of a tile: radius rounded up to the alignment."""
+        return -(-self.radius // self.align) * self.align
+
+
+# --- the reach of an output pixel -------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Window:
+    """Feature pixel j depends on input pixels stride*j + lo ... stride*j + hi (one axis)."""
+
+    stride: int
+    lo: int
+    hi: int
+
+    def conv(self, kernel, stride=1, padding=0):
+        """After a convolution or pooling: output j reads inputs stride*j - padding + (0..kernel-1)."""
+        s = self.stride
+        return _Window(s * stride, self.lo - s * padding, self.hi + s * (kernel - 1 - padding))
+
+    def transposed(self, kernel, stride, padding=0):
+        """After a transposed convolution: output o receives input i when
+        stride*i - padding <= o <= stride*i - padding + kernel - 1."""
+        s = self.stride
+        if s % stride:
+            raise ValueError(f"a transposed convolution of stride {stride} on a map of stride {s}")
+        return _Window(s // stride, self.lo + s * (padding - kernel + 1) // stride,
+                       self.hi + s * padding // stride)
+
+    def crop(self, offset):
+        """After ``y = x[offset:]``: y[j] is x[j + offset]."""
+        return _Window(self.stride, self.lo + self.stride * offset, self.hi + self.stride * offset)
+
+    def union(self, other):
+        """The sum of two maps of the same stride depends on what either depends on."""
+        if other.stride != self.stride:
+            raise ValueError("adding maps of different strides")
+        return _Window(self.stride, min(self.lo, other.lo), max(self.hi, other.hi))
+
+
+def fcn_geometry(model="fcn8s"):
+    """TileGeometry of FCN-32s/16s/8s, derived from the architecture tables.
+
+    Follows one output pixel's window back through conv1_1 (padding 100), the
+    3x3 convolutions (padding 1), the 2x2 pools, fc6 (7x7), the 1x1 score layers,
+    the transposed convolutions and the crops.  FCN-8s: align 32, radius 245.
+    """
+    from .models.fcn import ARCHITECTURES
+    from .models.vgg import CONV1_PADDING, VGG16_LAYERS
+
+    skips, final = ARCHITECTURES[model]
+    window, taps, deepest = _Window(1, 0, 0), {}, 1
+    for name, channels in VGG16_LAYERS:
+        if channels is None:
+            window = window.conv(2, 2)
+            taps[name] = window
+        else:
+            window = window.conv(3, 1, CONV1_PADDING if name == "conv1_1" else 1)
+        deepest = max(deepest, window.stride)
+    score = window.conv(7).conv(1).conv(1)             # fc6, fc7, score_fr
+    for skip in skips:
+        score = score.transposed(4, 2).union(taps[skip.tap].crop(skip.offset))
+    out = score.transposed(final.kernel_size, final.stride).crop(final.offset)
+    if out.stride != 1:
+        raise ValueError(f"{model} does not end at the input's resolution")
+    return TileGeometry(align=deepest, radius=max(-out.lo, out.hi))
+
+
+def geometry_of(model):
+    """The model's TileGeometry: FCNs from their architecture; other models may define
+    ``tile_geometry()``; None when unknown (such a model is always run on whole images)."""
+    custom = getattr(model, "tile_geometry", None)
+    if callable(custom):
+        return custom()
+    name = (getattr(model, "config", None) or {}).get("model")
+    if name in ("fcn8s", "fcn16s", "fcn32s"):
+        return fcn_geometry(name)
+    return None
+
+
+# --- memory -------------------------------------------------------------------------------
+
+def forward_bytes(model, n, height, width, flip=False):
+    """Estimated peak bytes of predicting n images of height x width in one forward pass.
+
+    Counts every map the network produces as if all stayed alive (a layer may
+    keep its input for a backward pass), pooling indices (int64), the input, the
+    preprocessing temporaries, the scores (twice with ``flip``), the argmax and
+    the weights, plus a fixed allowance for kernel scratch.  Models other than
+    FCN: ``model.forward_bytes(n, height, width)`` if defined, else None.
+    """
+    custom = getattr(model, "forward_bytes", None)
+    if callable(custom):
+        return int(custom(n, height, width)) + _SCRATCH_BYTES
+    config = getattr(model, "config", None) or {}
+    if config.get("model") not in ("fcn8s", "fcn16s", "fcn32s"):
+        return None
+    from .models.fcn import ARCHITECTURES
+    from .models.vgg import CONV1_PADDING, VGG16_LAYERS, scaled_channels, FC_CHANNELS
+
+    item = np.dtype(model.dtype).itemsize
+    classes, scale = model.num_classes, config.get("width", 1.0)
+    pixels = height * width
+    floats = 3 * pixels * (1 + 4)               # the input and ~4 preprocessing temporaries
+    index_bytes = 0
+    h, w = height + 2 * CONV1_PADDING - 2, width + 2 * CONV1_PADDING - 2
+    for name, channels in VGG16_LAYERS:
+        if channels is None:
+            h, w = (h + 1) // 2, (w + 1) // 2          # 2x2 ceil-mode pool
+            floats += last * h * w
+            index_bytes += 8 * last * h * w
+        else:
+            last = scaled_channels(channels, scale)
+            floats += last * h * w
+    fc = scaled_channels(FC_CHANNELS, scale)
+    h, w = max(h - 6, 1), max(w - 6, 1)
+    floats += 2 * fc * h * w + classes * h * w       # fc6, fc7, score_fr
+    skips, final = ARCHITECTURES[config["model"]]
+    for _ in skips:
+        h, w = 2 * h + 2, 2 * w + 2
+        floats += 3 * classes * h * w                 # upsampled, the tap's score, its crop
+    h, w = (h - 1) * final.stride + final.kernel_size, (w - 1) * final.stride + final.kernel_size
+    floats += classes * h * w                         # the last upsampling before its crop
+    floats += classes * pixels * (3 + (2 if flip else 0))   # crop, score offset, sum; flip
+    total = item * n * floats + n * (index_bytes + 8 * pixels)  # + argmax (int64)
+    weights = sum(p.nbytes for p in model.params.values())
+    return int(total + 2 * weights + _SCRATCH_BYTES)
+
+
+# --- the tiles ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tile:
+    """Input rows [y0, y1) and columns [x0, x1) are fed to the network; the prediction is
+    kept for the core rows [cy0, cy1) and columns [cx0, cx1) (image coordinates)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    cy0: int
+    cy1: int
+    cx0: int
+    cx1: int
+
+
+def _spans(size, core, halo):
+    """(start, stop, core_start, core_stop) along one axis of ``size`` pixels."""
+    return [(max(0, c - halo), min(size, c + core + halo), c, min(size, c + core))
+            for c in range(0, size, core)]
+
+
+def plan_tiles(height, width, geometry, fits, flip=False):
+    """Tiles covering a height x width image; ``fits(h, w)`` says whether an h x w input
+    stays within the memory budget.  One tile (the whole image) when it fits.
+
+    The core is the largest multiple of ``geometry.align`` whose tile fits; raises
+    MemoryBudgetError when not even a core of ``align`` pixels does.
+    """
+    if fits(height, width):
+        return [Tile(0, height, 0, width, 0, height, 0, width)]
+    if geometry is None:
+        return None
+    align, halo = geometry.align, geometry.halo
+    extra = align - 1 if flip else 0            # the mirrored pass may widen a tile
+
+    def tile_fits(core):
+        return fits(min(height, core + 2 * halo), min(width, core + 2 * halo + extra))
+
+    if not tile_fits(align):
+        return []
+    lo, hi = 1, max(1, -(-max(height, width) // align))   # cores in units of align
+    while lo < hi:                                         # largest fitting core
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if tile_fits(mid * align) else (lo, mid - 1)
+    core = lo * align
+    return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1)
+            for y0, y1, cy0, cy1 in _spans(height, core, halo)
+            for x0, x1, cx0, cx1 in _spans(width, core, halo)]
+
+
+def tiles_for(model, height, width, max_memory=DEFAULT_MAX_MEMORY, flip=False, n=1):
+    """The tiles ``model`` predicts a height x width image in within ``max_memory`` bytes.
+
+    Raises MemoryBudgetError (one line) when the budget cannot be met.
+    """
+    def fits(h, w):
+        needed = forward_bytes(model, n, h, w, flip)
+        return needed is None or needed <= max_memory
+
+    geometry = geometry_of(model)
+    tiles = plan_tiles(height, width, geometry, fits, flip)
+    if tiles:
+        return tiles
+    if tiles is None:
+        needed = forward_bytes(model, n, height, width, flip)
+        raise MemoryBudgetError(
+            f"predicting a {height}x{width} image needs about {format_bytes(needed)}, more than "
+            f"the memory budget of {format_bytes(max_memory)}, and {type(model).__name__} "
+            "cannot be tiled; raise --max-memory")
+    side = 2 * geometry.halo + geometry.align
+    needed = forward_bytes(model, n, min(height, side), min(width, side), flip)
+    raise MemoryBudgetError(
+        f"a memory budget of {format_bytes(max_memory)} is too small: the smallest tile "
+        f"({min(height, side)}x{min(width, side)} pixels) needs about {format_bytes(needed)}; "
+        "raise --max-memory")
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+def _forward(model, x):
+    """Scores of x (1, 3, h, w) in eval mode, as a new array."""
+    was_training = model.training
+    model.eval()
+    try:
+        return np.array(model.forward(x), copy=True)
+    finally:
+        model.train(was_training)
+
+
+def tile_scores(model, image, tile, preprocessing="unit", score_offset=None, flip=False):
+    """Scores (1, K, cy1-cy0, cx1-cx0) of the tile's core, from image (H, W, 3) uint8.
+
+    Arithmetic as ``npfcn.evaluate.predict_labels``: scores, with ``flip`` plus the
+    mirrored scores times 0.5, then plus ``score_offset``.
+    """
+    from .data.transforms import preprocess
+
+    geometry = geometry_of(model)
+    align = geometry.align if geometry is not None else 1
+
+    def network_input(x1):
+        x = preprocess(image[tile.y0:tile.y1, tile.x0:x1], preprocessing)
+        return x.astype(model.dtype, copy=False)[None]
+
+    scores = _forward(model, network_input(tile.x1))
+    if flip:
+        width = image.shape[1]
+        x1 = width - (width - tile.x1) // align * align     # W - x1 on the alignment
+        mirrored = _forward(model, np.ascontiguousarray(network_input(x1)[..., ::-1]))
+        scores += mirrored[..., ::-1][..., :tile.x1 - tile.x0]
+        scores *= scores.dtype.type(0.5)
+    if score_offset is not None:
+        score_offset = np.asarray(score_offset, dtype=scores.dtype)
+        if score_offset.shape != (scores.shape[1],):
+            raise ValueError(f"score_offset has shape {score_offset.shape} but the model "
+                             f"predicts {scores.shape[1]} classes")
+        scores += score_offset[:, None, None]
+    core = (slice(None), slice(None), slice(tile.cy0 - tile.y0, tile.cy1 - tile.y0),
+            slice(tile.cx0 - tile.x0, tile.cx1 - tile.x0))
+    return scores[core]
+
+
+def predict_tiled(model, image, tiles, preprocessing="unit", score_offset=None, flip=False):
+    """Labels (H, W) uint8 of image (H, W, 3) uint8, predicted tile by tile."""
+    labels = np.empty(image.shape[:2], dtype=np.uint8)
+    for tile in tiles:
+        scores = tile_scores(model, image, tile, preprocessing, score_offset, flip)
+        labels[tile.cy0:tile.cy1, tile.cx0:tile.cx1] = scores[0].argmax(axis=0)
+    return labels
+
+
+# --- sizes as people write them --------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text):
+    """'1.5G', '800M', '2GiB', '1073741824' -> bytes (binary units); ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (examples: 1.5G, 800M, 2GiB)")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"memory size must be at least one byte, got {text!r}")
+    return int(value)
+
+
+def format_bytes(count):
+    """Bytes as a short human-readable size ('1.5 GiB', '640 MiB')."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} B"
