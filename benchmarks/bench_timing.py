@@ -172,40 +172,37 @@ def own_peak_rss_kb():
 
 
 def machine():
-    """A short description of the machine and the library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    """A short description of the machine and the library versions: the CPU by name
+    (with family/model when the name is generic), its widest vectors, the OpenBLAS
+    kernel in use and the environment variables that change it."""
+    from npfcn import sysinfo
+
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
+        "cpu": sysinfo.describe_cpu(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "blas": sysinfo.describe_blas(),
+        "openblas_core": sysinfo.blas_core(),
+        "load": " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    lib, names = _openblas()
-    if lib is not None:
-        fn = getattr(lib, f"{names[0]}get_corename{names[1]}", None)
-        if fn is not None:
-            fn.restype = ctypes.c_char_p
-            info["openblas_core"] = fn().decode()
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if os.environ.get(var):
+            info[var] = os.environ[var]
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     return info
 
 
 def describe(info, threads):
-    """One line for the top of a table: date, machine, threads."""
+    """One line for the top of a table: date, CPU, BLAS kernel, versions, threads, load."""
     versions = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "torch") if k in info)
     thr = ", ".join(f"{k} {v}" for k, v in threads.items())
-    return (f"{info['date']} on {info['cpu']} ({info['cores']} cores); {versions}; "
-            f"threads: {thr}")
+    forced = "".join(f"; {var}={info[var]}" for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                     if var in info)
+    return (f"{info['date']} on {info['cpu']} ({info['cores']} cores); BLAS {info['blas']}"
+            f"{forced}; {versions}; threads: {thr}; load average {info.get('load')}")
 
 
 def fmt(value, digits=2):

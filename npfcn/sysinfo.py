@@ -1,4 +1,4 @@
-"""What ``npfcn info`` reports: version, kernel backend, BLAS library and thread counts.
+"""What ``npfcn info`` reports: version, kernel backend, CPU, BLAS library, its kernel and thread counts.
 
 No new dependencies: the BLAS name comes from ``numpy.show_config(mode="dicts")``
 and the BLAS thread count from the loaded OpenBLAS library itself (through
@@ -83,6 +83,104 @@ def _loaded_libraries():
     return sorted(p for p in paths if os.path.isabs(p))
 
 
+_CORENAME_SYMBOLS = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename_64_",
+                     "openblas_get_corename64_", "openblas_get_corename")
+_CONFIG_SYMBOLS = ("scipy_openblas_get_config64_", "scipy_openblas_get_config_64_",
+                   "openblas_get_config64_", "openblas_get_config")
+
+
+def _blas_string(symbols):
+    function = _blas_function(symbols)
+    if function is None:
+        return None
+    function.restype = ctypes.c_char_p
+    value = function()
+    return value.decode(errors="replace").strip() if value else None
+
+
+def blas_core():
+    """The kernel OpenBLAS chose for this CPU ("SkylakeX", "Haswell", "Zen", ...), or None.
+
+    OpenBLAS built with DYNAMIC_ARCH picks its kernels at load time (or from the
+    OPENBLAS_CORETYPE environment variable): on the same CPU the SkylakeX and
+    Haswell kernels differ about 2x in sgemm, so a figure is only readable with it.
+    """
+    return _blas_string(_CORENAME_SYMBOLS)
+
+
+def blas_config():
+    """OpenBLAS's build line ("OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH ..."), or None."""
+    return _blas_string(_CONFIG_SYMBOLS)
+
+
+def _amd_core(family, model):
+    """AMD's core generation from cpuid family/model (the names say "AMD EPYC" alone on
+    some cloud machines)."""
+    if family == 23:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    if family == 25:
+        return "Zen 4" if (0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F
+                           or 0xA0 <= model <= 0xAF) else "Zen 3"
+    if family == 26:
+        return "Zen 5"
+    return None
+
+
+def cpu_info(cpuinfo_path="/proc/cpuinfo"):
+    """{"name", "vendor", "family", "model", "vectors"} of the first CPU (Linux; platform
+    strings elsewhere).  vectors: the widest SIMD the CPU has ("AVX-512", "AVX2", ...)."""
+    fields = {}
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break                       # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    vectors = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+               else "AVX" if "avx" in flags else "NEON" if {"asimd", "neon"} & flags
+               else "SSE2" if "sse2" in flags else None)
+
+    def number(key):
+        try:
+            return int(fields[key], 0)
+        except (KeyError, ValueError):
+            return None
+
+    return {"name": fields.get("model name") or platform.processor() or platform.machine(),
+            "vendor": fields.get("vendor_id"), "family": number("cpu family"),
+            "model": number("model"), "vectors": vectors}
+
+
+def describe_cpu(cpu=None):
+    """One line naming the CPU: its model name, plus family/model (and AMD's core
+    generation) when the name is generic like "AMD EPYC", plus the widest vectors."""
+    cpu = cpu_info() if cpu is None else cpu
+    text = cpu["name"]
+    if not any(ch.isdigit() for ch in text) and cpu["family"] is not None:
+        core = _amd_core(cpu["family"], cpu["model"]) if cpu["vendor"] == "AuthenticAMD" else None
+        text += f" (family {cpu['family']} model {cpu['model']}" + (f", {core})" if core else ")")
+    if cpu["vectors"]:
+        text += f", {cpu['vectors']}"
+    return text
+
+
+def describe_blas():
+    """"OpenBLAS 0.3.31, kernel SkylakeX, 2 threads" (what of it is known)."""
+    blas = blas_info()
+    parts = [f"{blas['name']} {blas['version']}"]
+    core = blas_core()
+    if core:
+        parts.append(f"kernel {core}")
+    threads = blas_threads()
+    if threads is not None:
+        parts.append(f"{threads} threads")
+    return ", ".join(parts)
+
+
 def _vector_width():
     from . import direct
 
@@ -102,7 +200,10 @@ def info():
         "kernel threads": backend.num_threads(),
         "direct conv vectors": _vector_width(),
         "BLAS": f"{blas['name']} {blas['version']}",
+        "BLAS kernel": blas_core(),
         "BLAS threads": blas_threads(),
+        "CPU": describe_cpu(),
         "CPU cores": os.cpu_count(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
     }
