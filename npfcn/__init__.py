@@ -17,3 +17,12 @@ __version__ = "0.1.0"
 # `npfcn` command is); a value the user set wins.
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def check(path_or_module, examples=None, verbose=True):
+    """Grade a student's own layer functions against npfcn's reference (``npfcn check FILE``
+    from Python, e.g. in a notebook); returns a report whose ``passed`` says it all.
+    See ``npfcn.teach.check``."""
+    from .teach.check import check as _check
+
+    return _check(path_or_module, examples=examples, verbose=verbose)
