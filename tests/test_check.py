@@ -139,14 +139,19 @@ def test_python_api_takes_a_module_and_prints_to_a_stream():
     assert "functions pass" in out.getvalue()
 
 
-def test_cli_exit_codes_and_no_traceback(capsys):
+BROKEN_SYNTAX = "def conv_forward_naive(x, w, b, conv_param)\n    return None, None\n"
+
+
+def test_cli_exit_codes_and_no_traceback(capsys, tmp_path):
     assert main(["check", str(SOLUTIONS / "cs231n_loops.py"), "--examples", "5"]) == 0
     assert main(["check", str(SOLUTIONS / "bug_relu_mask.py"), "--examples", "5"]) == 1
     out = capsys.readouterr().out
     assert "relu_backward: dx differs" in out and "Traceback" not in out
-    assert main(["check", str(SOLUTIONS / "broken_syntax.py")]) == 2
+    broken = tmp_path / "broken.py"
+    broken.write_text(BROKEN_SYNTAX)
+    assert main(["check", str(broken)]) == 2
     err = capsys.readouterr().err
-    assert "syntax error at line 4" in err and "Traceback" not in err
+    assert "syntax error at line 1" in err and "Traceback" not in err
     assert main(["check", str(SOLUTIONS / "raises_on_import.py")]) == 2
     err = capsys.readouterr().err
     assert "importing it raised FileNotFoundError" in err and "line 4" in err
@@ -161,6 +166,8 @@ def test_a_file_without_known_functions_is_not_a_pass(tmp_path):
     assert "no function recognised" in report.text()
 
 
-def test_import_failure_from_the_api():
+def test_import_failure_from_the_api(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text(BROKEN_SYNTAX)
     with pytest.raises(ImportFailure, match="syntax error"):
-        check(SOLUTIONS / "broken_syntax.py", verbose=False)
+        check(broken, verbose=False)
