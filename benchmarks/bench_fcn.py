@@ -10,9 +10,10 @@ One step = forward, per-pixel cross-entropy, backward, SGD update (momentum
 
 Both networks have the same architecture: conv1_1 padded by 100, ceil-mode
 pools, fc6 as a 7x7 convolution, dropout 0.5, frozen bilinear upsampling,
-crops at 5, 9 and 31.  Step times alternate npfcn / PyTorch in one process;
-peak memory (RSS) is measured in separate processes, one per library, each
-running the same steps alone (``--rss-child``).
+crops at 5, 9 and 31.  Each library runs in a worker process of its own (no
+thread pools fighting), the steps alternate between them (npfcn, PyTorch, npfcn,
+...; bench_timing.compare_processes); peak memory (RSS) is measured in separate
+processes, one per library, each running the same steps alone (``--rss-child``).
 """
 import argparse
 import os
@@ -178,28 +179,45 @@ def measure_rss(config, threads, steps=2):
 
 
 def run(configs, repeats, threads, rss=True):
-    import torch  # noqa: F401  (pin_threads sizes its pool once it is imported)
-    rows = []
-    for name in configs:
-        cfg = CONFIGS[name]
-        bt.progress(f"FCN-8s {name}: building both networks ...")
-        stats = bt.compare({"npfcn": npfcn_step(cfg), "torch": torch_step(cfg)},
-                           repeats=repeats, warmup=1)
-        ours, theirs = stats["npfcn"], stats["torch"]
-        row = {"config": name, "width": cfg["width"], "batch": cfg["batch"],
-               "size": f"{cfg['size']}x{cfg['size']}", "classes": cfg["num_classes"],
-               "ours_s": ours.median, "torch_s": theirs.median,
-               "ratio": theirs.median / ours.median,
-               "ours_ips": cfg["batch"] / ours.median, "torch_ips": cfg["batch"] / theirs.median,
-               "spread": ours.spread, "torch_spread": theirs.spread,
-               "stats": {k: v.as_dict() for k, v in stats.items()}}
-        if rss:
-            mem = measure_rss(name, threads)
-            row.update(ours_mb=mem["npfcn"]["peak_mb"], torch_mb=mem["torch"]["peak_mb"],
-                       mem_ratio=mem["npfcn"]["peak_mb"] / mem["torch"]["peak_mb"], memory=mem)
-        bt.progress(f"  torch/ours {row['ratio']:.2f}")
-        rows.append(row)
-    return rows
+    """Time the configurations with each library in a worker process of its own."""
+    workers = {}
+    try:
+        for library in ("npfcn", "torch"):
+            workers[library] = bt.Worker(os.path.abspath(__file__), library,
+                                         ["--threads", str(threads)])
+        rows = []
+        for name in configs:
+            cfg = CONFIGS[name]
+            bt.progress(f"FCN-8s {name}: timing both networks ...")
+            stats = bt.compare_processes(workers, name, repeats=repeats, min_time=0.0)
+            ours, theirs = stats["npfcn"], stats["torch"]
+            row = {"config": name, "width": cfg["width"], "batch": cfg["batch"],
+                   "size": f"{cfg['size']}x{cfg['size']}", "classes": cfg["num_classes"],
+                   "ours_s": ours.median, "torch_s": theirs.median,
+                   "ratio": theirs.median / ours.median,
+                   "ours_ips": cfg["batch"] / ours.median, "torch_ips": cfg["batch"] / theirs.median,
+                   "spread": ours.spread, "torch_spread": theirs.spread,
+                   "stats": {k: v.as_dict() for k, v in stats.items()}}
+            if rss:
+                mem = measure_rss(name, threads)
+                row.update(ours_mb=mem["npfcn"]["peak_mb"], torch_mb=mem["torch"]["peak_mb"],
+                           mem_ratio=mem["npfcn"]["peak_mb"] / mem["torch"]["peak_mb"], memory=mem)
+            bt.progress(f"  torch/ours {row['ratio']:.2f}")
+            rows.append(row)
+        threads_used = {**workers["npfcn"].hello["threads"],
+                        "torch": workers["torch"].hello["threads"].get("torch")}
+        return rows, threads_used, workers["npfcn"].hello["machine"]
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def worker_main(library, threads):
+    """A worker process timing one library's training step (see bench_timing.serve)."""
+    if library == "torch":
+        import torch  # noqa: F401  (imported before pin_threads sizes its pool)
+    make = npfcn_step if library == "npfcn" else torch_step
+    return bt.serve(lambda name: make(CONFIGS[name]), threads)
 
 
 COLUMNS = [("config", "config"), ("width", "width"), ("batch", "batch"), ("size", "image"),
@@ -217,17 +235,18 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=bt.DEFAULT_THREADS)
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--rss-child", choices=("npfcn", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("npfcn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child, (args.config or ["full"])[0], args.steps, args.threads)
+    if args.worker:
+        return worker_main(args.worker, args.threads)
     configs = args.config or (["default"] if args.quick else ["full", "default"])
-    import torch  # noqa: F401
-    threads = bt.pin_threads(args.threads)
-    info = bt.machine()
-    rows = run(configs, args.repeats, args.threads, rss=not args.no_rss)
-    header = (f"FCN-8s training step (forward, loss, backward, SGD), float32, median of "
-              f"{args.repeats} alternated steps. {bt.describe(info, threads)}")
+    rows, threads, info = run(configs, args.repeats, args.threads, rss=not args.no_rss)
+    header = (f"FCN-8s training step (forward, loss, backward, SGD), float32, each library in "
+              f"its own process, median of {args.repeats} alternated steps. "
+              f"{bt.describe(info, threads)}")
     bt.report("fcn_quick" if args.quick else "fcn", header, rows, COLUMNS,
               {"machine": info, "threads": threads})
     return 0

@@ -1,28 +1,37 @@
-"""Every FCN-8s layer shape: npfcn against PyTorch and against the matmul / memcpy limit.
+"""Layer by layer: npfcn against PyTorch, each in a process of its own, and against the sgemm peak.
 
-    python benchmarks/bench_layers.py [--quick | --narrow] [--repeats 5] [--threads 2] [--reference]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+        python benchmarks/bench_layers.py [--quick | --narrow | --all] [--only TEXT]
+                                          [--repeats 5] [--threads 2] [--reference]
+    python benchmarks/bench_layers.py --shared      # both libraries in ONE process (see below)
 
-For each layer, forward ("fwd") and forward+backward ("fwd+bwd") are timed
-alternately with PyTorch in one process (see bench_timing.compare).  Columns:
+Every library runs in a worker process of its own (bench_timing.Worker); the parent
+asks them in turn to time one case (npfcn, torch, npfcn, torch, ...), median of the
+runs, the same input arrays and weights on both sides (drawn from one seed).  Columns:
 
-* ``ours ms`` / ``torch ms``   median time per call;
+* ``ours ms`` / ``torch ms``   median time per call (forward, or forward + backward
+                               with dx, dw and db, as a training step needs them);
 * ``torch/ours``               the ratio the targets are stated in (>1: npfcn is faster);
-* ``GFLOP/s``                  npfcn's arithmetic rate (convolutions only);
-* ``limit/ours``               the time of the bare limit over npfcn's time: for
-                               convolutions the matrix products an im2col design
-                               must do (the same GEMM shapes, NumPy's BLAS); for
-                               memory-bound layers a copy of the same bytes.  1.0
-                               means npfcn adds nothing around that limit.  Above
-                               1.0 npfcn needs fewer multiplications than that
-                               design (Winograd for 3x3 convolutions, sub-pixel
-                               phases for transposed ones: see docs/kernels.md);
-* ``spread``                   (max - min) / median over the runs of npfcn;
-* ``numpy-ref ms``             (``--reference``) the pure-NumPy reference path.
+* ``GFLOP/s`` / ``torch GFLOP/s``  the rate of direct-convolution arithmetic
+                               (2 N C_out C_in k^2 OH OW per pass; x3 for forward +
+                               backward), so paths that do fewer multiplications
+                               (Winograd) can exceed the sgemm rate;
+* ``% peak``                   npfcn's GFLOP/s over the machine's float32 sgemm rate,
+                               measured in the npfcn worker at the start of the run;
+* ``spread``                   (max - min) / median over npfcn's runs.
 
-Shapes are those FCN-8s meets on a 224x224 image (N=1): the VGG16 convolutions
-at their ImageNet sizes, fc6 as a 7x7 convolution on pool5 (14x14 after the
-padding of 100), the 1x1 score layers, the three transposed convolutions,
-max pooling with indices, unpooling and the loss.
+Shapes: the VGG16 convolutions FCN-8s meets on a 224x224 image (N=1), fc6 (7x7 on
+pool5), the convolutions of the default training run (width 1/16, batch 2),
+4 x 64 -> 64 at 32x32, SegNet-Basic's 7x7 convolutions on a 360x480 CamVid image,
+the transposed convolutions, max pooling and the loss.
+
+``--shared`` times npfcn's 64-channel convolution at 32x32 in one process alone,
+then in a process that has also run PyTorch (two OpenMP runtimes side by side),
+which is how a notebook comparing the two sees it; see docs/kernels.md for what
+to do about it.
+
+Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the command (they force an old
+OpenBLAS kernel choice on some machines) and say so beside the figures.
 """
 import argparse
 import os
@@ -33,311 +42,341 @@ import bench_timing as bt  # noqa: E402  (sets thread environment before numpy)
 
 import numpy as np  # noqa: E402
 
-from npfcn import backend  # noqa: E402
-from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d  # noqa: E402
-from npfcn.losses import CrossEntropyLoss  # noqa: E402
+SCRIPT = os.path.abspath(__file__)
 
-# (name, in_channels, out_channels, kernel, padding, H)
-VGG_CONVS = [
-    ("conv1_1 3->64 @224", 3, 64, 3, 1, 224),
-    ("conv1_2 64->64 @224", 64, 64, 3, 1, 224),
-    ("conv2_1 64->128 @112", 64, 128, 3, 1, 112),
-    ("conv2_2 128->128 @112", 128, 128, 3, 1, 112),
-    ("conv3_1 128->256 @56", 128, 256, 3, 1, 56),
-    ("conv3_2 256->256 @56", 256, 256, 3, 1, 56),
-    ("conv4_1 256->512 @28", 256, 512, 3, 1, 28),
-    ("conv4_2 512->512 @28", 512, 512, 3, 1, 28),
-    ("conv5_x 512->512 @14", 512, 512, 3, 1, 14),
-]
-FCN_CONVS = [
-    ("fc6 512->4096 k7 @14", 512, 4096, 7, 0, 14),
-    ("fc7 4096->4096 1x1 @8", 4096, 4096, 1, 0, 8),
-    ("score_fr 4096->21 1x1 @8", 4096, 21, 1, 0, 8),
-    ("score_pool4 512->21 1x1 @27", 512, 21, 1, 0, 27),
-    ("score_pool3 256->21 1x1 @53", 256, 21, 1, 0, 53),
-]
-# The convolutions of the default training run (`npfcn train`: FCN-8s at width 1/16 on
-# 128x128 images; --narrow, batch 2 by default): 4 to 32 channels, where npfcn takes
-# its direct path (npfcn/direct.py) for everything but fc6.
-NARROW_CONVS = [
-    ("w1/16 conv1_1 3->4 @128 pad100", 3, 4, 3, 100, 128),
-    ("w1/16 conv1_2 4->4 @326", 4, 4, 3, 1, 326),
-    ("w1/16 conv2_1 4->8 @163", 4, 8, 3, 1, 163),
-    ("w1/16 conv2_2 8->8 @163", 8, 8, 3, 1, 163),
-    ("w1/16 conv3_1 8->16 @82", 8, 16, 3, 1, 82),
-    ("w1/16 conv3_x 16->16 @82", 16, 16, 3, 1, 82),
-    ("w1/16 conv4_1 16->32 @41", 16, 32, 3, 1, 41),
-    ("w1/16 conv4_x 32->32 @41", 32, 32, 3, 1, 41),
-    ("w1/16 conv5_x 32->32 @21", 32, 32, 3, 1, 21),
-    ("w1/16 fc6 32->256 k7 @11", 32, 256, 7, 0, 11),
-]
-# (name, channels, kernel, stride, H) - FCN-8s upsampling on a 224x224 image
-TRANSPOSED = [
-    ("upscore2 21 k4 s2 @8", 21, 4, 2, 8),
-    ("upscore_pool4 21 k4 s2 @18", 21, 4, 2, 18),
-    ("upscore8 21 k16 s8 @38", 21, 16, 8, 38),
-]
-QUICK = {"conv1_2 64->64 @224", "conv3_2 256->256 @56", "conv5_x 512->512 @14",
-         "upscore8 21 k16 s8 @38", "maxpool 2x2 64 @224"}
+# name -> (kind, N, in_channels, out_channels, kernel, stride, padding, H, W)
+CASES = {}
 
 
-def _rand(rng, shape):
-    return rng.standard_normal(shape, dtype=np.float32)
+def _add(group, name, kind, n, cin, cout, k, s, pad, h, w=None):
+    CASES[name] = dict(group=group, kind=kind, n=n, cin=cin, cout=cout, k=k, s=s, pad=pad,
+                       h=h, w=h if w is None else w)
 
 
-def conv_case(torch, name, cin, cout, k, pad, size, batch, rng):
-    x = _rand(rng, (batch, cin, size, size))
-    layer = Conv2d(cin, cout, k, padding=pad, rng=rng)
-    y = layer.forward(x)
-    dy = _rand(rng, y.shape)
-    tconv = torch.nn.Conv2d(cin, cout, k, padding=pad)
-    with torch.no_grad():
-        tconv.weight.copy_(torch.from_numpy(layer.params["weight"]))
-        tconv.bias.copy_(torch.from_numpy(layer.params["bias"]))
-    tx = torch.from_numpy(x).requires_grad_(True)   # dx too, as npfcn computes it
-    tdy = torch.from_numpy(dy)
+for _name, _cin, _cout, _h in [("conv1_1 3->64 @224", 3, 64, 224), ("conv1_2 64->64 @224", 64, 64, 224),
+                               ("conv2_1 64->128 @112", 64, 128, 112),
+                               ("conv2_2 128->128 @112", 128, 128, 112),
+                               ("conv3_1 128->256 @56", 128, 256, 56),
+                               ("conv3_2 256->256 @56", 256, 256, 56),
+                               ("conv4_1 256->512 @28", 256, 512, 28),
+                               ("conv4_2 512->512 @28", 512, 512, 28),
+                               ("conv5_x 512->512 @14", 512, 512, 14)]:
+    _add("vgg", _name, "conv", 1, _cin, _cout, 3, 1, 1, _h)
+_add("vgg", "fc6 512->4096 k7 @14", "conv", 1, 512, 4096, 7, 1, 0, 14)
+_add("fcn", "fc7 4096->4096 1x1 @8", "conv", 1, 4096, 4096, 1, 1, 0, 8)
+_add("fcn", "score_pool3 256->21 1x1 @53", "conv", 1, 256, 21, 1, 1, 0, 53)
+# The default training run (npfcn train: FCN-8s at width 1/16 on 128x128 images, batch 2).
+for _name, _cin, _cout, _k, _pad, _h in [("w1/16 conv1_1 3->4 @128 pad100", 3, 4, 3, 100, 128),
+                                         ("w1/16 conv1_2 4->4 @326", 4, 4, 3, 1, 326),
+                                         ("w1/16 conv2_1 4->8 @163", 4, 8, 3, 1, 163),
+                                         ("w1/16 conv2_2 8->8 @163", 8, 8, 3, 1, 163),
+                                         ("w1/16 conv3_1 8->16 @82", 8, 16, 3, 1, 82),
+                                         ("w1/16 conv3_x 16->16 @82", 16, 16, 3, 1, 82),
+                                         ("w1/16 conv4_1 16->32 @41", 16, 32, 3, 1, 41),
+                                         ("w1/16 conv4_x 32->32 @41", 32, 32, 3, 1, 41),
+                                         ("w1/16 conv5_x 32->32 @21", 32, 32, 3, 1, 21),
+                                         ("w1/16 fc6 32->256 k7 @11", 32, 256, 7, 0, 11)]:
+    _add("narrow", _name, "conv", 2, _cin, _cout, _k, 1, _pad, _h)
+_add("vgg", "N4 64->64 @32", "conv", 4, 64, 64, 3, 1, 1, 32)
+# SegNet-Basic on a 360x480 CamVid image: 7x7 convolutions of 64 channels at four scales.
+_add("segnet", "segnet-basic 3->64 k7 @360x480", "conv", 1, 3, 64, 7, 1, 3, 360, 480)
+for _h, _w in [(180, 240), (90, 120), (45, 60)]:
+    _add("segnet", f"segnet-basic 64->64 k7 @{_h}x{_w}", "conv", 1, 64, 64, 7, 1, 3, _h, _w)
+_add("segnet", "segnet-basic 64->64 k7 @360x480", "conv", 1, 64, 64, 7, 1, 3, 360, 480)
+for _name, _c, _k, _s, _h in [("upscore2 21 k4 s2 @8", 21, 4, 2, 8),
+                              ("upscore_pool4 21 k4 s2 @18", 21, 4, 2, 18),
+                              ("upscore8 21 k16 s8 @38", 21, 16, 8, 38)]:
+    _add("other", _name, "tconv", 1, _c, _c, _k, _s, 0, _h)
+_add("other", "maxpool 2x2 64 @224", "pool", 1, 64, 64, 2, 2, 0, 224)
+_add("other", "cross-entropy 21 @224", "loss", 1, 21, 21, 1, 1, 0, 224)
 
-    # The GEMMs of an im2col convolution, per image, on preallocated arrays.
-    P = y.shape[2] * y.shape[3]
-    K = cin * k * k
-    w2 = layer.params["weight"].reshape(cout, K)
-    cols = _rand(rng, (K, P))
-    d2 = dy[0].reshape(cout, P)
-    out_f, out_dw, out_dc = (np.empty((cout, P), np.float32), np.empty((cout, K), np.float32),
-                             np.empty((K, P), np.float32))
-
-    def gemm_fwd():
-        for _ in range(batch):
-            np.matmul(w2, cols, out=out_f)
-
-    def gemm_fb():
-        for _ in range(batch):
-            np.matmul(w2, cols, out=out_f)
-            np.matmul(d2, cols.T, out=out_dw)
-            np.matmul(w2.T, d2, out=out_dc)
-
-    def ours_fb():
-        layer.forward(x)
-        layer.backward(dy)
-
-    def torch_fb():
-        tx.grad = None
-        tconv(tx).backward(tdy)
-
-    flops = 2.0 * batch * cout * K * P
-    return dict(name=name, flops_fwd=flops, flops_fb=3 * flops,
-                fwd=dict(ours=lambda: layer.forward(x), torch=lambda: tconv(tx), limit=gemm_fwd),
-                fb=dict(ours=ours_fb, torch=torch_fb, limit=gemm_fb))
+QUICK = ["conv1_2 64->64 @224", "conv3_2 256->256 @56", "conv5_x 512->512 @14",
+         "w1/16 conv3_x 16->16 @82", "N4 64->64 @32"]
+SHARED_CASE = "N4 64->64 @32"
 
 
-def transposed_case(torch, name, ch, k, s, size, batch, rng):
-    x = _rand(rng, (batch, ch, size, size))
-    layer = ConvTranspose2d(ch, ch, k, stride=s, bias=False, rng=rng)
-    y = layer.forward(x)
-    dy = _rand(rng, y.shape)
-    tconv = torch.nn.ConvTranspose2d(ch, ch, k, stride=s, bias=False)
-    with torch.no_grad():
-        tconv.weight.copy_(torch.from_numpy(layer.params["weight"]))
-    tx = torch.from_numpy(x).requires_grad_(True)
-    tdy = torch.from_numpy(dy)
-
-    HW, OKK = size * size, ch * k * k
-    w2 = layer.params["weight"].reshape(ch, OKK)
-    x2 = x[0].reshape(ch, HW)
-    dcols = _rand(rng, (OKK, HW))
-    out_c, out_dx, out_dw = (np.empty((OKK, HW), np.float32), np.empty((ch, HW), np.float32),
-                             np.empty((ch, OKK), np.float32))
-
-    def gemm_fwd():
-        for _ in range(batch):
-            np.matmul(w2.T, x2, out=out_c)
-
-    def gemm_fb():
-        for _ in range(batch):
-            np.matmul(w2.T, x2, out=out_c)
-            np.matmul(w2, dcols, out=out_dx)
-            np.matmul(x2, dcols.T, out=out_dw)
-
-    def ours_fb():
-        layer.forward(x)
-        layer.backward(dy)
-
-    def torch_fb():
-        tx.grad = None
-        tconv(tx).backward(tdy)
-
-    flops = 2.0 * batch * ch * OKK * HW
-    return dict(name=name, flops_fwd=flops, flops_fb=3 * flops,
-                fwd=dict(ours=lambda: layer.forward(x), torch=lambda: tconv(tx), limit=gemm_fwd),
-                fb=dict(ours=ours_fb, torch=torch_fb, limit=gemm_fb))
+def conv_flops(spec):
+    """Multiply-adds x 2 of one direct forward pass (None for layers without them)."""
+    n, cin, cout, k, s, p, h, w = (spec[key] for key in ("n", "cin", "cout", "k", "s", "pad", "h", "w"))
+    if spec["kind"] == "conv":
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        return 2.0 * n * cout * cin * k * k * oh * ow
+    if spec["kind"] == "tconv":
+        return 2.0 * n * cin * cout * k * k * h * w
+    return None
 
 
-def pool_cases(torch, batch, rng):
-    F = torch.nn.functional
-    x = _rand(rng, (batch, 64, 224, 224))
-    pool = MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
-    y, idx = pool.forward(x)
-    dy = _rand(rng, y.shape)
-    tx = torch.from_numpy(x).requires_grad_(True)
-    tdy = torch.from_numpy(dy)
-    copy_x, copy_y = np.empty_like(x), np.empty_like(y)
+# --- the cases, built inside a worker ---------------------------------------------------
 
-    def ours_fb():
-        pool.forward(x)
-        pool.backward(dy)
-
-    def torch_fb():
-        tx.grad = None
-        out, _ = F.max_pool2d(tx, 2, 2, ceil_mode=True, return_indices=True)
-        out.backward(tdy)
-
-    # Bytes a pooling pass must move at least: read x, write y (+ indices).
-    def copy_fwd():
-        np.copyto(copy_x, x)
-
-    def copy_fb():
-        np.copyto(copy_x, x)
-        np.copyto(copy_x, x)
-
-    pool_case = dict(name="maxpool 2x2 64 @224", flops_fwd=None, flops_fb=None,
-                     fwd=dict(ours=lambda: pool.forward(x),
-                              torch=lambda: F.max_pool2d(tx, 2, 2, ceil_mode=True,
-                                                         return_indices=True),
-                              limit=copy_fwd),
-                     fb=dict(ours=ours_fb, torch=torch_fb, limit=copy_fb))
-
-    unpool = MaxUnpool2d(2, 2)
-    tyv = torch.from_numpy(np.ascontiguousarray(y)).requires_grad_(True)
-    tidx = torch.from_numpy(idx)
-    dz = _rand(rng, x.shape)
-    tdz = torch.from_numpy(dz)
-
-    def ours_unpool_fb():
-        unpool.forward(y, idx, output_size=x.shape[2:])
-        unpool.backward(dz)
-
-    def torch_unpool_fb():
-        tyv.grad = None
-        F.max_unpool2d(tyv, tidx, 2, 2, output_size=x.shape[2:]).backward(tdz)
-
-    unpool_case = dict(name="unpool 2x2 64 @112", flops_fwd=None, flops_fb=None,
-                       fwd=dict(ours=lambda: unpool.forward(y, idx, output_size=x.shape[2:]),
-                                torch=lambda: F.max_unpool2d(tyv, tidx, 2, 2,
-                                                             output_size=x.shape[2:]),
-                                limit=copy_fwd),
-                       fb=dict(ours=ours_unpool_fb, torch=torch_unpool_fb, limit=copy_fb))
-    return [pool_case, unpool_case]
-
-
-def loss_case(torch, batch, rng):
-    logits = _rand(rng, (batch, 21, 224, 224))
-    target = rng.integers(0, 21, (batch, 224, 224)).astype(np.int64)
-    target[:, :8] = 255
-    loss = CrossEntropyLoss(ignore_index=255)
-    tl = torch.from_numpy(logits).requires_grad_(True)
-    tt = torch.from_numpy(target)
-    F = torch.nn.functional
-    buf = np.empty_like(logits)
-
-    def ours_fb():
-        loss.forward(logits, target)
-        loss.backward()
-
-    def torch_fb():
-        tl.grad = None
-        F.cross_entropy(tl, tt, ignore_index=255).backward()
-
-    return dict(name="cross-entropy 21 @224", flops_fwd=None, flops_fb=None,
-                fwd=dict(ours=lambda: loss.forward(logits, target),
-                         torch=lambda: F.cross_entropy(tl, tt, ignore_index=255),
-                         limit=lambda: np.copyto(buf, logits)),
-                fb=dict(ours=ours_fb, torch=torch_fb,
-                        limit=lambda: (np.copyto(buf, logits), np.copyto(buf, logits))))
-
-
-def build_cases(torch, batch=1, quick=False, seed=0, only=None, narrow=False):
-    """The benchmark cases; ``quick`` keeps QUICK, ``only`` those whose name contains it,
-    ``narrow`` gives the default training run's convolutions instead."""
+def _arrays(spec, seed=0):
+    """The input, weight, bias and output gradient of a case: the same on every side."""
     rng = np.random.default_rng(seed)
-
-    def keep(name):
-        return (not quick or name in QUICK) and (only is None or only in name)
-
-    if narrow:
-        return [conv_case(torch, *c, batch, rng) for c in NARROW_CONVS if keep(c[0])]
-    cases = [conv_case(torch, *c, batch, rng) for c in VGG_CONVS + FCN_CONVS if keep(c[0])]
-    cases += [transposed_case(torch, *c, batch, rng) for c in TRANSPOSED if keep(c[0])]
-    cases += [c for c in pool_cases(torch, batch, rng) if keep(c["name"])]
-    if keep("cross-entropy 21 @224"):
-        cases.append(loss_case(torch, batch, rng))
-    return cases
-
-
-def _with_backend(name, fn):
-    def run():
-        with backend.using(name):
-            fn()
-    return run
+    n, cin, cout, k, s, p, h, w = (spec[key] for key in ("n", "cin", "cout", "k", "s", "pad", "h", "w"))
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    if spec["kind"] == "conv":
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        weight = rng.standard_normal((cout, cin, k, k), dtype=np.float32) / np.sqrt(cin * k * k)
+    elif spec["kind"] == "tconv":
+        oh, ow = (h - 1) * s + k, (w - 1) * s + k
+        weight = rng.standard_normal((cin, cout, k, k), dtype=np.float32) / np.sqrt(cin)
+    elif spec["kind"] == "pool":
+        oh, ow, weight = -(-h // s), -(-w // s), None
+    else:
+        oh, ow, weight = h, w, None
+    bias = rng.standard_normal(cout, dtype=np.float32) if spec["kind"] == "conv" else None
+    dy = rng.standard_normal((n, cout, oh, ow), dtype=np.float32)
+    return x, weight, bias, dy
 
 
-def run(cases, repeats=5, reference=False):
-    """Time every case; returns one row per (layer, pass)."""
+def npfcn_case(spec, backward):
+    from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d
+    from npfcn.losses import CrossEntropyLoss
+
+    x, weight, bias, dy = _arrays(spec)
+    kind = spec["kind"]
+    if kind == "loss":
+        target = np.random.default_rng(1).integers(0, spec["cin"], (spec["n"], spec["h"], spec["w"]))
+        target[:, :8] = 255
+        loss = CrossEntropyLoss(ignore_index=255)
+        if not backward:
+            return lambda: loss.forward(x, target)
+        return lambda: (loss.forward(x, target), loss.backward())
+    if kind == "conv":
+        layer = Conv2d(spec["cin"], spec["cout"], spec["k"], stride=spec["s"], padding=spec["pad"])
+        layer.params["weight"][...], layer.params["bias"][...] = weight, bias
+    elif kind == "tconv":
+        layer = ConvTranspose2d(spec["cin"], spec["cout"], spec["k"], stride=spec["s"], bias=False)
+        layer.params["weight"][...] = weight
+    else:
+        layer = MaxPool2d(spec["k"], spec["s"], ceil_mode=True)
+    if not backward:
+        return lambda: layer.forward(x)
+
+    def step():
+        layer.forward(x)
+        layer.backward(dy)
+    return step
+
+
+def torch_case(spec, backward):
+    import torch
+
+    x, weight, bias, dy = _arrays(spec)
+    F = torch.nn.functional
+    kind = spec["kind"]
+    tx = torch.from_numpy(x).requires_grad_(True)      # dx too, as npfcn computes it
+    tdy = torch.from_numpy(dy)
+    if kind == "loss":
+        target = np.random.default_rng(1).integers(0, spec["cin"], (spec["n"], spec["h"], spec["w"]))
+        target[:, :8] = 255
+        tt = torch.from_numpy(target)
+
+        def forward():
+            return F.cross_entropy(tx, tt, ignore_index=255)
+        tdy = torch.tensor(1.0)
+    elif kind == "conv":
+        module = torch.nn.Conv2d(spec["cin"], spec["cout"], spec["k"], stride=spec["s"],
+                                 padding=spec["pad"])
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(weight))
+            module.bias.copy_(torch.from_numpy(bias))
+        forward = lambda: module(tx)  # noqa: E731
+    elif kind == "tconv":
+        module = torch.nn.ConvTranspose2d(spec["cin"], spec["cout"], spec["k"], stride=spec["s"],
+                                          bias=False)
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(weight))
+        forward = lambda: module(tx)  # noqa: E731
+    else:
+        forward = lambda: F.max_pool2d(tx, spec["k"], spec["s"], ceil_mode=True,  # noqa: E731
+                                       return_indices=True)[0]
+    if not backward:
+        return forward          # with autograd on, as npfcn's forward keeps its cache
+
+    def step():
+        tx.grad = None
+        forward().backward(tdy)
+    return step
+
+
+def make_case(library):
+    """case id "name|fwd" or "name|fb" -> a callable, for this worker's library."""
+    def build(case_id):
+        name, kind = case_id.rsplit("|", 1)
+        spec = CASES[name]
+        if library == "torch":
+            return torch_case(spec, kind == "fb")
+        if library == "npfcn-ref":
+            from npfcn import backend
+
+            fn = npfcn_case(spec, kind == "fb")
+
+            def reference():
+                with backend.using("numpy"):
+                    fn()
+            return reference
+        return npfcn_case(spec, kind == "fb")
+    return build
+
+
+def worker_main(library, threads, torch_too=False):
+    """A worker: npfcn, npfcn-ref or torch; ``torch_too`` makes an npfcn worker that has
+    also imported PyTorch and run one of its convolutions (the shared-process case)."""
+    if library == "torch" or torch_too:
+        import torch  # noqa: F401  (before pin_threads, so its pool is sized too)
+    if torch_too:
+        warm = torch_case(CASES[SHARED_CASE], True)
+        extra = {"torch": lambda request: {"s": _time_once(warm)}}
+    else:
+        extra = {}
+    extra["peak"] = lambda request: bt.sgemm_peak()
+    return bt.serve(make_case("npfcn" if library == "npfcn+torch" else library), threads, extra)
+
+
+def _time_once(fn):
+    import time
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --- the parent -------------------------------------------------------------------------------
+
+def start_workers(libraries, threads):
+    workers = {}
+    try:
+        for library in libraries:
+            bt.progress(f"starting the {library} worker ...")
+            workers[library] = bt.Worker(SCRIPT, library, ["--threads", str(threads)])
+    except Exception:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
+
+
+def run(names, workers, repeats, peak):
+    """Time every case in every worker; returns one row per (layer, pass)."""
     rows = []
-    for i, case in enumerate(cases):
+    for i, name in enumerate(names):
+        spec = CASES[name]
+        flops = conv_flops(spec)
         for kind, label in (("fwd", "fwd"), ("fb", "fwd+bwd")):
-            timed = dict(case[kind])
-            if reference:
-                timed["numpy-ref"] = _with_backend("numpy", timed["ours"])
-            stats = bt.compare(timed, repeats=repeats, warmup=1, min_time=0.02)
-            ours, torch_t, limit = stats["ours"], stats["torch"], stats["limit"]
-            flops = case["flops_fwd" if kind == "fwd" else "flops_fb"]
+            stats = bt.compare_processes(workers, f"{name}|{kind}", repeats=repeats)
+            ours, theirs = stats["npfcn"], stats["torch"]
+            work = None if flops is None else flops * (3 if kind == "fb" else 1)
             rows.append({
-                "layer": case["name"], "pass": label,
-                "ours_ms": ours.median * 1e3, "torch_ms": torch_t.median * 1e3,
-                "ratio": torch_t.median / ours.median,
-                "gflops": flops / ours.median / 1e9 if flops else None,
-                "limit_ratio": limit.median / ours.median,
-                "spread": ours.spread, "torch_spread": torch_t.spread,
-                "numpy_ref_ms": stats["numpy-ref"].median * 1e3 if reference else None,
+                "layer": name, "N": spec["n"], "pass": label,
+                "ours_ms": ours.median * 1e3, "torch_ms": theirs.median * 1e3,
+                "ratio": theirs.median / ours.median,
+                "gflops": work / ours.median / 1e9 if work else None,
+                "torch_gflops": work / theirs.median / 1e9 if work else None,
+                "peak_percent": 100 * work / ours.median / 1e9 / peak if work else None,
+                "spread": ours.spread, "torch_spread": theirs.spread,
+                "numpy_ref_ms": stats["npfcn-ref"].median * 1e3 if "npfcn-ref" in stats else None,
                 "stats": {k: v.as_dict() for k, v in stats.items()},
             })
-        bt.progress(f"[{i + 1}/{len(cases)}] {case['name']}: fwd+bwd torch/ours "
-                    f"{rows[-1]['ratio']:.2f}")
+        bt.progress(f"[{i + 1}/{len(names)}] {name}: fwd+bwd torch/ours {rows[-1]['ratio']:.2f}")
     return rows
 
 
-COLUMNS = [("layer", "layer"), ("pass", "pass"), ("ours_ms", "ours ms"),
+COLUMNS = [("layer", "layer"), ("N", "N"), ("pass", "pass"), ("ours_ms", "ours ms"),
            ("torch_ms", "torch ms"), ("ratio", "torch/ours"), ("gflops", "GFLOP/s"),
-           ("limit_ratio", "limit/ours"), ("spread", "spread")]
+           ("torch_gflops", "torch GFLOP/s"), ("peak_percent", "% of sgemm peak"), ("spread", "spread")]
+
+
+def select(args):
+    if args.quick:
+        names = QUICK
+    elif args.narrow:
+        names = [n for n, c in CASES.items() if c["group"] == "narrow"]
+    elif args.all:
+        names = list(CASES)
+    else:       # the issue's table: VGG16, fc6, the default run's two, N4, SegNet-Basic, the rest
+        names = [n for n, c in CASES.items() if c["group"] in ("vgg", "segnet", "other")]
+        names[10:10] = ["w1/16 conv3_x 16->16 @82", "w1/16 conv4_x 32->32 @41"]
+    return [n for n in names if args.only is None or args.only in n]
+
+
+def shared_process(threads, repeats):
+    """npfcn's SHARED_CASE alone, then in a process that also runs PyTorch's convolution
+    between npfcn's calls (the notebook that compares the two)."""
+    rows = []
+    case = f"{SHARED_CASE}|fb"
+    for library in ("npfcn", "npfcn+torch"):
+        worker = bt.Worker(SCRIPT, library, ["--threads", str(threads)])
+        try:
+            worker.ask(op="warmup", case=case, min_time=0.0)
+            for pause, label in ((0.02, "after a 20 ms pause"), (0.0, "right after")):
+                times = []
+                for _ in range(repeats):
+                    if library == "npfcn+torch":
+                        worker.ask(op="torch")     # PyTorch's conv, then npfcn's at once
+                    if pause:
+                        import time
+                        time.sleep(pause)
+                    times.append(worker.ask(op="time", case=case)["s"])
+                stats = bt.Stats(times)
+                rows.append({"process": library, "when": label if library != "npfcn" else "alone",
+                             "ours_ms": stats.median * 1e3, "spread": stats.spread})
+                if library == "npfcn":
+                    break
+        finally:
+            worker.close()
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few representative shapes")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="a few representative shapes")
+    group.add_argument("--narrow", action="store_true",
+                       help="every convolution of the default training run (width 1/16)")
+    group.add_argument("--all", action="store_true", help="every shape this file knows")
+    group.add_argument("--shared", action="store_true",
+                       help="npfcn alone against npfcn in a process that also runs PyTorch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=bt.DEFAULT_THREADS)
-    parser.add_argument("--batch", type=int, default=None, help="default 1 (2 with --narrow)")
-    parser.add_argument("--narrow", action="store_true",
-                        help="the convolutions of the default training run (width 1/16)")
     parser.add_argument("--reference", action="store_true",
-                        help="also time the pure-NumPy reference path")
+                        help="also time the pure-NumPy reference path (its own process)")
     parser.add_argument("--only", default=None, help="only layers whose name contains this")
     parser.add_argument("--name", default=None, help="results file name (default: layers)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import torch
-    threads = bt.pin_threads(args.threads)
-    info = bt.machine()
-    if args.batch is None:
-        args.batch = 2 if args.narrow else 1
-    rows = run(build_cases(torch, args.batch, args.quick, only=args.only, narrow=args.narrow),
-               args.repeats, args.reference)
+    if args.worker:
+        return worker_main(args.worker, args.threads, torch_too=args.worker == "npfcn+torch")
+    if args.shared:
+        rows = shared_process(args.threads, args.repeats)
+        info = bt.machine()
+        header = (f"npfcn's {SHARED_CASE} forward+backward alone and in a process that also "
+                  f"runs PyTorch, median of {args.repeats}. {bt.describe(info, {'all': args.threads})}")
+        bt.report(args.name or "layers_shared", header, rows,
+                  [("process", "process"), ("when", "timed"), ("ours_ms", "npfcn ms"),
+                   ("spread", "spread")], {"machine": info})
+        return 0
+    libraries = ["npfcn", "torch"] + (["npfcn-ref"] if args.reference else [])
+    workers = start_workers(libraries, args.threads)
+    try:
+        peak = workers["npfcn"].ask(op="peak")
+        bt.progress(f"sgemm peak: {peak['median_gflops']:.0f} GFLOP/s (median), "
+                    f"{peak['best_gflops']:.0f} best")
+        rows = run(select(args), workers, args.repeats, peak["median_gflops"])
+        peak_after = workers["npfcn"].ask(op="peak")
+        hello = workers["npfcn"].hello
+        threads = {**hello["threads"], "torch": workers["torch"].hello["threads"].get("torch")}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    info = hello["machine"]
     columns = COLUMNS + ([("numpy_ref_ms", "numpy-ref ms")] if args.reference else [])
-    header = (f"Layers, float32, N={args.batch}, median of {args.repeats} alternated runs "
-              f"(backend {backend.active()}). {bt.describe(info, threads)}")
-    name = args.name or ("layers_narrow" if args.narrow else
-                         "layers_quick" if args.quick else "layers")
+    header = (f"Layers, float32, each library in its own process, median of {args.repeats} "
+              f"alternated runs; sgemm peak {peak['median_gflops']:.0f} GFLOP/s at the start, "
+              f"{peak_after['median_gflops']:.0f} at the end ({peak['size']}^3, same threads). "
+              f"{bt.describe(info, threads)}")
+    name = args.name or ("layers_narrow" if args.narrow else "layers_quick" if args.quick else "layers")
     bt.report(name, header, rows, columns, {"machine": info, "threads": threads,
-                                            "batch": args.batch, "repeats": args.repeats})
+                                            "sgemm_peak": peak, "sgemm_peak_after": peak_after,
+                                            "repeats": args.repeats})
     return 0
 
 

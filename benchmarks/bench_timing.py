@@ -1,14 +1,18 @@
 """Shared timing helpers for the npfcn benchmarks.
 
 Why this file exists: a benchmark against another library is only fair when
-both run in the same process, under the same thread counts, interleaved in
-time (ours, theirs, ours, ...) so that a neighbour's burst of load hits both
-sides alike.  Everything here serves that:
+each runs in a process of its own (no thread pools fighting over the cores),
+under the same thread counts, interleaved in time (ours, theirs, ours, ...) so
+that a neighbour's burst of load hits both sides alike.  Everything here serves that:
 
 * ``pin_threads(n)``      fixes the thread count of OpenBLAS (NumPy's matmul),
                           of npfcn's OpenMP kernels and of PyTorch, and reports them;
-* ``compare(cases)``      times callables alternately after a warm-up and
-                          returns the median, min and max of each;
+* ``Worker`` / ``serve`` / ``compare_processes``
+                          one worker process per library, timed in turns;
+* ``compare(cases)``      times callables of ONE process alternately after a
+                          warm-up and returns the median, min and max of each;
+* ``sgemm_peak()``        the machine's float32 matrix-product rate, the roof
+                          the convolutions' GFLOP/s are read against;
 * ``peak_rss_mb(argv)``   runs a command in a fresh process and returns the
                           peak resident memory it reached;
 * ``machine()``           describes the machine for the results;
@@ -138,6 +142,132 @@ def compare(cases, repeats=5, warmup=1, min_time=0.0, pause=0.02):
     return {name: Stats(t) for name, t in times.items()}
 
 
+# --- each library in a process of its own -------------------------------------------------
+# Two libraries in one process share the CPU through two thread pools (OpenBLAS's,
+# npfcn's OpenMP, PyTorch's own OpenMP and intra-op pools): threads of one spin-wait
+# while the other works, and which one loses depends on the order of the calls.  So
+# every library gets a worker process; the parent asks them in turn (a, b, a, b, ...)
+# to time one case, so both still see the same neighbours' load.  A worker speaks
+# JSON lines on the stdout it had at start; everything else it prints goes to stderr.
+
+class Worker:
+    """A child process running ``script --worker LIBRARY *args`` (see ``serve``)."""
+
+    def __init__(self, script, library, args=(), env=None):
+        import subprocess as sp
+
+        self.library = library
+        self.proc = sp.Popen([sys.executable, script, "--worker", library, *args],
+                             stdin=sp.PIPE, stdout=sp.PIPE, text=True, bufsize=1, env=env)
+        self.hello = self._receive()            # {"threads": ..., "machine": ...}
+
+    def _receive(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"the {self.library} worker exited ({code}); see its stderr above")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{self.library} worker: {answer['error']}")
+        return answer
+
+    def ask(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._receive()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.ask(op="quit")
+            except (RuntimeError, BrokenPipeError, ValueError):
+                pass
+        self.proc.wait()
+
+
+def serve(make_case, threads, extra_ops=None):
+    """The worker's loop: answer the parent's requests until "quit".
+
+    make_case(name) -> fn() builds a case (only the current one is kept alive);
+    requests: {"op": "warmup", "case": name, "min_time": s} -> {"inner": k} (calls per
+    run so that a run lasts ~min_time), {"op": "time", "case": name} -> {"s": time per
+    call}, {"op": "imported", "module": m} -> whether m is loaded here; ``extra_ops``
+    maps more op names to functions of the request.
+    """
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())      # stray prints go to stderr
+    sys.stdout = sys.stderr
+    out.write(json.dumps({"threads": pin_threads(threads), "machine": machine()}) + "\n")
+    current = {"name": None, "fn": None, "inner": 1}
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.get("op")
+        try:
+            if op == "quit":
+                break
+            if op in (extra_ops or {}):
+                answer = extra_ops[op](request)
+            elif op == "imported":                             # is this process alone?
+                answer = {"imported": request["module"] in sys.modules}
+            elif op == "warmup":
+                current.update(name=None, fn=None)
+                fn = make_case(request["case"])
+                fn()                                           # page faults, thread start
+                start = time.perf_counter()
+                fn()
+                once = max(time.perf_counter() - start, 1e-7)
+                inner = max(1, int(request.get("min_time", 0.0) / once))
+                current.update(name=request["case"], fn=fn, inner=inner)
+                answer = {"inner": inner}
+            elif op == "time":
+                if current["name"] != request["case"]:
+                    raise ValueError(f"time {request['case']!r} before its warmup")
+                fn, inner = current["fn"], current["inner"]
+                start = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                answer = {"s": (time.perf_counter() - start) / inner}
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except Exception as exc:                               # report, keep serving
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(answer) + "\n")
+    return 0
+
+
+def compare_processes(workers, case, repeats=5, min_time=0.02, pause=0.02):
+    """Time ``case`` in every worker (library -> Worker), alternating; library -> Stats.
+
+    Each worker warms up first; then they take turns ``repeats`` times, with a pause
+    before each run (an OpenMP pool spins a few ms after its last parallel region).
+    """
+    for worker in workers.values():
+        worker.ask(op="warmup", case=case, min_time=min_time)
+    times = {library: [] for library in workers}
+    for _ in range(repeats):
+        for library, worker in workers.items():
+            if pause > 0:
+                time.sleep(pause)
+            times[library].append(worker.ask(op="time", case=case)["s"])
+    return {library: Stats(t) for library, t in times.items()}
+
+
+def sgemm_peak(size=2048, repeats=5):
+    """GFLOP/s of NumPy's float32 matrix product on size x size matrices: the median of
+    ``repeats`` runs and the best one (this process's BLAS, threads as pinned)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    c = np.empty((size, size), dtype=np.float32)
+    np.matmul(a, b, out=c)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        rates.append(2.0 * size ** 3 / (time.perf_counter() - start) / 1e9)
+    return {"median_gflops": statistics.median(rates), "best_gflops": max(rates), "size": size}
+
+
 def peak_rss_mb(argv, env=None):
     """Run ``argv`` in a new process; return (peak RSS in MiB, its stdout).
 
@@ -211,6 +341,8 @@ def fmt(value, digits=2):
         return "-"
     if isinstance(value, str):
         return value
+    if isinstance(value, int):
+        return str(value)
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.{digits}f}"

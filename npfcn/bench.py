@@ -4,10 +4,14 @@
     npfcn bench --full          # every kernel, every layer, both FCN-8s configurations
     npfcn bench --repeats 7 --threads 2
 
-Timings alternate npfcn and PyTorch in one process, median of the runs, thread
-counts fixed and printed; tables are printed and written (Markdown and JSON)
-to ``benchmarks/results/``.  Without PyTorch only npfcn's own FCN-8s step is
-timed.  The benchmark code lives in ``benchmarks/`` (one file per level:
+Each library runs in a process of its own (two thread pools in one process fight
+over the cores), the processes take turns (npfcn, PyTorch, npfcn, ...), median of
+the runs, thread counts fixed; every table's header names the CPU, the OpenBLAS
+kernel, the threads and the load, and each convolution's GFLOP/s is given against
+the sgemm peak measured in the same run.  Tables are printed and written
+(Markdown and JSON) to ``benchmarks/results/``.  Without PyTorch only npfcn's own
+FCN-8s step is timed.  For figures a user's machine would give, run it as
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE npfcn bench``.  The benchmark code lives in ``benchmarks/`` (one file per level:
 kernels, layers, the whole network); this module only finds and runs it.
 """
 import argparse
@@ -39,7 +43,8 @@ def _torch_available():
 
 def _npfcn_only(bt, bench_fcn, repeats, threads):
     """No PyTorch: time npfcn's default-size FCN-8s step alone."""
-    print(f"PyTorch is not installed: timing npfcn alone (threads {bt.pin_threads(threads)})")
+    threads = bt.pin_threads(threads)
+    print(f"PyTorch is not installed: timing npfcn alone. {bt.describe(bt.machine(), threads)}")
     cfg = bench_fcn.CONFIGS["default"]
     stats = bt.compare({"npfcn": bench_fcn.npfcn_step(cfg)}, repeats=repeats)["npfcn"]
     print(f"FCN-8s default step (width {cfg['width']}, batch {cfg['batch']} of "
