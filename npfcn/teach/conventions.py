@@ -85,8 +85,9 @@ def accepted_keywords(entry, fn):
 
 
 def features(entry, fn):
-    """The geometry to draw for this student's function: the convention's, or for npfcn's
-    names the keywords its signature takes.  A backward pass draws what its forward does."""
+    """The geometry to draw for this student's function (see ``ops.Op.strategy``): the
+    convention's, or for npfcn's names the keywords its signature takes.  A backward pass
+    is given its forward pass's entry and function: it draws what the forward takes."""
     if entry.convention == CS231N:
         return set(entry.features)
     return accepted_keywords(entry, fn)

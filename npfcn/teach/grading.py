@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import traceback
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,11 +60,13 @@ class Student:
 
     def call(self, name, fn, args, kwargs, text):
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            # Quiet: a student's debugging prints and NumPy's warnings would bury the report.
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 return fn(*_copies(args), **kwargs)
         except NotImplementedError:
             raise Problem(TODO, f"{name} raises NotImplementedError") from None
-        except Exception as exc:         # the student's bug, reported in one line
+        except (Exception, SystemExit) as exc:     # the student's bug, reported in one line
             raise Problem(ERROR, f"{name} raised {type(exc).__name__}: "
                                  f"{_one_line(exc)}{self._where(exc)}",
                           [f"call: {text}"]) from None
@@ -220,10 +223,9 @@ def backward_case(student, entry, fn, forward_entry, forward_fn, keywords, case)
                                f"fails here: {problem.line}", problem.details) from None
     expected_out, reference_cache = op.forward(case)
     rng = np.random.default_rng(case.seed + 1)
-    primary = expected_out.get("out", expected_out.get("loss"))
-    dout = np.round(rng.standard_normal(np.shape(primary)), 1)
-    if op.title == "softmax cross-entropy":
-        dout = 1.0
+    # The upstream gradient: random for a layer, 1 for a loss (the start of backpropagation).
+    dout = 1.0 if "loss" in expected_out else np.round(
+        rng.standard_normal(expected_out["out"].shape), 1)
     expected = op.backward(case, reference_cache, dout)
     back_text = f"{entry.name}(dout, cache)  with cache from {text}"
     result = student.call(entry.name, fn, (dout, cache), {}, back_text)
@@ -257,9 +259,7 @@ def grade(student, entry, examples, forward_result=None):
                           line=f"needs a working {entry.forward} for its cache")
     signature_of = forward_entry or entry
     keywords = conventions.features(signature_of, forward_fn or fn)
-    draw_features = keywords if signature_of.convention != conventions.CS231N \
-        else set(signature_of.features)
-    strategy = OPS[entry.op].strategy(draw_features)
+    strategy = OPS[entry.op].strategy(keywords)
     count, first_failure = [0], [None]
 
     def body(case):

@@ -19,6 +19,8 @@ from ...models import vgg
 from .. import draw, oracle
 
 NUM_CLASSES = 21
+MODEL_CHECK_LIMIT = 1024     # larger inputs: shapes only (the narrow model would take long)
+SKIP_STRIDE = 2              # every FCN skip doubles the score map
 
 
 class Walk:
@@ -91,9 +93,11 @@ def run(output, say, size=500):
         "1x1 conv to the classes")
     offsets = []
     for skip in skips:
-        up = score.up(NUM_CLASSES, 4, 2)
+        k = shapes[f"{skip.upsample}.weight"][-1]
+        up = score.up(NUM_CLASSES, k, SKIP_STRIDE)
         add(skip.upsample, up, params_of(skip.upsample),
-            _flops_conv(NUM_CLASSES, NUM_CLASSES, 4, score.size), "4x4 transposed conv, stride 2")
+            _flops_conv(NUM_CLASSES, NUM_CLASSES, k, score.size),
+            f"{k}x{k} transposed conv, stride {SKIP_STRIDE}")
         tap = taps[skip.tap]
         scored = tap.conv(NUM_CLASSES, 1, 1, 0)
         add(skip.score, scored, params_of(skip.score),
@@ -133,9 +137,11 @@ def run(output, say, size=500):
             f"{used}; derived {derived:g}")
     say(f"receptive field of one output pixel: {rows[-1][4]} x {rows[-1][4]} input pixels "
         f"(fc7 alone sees {rows[[r[0] for r in rows].index('fc7')][4]})")
-    model_shape = _run_narrow_model(size)
-    say(f"checked: a narrow FCN8s (npfcn.models) maps a {size}x{size} input to scores of shape "
-        f"{model_shape}")
+    model_shape = None
+    if size <= MODEL_CHECK_LIMIT:
+        model_shape = _run_narrow_model(size)
+        say(f"checked: a narrow FCN8s (npfcn.models) maps a {size}x{size} input to scores of "
+            f"shape {model_shape}")
     path = _picture(rows, size, output)
     say(f"picture: {path}")
     return {"rows": rows, "offsets": offsets, "total_params": total_params,
