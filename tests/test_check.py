@@ -7,6 +7,7 @@ correct solution that would fail on ties or at the ReLU kink if the grader drew 
 and files that each import a correct solution and replace one function with a bug.
 The grader runs derandomised (the same cases every run), at its default 25 cases.
 """
+import functools
 import io
 from pathlib import Path
 
@@ -27,8 +28,10 @@ NPFCN = ["conv2d_forward", "conv2d_backward", "conv_transpose2d_forward",
          "softmax_cross_entropy_forward", "softmax_cross_entropy_backward"]
 
 
-def grade(name, **kwargs):
-    return check(SOLUTIONS / f"{name}.py", verbose=False, **kwargs)
+@functools.lru_cache(maxsize=None)
+def grade(name, examples=None):
+    """The report on one fixture (kept: several tests read the same one)."""
+    return check(SOLUTIONS / f"{name}.py", examples=examples, verbose=False)
 
 
 def verdicts(report):
