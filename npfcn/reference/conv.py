@@ -27,7 +27,10 @@ def _over_all_pixels(a):
 # --- convolution ---------------------------------------------------------------------
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
-    """y[n, o] = sum over c, i, j of w[o, c, i, j] * x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW] + b[o].
+    """2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul:
+
+        y[n, o, oy, ox] = b[o] + sum over c, i, j of
+                          w[o, c, i, j] * x[n, c, oy*SH - PH + i*DH, ox*SW - PW + j*DW]
 
     x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None -> y: (N, O, OH, OW).
     The cache keeps x, not the columns: they are KH*KW times larger and cheap to rebuild.

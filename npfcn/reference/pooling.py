@@ -80,7 +80,9 @@ def max_unpool2d_output_size(in_size, kernel_size, stride=None, padding=0, outpu
 
 
 def max_unpool2d_forward(x, indices, kernel_size, stride=None, padding=0, output_size=None):
-    """x, indices: (N, C, H, W) -> y: (N, C, OH, OW), zero except ``y[n, c].flat[indices[n, c]] = x[n, c]``.
+    """Max unpooling: x, indices: (N, C, H, W) -> y: (N, C, OH, OW), zero except
+
+        y[n, c].flat[indices[n, c, h, w]] = x[n, c, h, w]
 
     A repeated index keeps the last value in scan order.
     """
