@@ -35,15 +35,27 @@ def load(name):
 def fmt(value, digits=2):
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
     return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def machine_line(doc):
-    m, t = doc["machine"], doc["threads"]
+    """Date, CPU, BLAS kernel, versions and threads of one result file."""
+    m, t = doc["machine"], doc.get("threads", {})
+    blas = m.get("blas") or f"OpenBLAS {m.get('openblas_core', '?')} kernels"
+    forced = "".join(f"; {var}={m[var]}" for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                     if m.get(var))
+    versions = ", ".join(f"{name} {m[key]}" for key, name in
+                         (("python", "Python"), ("numpy", "NumPy"), ("torch", "PyTorch")) if key in m)
     threads = ", ".join(f"{lib} {count}" for lib, count in t.items())
-    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, NumPy "
-            f"{m['numpy']} (OpenBLAS {m.get('openblas_core', '?')} kernels), PyTorch "
-            f"{m.get('torch', '-')}; float32; threads {threads}")
+    load = f"; load average {m['load']}" if m.get("load") else ""
+    peak = (f"; float32 sgemm peak {doc['sgemm_peak']:.0f} GFLOP/s"
+            if isinstance(doc.get("sgemm_peak"), (int, float)) else "")
+    return (f"{m['date']} on {m['cpu']} ({m['cores']} cores); BLAS {blas}{forced}; {versions}; "
+            f"float32; threads {threads or '-'}{peak}{load}")
 
 
 def network_table(doc):
@@ -61,30 +73,58 @@ def network_table(doc):
 
 
 def layer_table(*docs):
-    lines = ["| layer | N | npfcn ms | PyTorch ms | PyTorch/npfcn | npfcn GFLOP/s | "
-             "limit/npfcn | spread (npfcn) |", "| --- " * 8 + "|"]
-    for doc in docs:
-        for r in doc["rows"]:
-            if r["pass"] != "fwd+bwd":
-                continue
-            lines.append(f"| {r['layer']} | {doc['batch']} | {fmt(r['ours_ms'])} | "
-                         f"{fmt(r['torch_ms'])} | {fmt(r['ratio'])} | {fmt(r['gflops'])} | "
-                         f"{fmt(r['limit_ratio'])} | {fmt(r['spread'])} |")
+    """Forward+backward rows.  Results of the process-per-library benchmark carry each
+    library's GFLOP/s and npfcn's share of the sgemm peak; older ones a limit ratio."""
+    rows = [(doc, r) for doc in docs for r in doc["rows"] if r.get("pass") == "fwd+bwd"]
+    new = any("peak_percent" in r for _, r in rows)
+    if new:
+        lines = ["| layer | N | npfcn ms | PyTorch ms | PyTorch/npfcn | npfcn GFLOP/s | "
+                 "PyTorch GFLOP/s | % of sgemm peak | spread (npfcn) |", "| --- " * 9 + "|"]
+    else:
+        lines = ["| layer | N | npfcn ms | PyTorch ms | PyTorch/npfcn | npfcn GFLOP/s | "
+                 "limit/npfcn | spread (npfcn) |", "| --- " * 8 + "|"]
+    for doc, r in rows:
+        cells = [r["layer"], fmt(r.get("N", doc.get("batch"))), fmt(r["ours_ms"]),
+                 fmt(r["torch_ms"]), fmt(r["ratio"]), fmt(r.get("gflops"))]
+        if new:
+            cells += [fmt(r.get("torch_gflops")), fmt(r.get("peak_percent"), 0)]
+        else:
+            cells += [fmt(r.get("limit_ratio"))]
+        cells.append(fmt(r["spread"]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def target_table(layers, fcn):
+    """The targets whose layers this run measured (a run of some shapes shows fewer)."""
     lines = ["| target | measured (PyTorch/npfcn) | met? |", "| --- | --- | --- |"]
-    rows = [r for r in layers["rows"] if r["pass"] == "fwd+bwd"]
+    rows = [r for r in layers["rows"] if r.get("pass") == "fwd+bwd"]
     for label, prefixes, minimum in TARGETS:
         got = [(r["layer"].split()[0], r["ratio"]) for r in rows if r["layer"].startswith(prefixes)]
+        if not got:
+            continue
         low = min(ratio for _, ratio in got)
         shown = ", ".join(f"{name} {ratio:.2f}" for name, ratio in got)
         lines.append(f"| {label} | {shown} | {'yes' if low >= minimum else 'no'} |")
-    full = next(r for r in fcn["rows"] if r["config"] == "full")
-    ok = full["ratio"] >= 0.8 and full.get("mem_ratio", 99) <= 1.5
-    lines.append(f"| FCN-8s step at full width >= 0.8, peak memory <= 1.5x | {full['ratio']:.2f}, "
-                 f"memory {full.get('mem_ratio', float('nan')):.2f}x | {'yes' if ok else 'no'} |")
+    full = next((r for r in fcn["rows"] if r.get("config") == "full"), None)
+    if full is not None:
+        ok = full["ratio"] >= 0.8 and full.get("mem_ratio", 99) <= 1.5
+        lines.append(f"| FCN-8s step at full width >= 0.8, peak memory <= 1.5x | "
+                     f"{full['ratio']:.2f}, memory {full.get('mem_ratio', float('nan')):.2f}x | "
+                     f"{'yes' if ok else 'no'} |")
+    return "\n".join(lines)
+
+
+def generic_table(rows):
+    """Any list of flat result rows: one column per key that holds a number or text."""
+    keys = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in keys and (v is None or isinstance(v, (int, float, str))):
+                keys.append(k)
+    lines = ["| " + " | ".join(keys) + " |", "| --- " * len(keys) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -100,33 +140,34 @@ them are in [kernels.md](kernels.md).
 
 ## Running the benchmarks
 
-`npfcn bench` runs a quick subset (five layer shapes and the default-size FCN-8s step, a
-few minutes); `npfcn bench --full` runs everything, as do the scripts themselves:
-`python benchmarks/bench_kernels.py` (im2col/col2im: C against the NumPy reference and a
-memcpy of the same bytes), `python benchmarks/bench_layers.py` (every FCN-8s layer shape,
-`--only NAME`, `--reference` adds the pure-NumPy path, `--narrow` the default training
-run's convolutions) and `python benchmarks/bench_fcn.py` (the whole training step against
-the same FCN-8s written in PyTorch inside the script). Each writes a Markdown table and a
-JSON file to `benchmarks/results/`. Run them as
+`npfcn bench` runs a quick subset (a few minutes); `npfcn bench --full` runs everything, as
+do the scripts themselves (each has `--help`): `python benchmarks/bench_kernels.py`
+(im2col/col2im: C against the NumPy reference and a memcpy of the same bytes),
+`python benchmarks/bench_layers.py` (layer shapes against PyTorch and the sgemm peak;
+`--only TEXT`, `--reference` adds the pure-NumPy path, `--shared` times npfcn alone and in a
+process that also runs PyTorch) and `python benchmarks/bench_fcn.py` (the whole training step
+against the same FCN-8s written in PyTorch inside the script). Each writes a Markdown table
+and a JSON file to `benchmarks/results/`. Run them as
 `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_layers.py ...`, so
-that OpenBLAS picks its kernels for the CPU it runs on.
+that OpenBLAS picks its kernels for the CPU it runs on (some machines set these variables to
+force an older kernel choice).
 
 ## How they measure
 
-npfcn and PyTorch take turns (ours, theirs, ours, ...), after a warm-up, with a short
-untimed pause before each run so that one library's idle spinning threads do not slow
-the other; the median of the runs is reported with its spread ((max - min) / median).
-Thread counts are fixed and printed (OpenBLAS, npfcn's OpenMP kernels and PyTorch all at
-2 by default, `--threads N`); `OPENBLAS_THREAD_TIMEOUT=4` makes idle OpenBLAS threads
-sleep at once (npfcn sets the same default when it is imported before NumPy). Peak
-memory is VmHWM of a fresh process per library running two steps. Ratios are
-PyTorch time / npfcn time in the same run (above 1: npfcn is faster); absolute times are
-comparable only between runs on the same machine.
+Each library runs in a worker process of its own (no thread pools fighting over the
+cores), under the same thread counts (OpenBLAS, npfcn's OpenMP kernels and PyTorch all at
+2 by default, `--threads N`), with the same inputs; the parent asks them in turn (npfcn,
+PyTorch, npfcn, ...) so that a burst of load from a neighbour hits both sides alike, and
+reports the median of the runs with its spread ((max - min) / median). The convolutions'
+GFLOP/s count direct-convolution arithmetic, so paths that multiply less (Winograd) can pass
+the machine's sgemm rate, measured in the same run. Peak memory is the resident peak (VmHWM)
+of a fresh process per library running two steps. Ratios are PyTorch time / npfcn time in
+the same run (above 1: npfcn is faster); absolute times are comparable only between runs on
+the same machine. Result files dated before 2026-12-07 were timed with both libraries in one
+process, taking turns, with a short pause before each run; their `limit/npfcn` column is the
+time of the bare GEMMs of an im2col design (or of a copy of the input, for memory-bound
+layers) over npfcn's time.
 """
-
-# Result files shown in the headline section; every other one gets a section of its own.
-HEADLINE = ("fcn", "layers", "layers_narrow")
-
 
 def all_results():
     """(name, document) for every results/*.json, sorted by name."""
@@ -184,9 +225,12 @@ def other_section(name, doc):
         return (title + f"\nLayers, forward+backward (`benchmarks/bench_layers.py`, "
                 f"{doc.get('repeats', '?')} repeats), measured {machine_line(doc)}:\n\n"
                 + layer_table(doc))
-    if rows and "config" in rows[0]:
+    if rows and "config" in rows[0] and "ours_s" in rows[0]:
         return title + f"\nWhole network, measured {machine_line(doc)}:\n\n" + network_table(doc)
-    return title + "\n(format not known to summary.py: keys " + ", ".join(doc) + ")"
+    if rows:
+        where = f", measured {machine_line(doc)}" if "machine" in doc else ""
+        return title + f"\nAs recorded{where}:\n\n" + generic_table(rows)
+    return title + "\n(no rows; keys " + ", ".join(doc) + ")"
 
 
 def with_picture(name, text):
@@ -196,26 +240,36 @@ def with_picture(name, text):
     return text
 
 
+def same_format(a, b):
+    """True when two layer result files have the same columns (both from the
+    process-per-library benchmark, or both from the older one)."""
+    def new(doc):
+        return any("peak_percent" in r for r in doc["rows"])
+    return new(a) == new(b)
+
+
 def main():
     fcn, layers, narrow = load("fcn"), load("layers"), load("layers_narrow")
     if fcn is None or layers is None:
         sys.exit("run benchmarks/bench_fcn.py and benchmarks/bench_layers.py first")
+    headline = {"fcn", "layers"}
+    if narrow is not None and same_format(layers, narrow):
+        headline.add("layers_narrow")
     print(HEADER)
     print("## Headline: FCN-8s and its layers against PyTorch\n")
-    print(f"Measured {machine_line(layers)}.\n")
     print("**Whole network** (one training step: forward, loss, backward, SGD with momentum "
           "and weight decay; median of alternated steps; peak RSS of each library in its own "
-          f"process; {fcn['machine']['date']}):\n")
+          f"process), measured {machine_line(fcn)}:\n")
     print(network_table(fcn) + "\n")
-    print("**Layers** (forward+backward; `limit/npfcn` = time of the bare GEMMs of an im2col "
-          "design (convolutions) or of a copy of the input (memory-bound layers) over npfcn's "
-          "time; the `w1/16` rows are the default training run's convolutions):\n")
-    print(layer_table(*(d for d in (layers, narrow) if d is not None)) + "\n")
+    print("**Layers** (forward+backward; the columns are explained under \"How they measure\"; "
+          "the `w1/16` rows are the default training run's convolutions), measured "
+          f"{machine_line(layers)}:\n")
+    print(layer_table(*(load(n) for n in ("layers", "layers_narrow") if n in headline)) + "\n")
     print("**Targets** (PyTorch time / npfcn time in the same run):\n")
     print(target_table(layers, fcn) + "\n")
     print("## Every other result file\n")
     for name, doc in all_results():
-        if name not in HEADLINE:
+        if name not in headline:
             print(with_picture(name, other_section(name, doc)) + "\n")
 
 
