@@ -107,13 +107,20 @@ def forward_call(entry, fn, case, keywords):
         return (i["x"],), {}, f"{name}(x)"
     if entry.op == "softmax_loss":
         return (i["x"], i["y"]), {}, f"{name}(x, y)"
+    kernel = _int_or_pair(p.get("KH"), p.get("KW"))
     if entry.op in ("conv", "conv_transpose"):
         args, shown = (i["x"], i["w"], i["b"]), "x, w, b"
     elif entry.op == "max_pool":
-        args, shown = (i["x"], (p["KH"], p["KW"])), f"x, {(p['KH'], p['KW'])}"
+        args, shown = (i["x"], kernel), f"x, {kernel}"
     else:                                       # max_unpool
-        args, shown = (i["x"], i["indices"], (p["KH"], p["KW"])), \
-            f"x, indices, {(p['KH'], p['KW'])}"
-    kwargs = {k: p[k] for k in entry.keywords if k in keywords}
+        args, shown = (i["x"], i["indices"], kernel), f"x, indices, {kernel}"
+    kwargs = {k: _int_or_pair(*p[k]) if isinstance(p[k], tuple) else p[k]
+              for k in entry.keywords if k in keywords}
     text = ", ".join([shown] + [f"{k}={v!r}" for k, v in kwargs.items()])
     return args, kwargs, f"{name}({text})"
+
+
+def _int_or_pair(a, b):
+    """One int where both axes agree (what most students' code expects), else the pair
+    (which npfcn's contract, like PyTorch's, also takes)."""
+    return a if a == b else (a, b)

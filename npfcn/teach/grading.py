@@ -28,6 +28,10 @@ PASS, FAIL, ERROR, TODO, SHAPE, SKIPPED = ("pass", "FAIL", "raises", "not implem
                                            "wrong shape", "not checked")
 
 
+class OracleDisagrees(Exception):
+    """npfcn's gradient and its central difference differ: npfcn's bug, not the student's."""
+
+
 class Problem(Exception):
     """What went wrong on one case: a verdict, one line, and the details of a mismatch."""
 
@@ -189,9 +193,9 @@ def check_oracle(op, case, name, gradient, dout, rng):
         index = np.unravel_index(int(flat), gradient.shape)
         value = numeric(index)
         if abs(value - gradient[index]) > 1e-5 * (1 + abs(value)):
-            raise RuntimeError(f"npfcn's own gradient d{name} disagrees with its central "
-                               f"difference at {index} ({gradient[index]} vs {value}): "
-                               "please report this npfcn bug")
+            raise OracleDisagrees(f"npfcn's own gradient d{name} disagrees with its central "
+                                  f"difference at {index} ({gradient[index]} vs {value}): "
+                                  "please report this npfcn bug")
 
 
 def forward_case(student, entry, fn, keywords, case):
@@ -253,10 +257,11 @@ def grade(student, entry, examples, forward_result=None):
     if entry.role == "backward":
         if forward_fn is None:
             return Result(entry.name, entry.convention, SKIPPED,
-                          line=f"needs {entry.forward} from the same file for its cache")
+                          line=f"{entry.name} needs {entry.forward} from the same file for "
+                               "its cache")
         if forward_result is not None and forward_result.verdict in (ERROR, TODO):
             return Result(entry.name, entry.convention, SKIPPED,
-                          line=f"needs a working {entry.forward} for its cache")
+                          line=f"{entry.name} needs a working {entry.forward} for its cache")
     signature_of = forward_entry or entry
     keywords = conventions.features(signature_of, forward_fn or fn)
     strategy = OPS[entry.op].strategy(keywords)
@@ -297,11 +302,12 @@ def grade(student, entry, examples, forward_result=None):
         return Result(entry.name, entry.convention, FAIL, count[0],
                       f"{entry.name} gives different results for the same input "
                       "(does it keep state between calls?)")
-    except RuntimeError as exc:          # npfcn's oracles disagree (check_oracle)
-        return Result(entry.name, entry.convention, SKIPPED, count[0], _one_line(exc))
+    except OracleDisagrees as exc:
+        return Result(entry.name, entry.convention, SKIPPED, count[0],
+                      f"{entry.name} not checked: {_one_line(exc)}")
     except HypothesisException as exc:
         return Result(entry.name, entry.convention, SKIPPED, count[0],
-                      f"could not draw cases: {_one_line(exc)}")
+                      f"{entry.name} not checked: no cases could be drawn ({_one_line(exc)})")
     return Result(entry.name, entry.convention, PASS, min(count[0], examples))
 
 
