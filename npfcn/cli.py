@@ -29,7 +29,7 @@ TRAIN_FLAGS = {
     "num_val": "num_val", "image_size": "image_size", "learn_upsampling": "learn_upsampling",
     "dropout": "dropout", "preprocessing": "preprocessing",
     "class_weighting": "class_weighting", "init": "init",
-    "anneal_class_weights": "anneal_class_weights", "replicas": "replicas", "lars": "lars",
+    "anneal_class_weights": "anneal_class_weights", "lars": "lars",
     "lovasz": "lovasz", "symmetries": "symmetries", "scale": "scale",
 }
 
@@ -96,10 +96,13 @@ def add_train_parser(subparsers):
     p.add_argument("--output", help=f"runs folder (default {d.output})")
     p.add_argument("--name", help="run name (default: <model>-<UTC time>)")
     add_threads_flag(p)
-    p.add_argument("--replicas", type=int,
-                   help="processes that share every batch, the --threads divided among them "
-                        "(default 0: one per thread, at most one per image of a batch; other "
-                        "counts give the same run up to float rounding)")
+    p.add_argument("--procs", type=int, metavar="N",
+                   help="processes (MPI ranks) that share every batch, the threads divided "
+                        "among them (default: one per core, at most one per image of a batch; "
+                        "needs pip install 'npfcn[mpi]'; other counts give the same run up to "
+                        "float rounding)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="the old name of --procs (goes in the next release)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue a run: a run folder or checkpoint (default: OUTPUT/NAME or "
                         "OUTPUT/latest); --epochs may extend it")
@@ -120,20 +123,47 @@ def apply_threads(args):
 
 
 def cmd_train(args):
-    from .train import TrainConfig, train
+    from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
+    from .train.distributed import join_world, launched_by_mpi
+    from .train.launch import plan, run_ranks, saved_batch_size
+    from .train.setup import open_checked_datasets
 
     apply_threads(args)
+    procs = args.procs
+    if args.replicas is not None:
+        print("npfcn: --replicas is now --procs (MPI processes); --replicas goes in the next "
+              "release", file=sys.stderr)
+        procs = args.replicas if procs is None else procs
+    if procs is not None and procs < 0:
+        raise ValueError(f"--procs must be >= 0 (0: one per core), got {procs}")
     given = {TRAIN_FLAGS[k]: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
+    target = None
     if args.resume is not None:
-        ignored = sorted(set(given) - {"epochs", "output", "name", "replicas"})
+        ignored = sorted(set(given) - {"epochs", "output", "name"})
         if ignored:
             raise ValueError(f"--resume continues a run with its saved settings; drop "
                              f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
         target = args.resume or os.path.join(given.get("output", DEFAULT_RUNS),
                                              given.get("name") or "latest")
-        train(resume=target, epochs=given.get("epochs"), replicas=given.get("replicas"))
-        return 0
-    train(TrainConfig(**given))
+    if not launched_by_mpi():
+        config = None if target is not None else TrainConfig(**given).validate()
+        count = plan(procs, saved_batch_size(target) if config is None else config.batch_size)
+        if count > 1:
+            # Bad data fails here, once, with its one-line error, before any rank starts.
+            if config is not None and config.data != "synthetic":
+                open_checked_datasets(config, sys.stderr)
+            return run_ranks(count, getattr(args, "argv", None) or sys.argv[1:],
+                             data_checked=config is not None)
+    try:
+        if target is not None:
+            train(resume=target, epochs=given.get("epochs"))
+        else:
+            train(TrainConfig(**given))
+    except (TrainingInterrupted, TrainingDiverged) as exc:
+        if join_world().is_root:
+            raise
+        # Every rank stops here with rank 0's exit code; rank 0 alone says why.
+        return 130 if isinstance(exc, TrainingInterrupted) else 1
     return 0
 
 
@@ -492,7 +522,6 @@ def _message(exc):
 def main(argv=None):
     """Run the ``npfcn`` command line; returns the exit code."""
     from .checkpoint import CheckpointError
-    from .replicas import ReplicaError
     from .train import TrainingDiverged, TrainingInterrupted
 
     parser = build_parser()
@@ -504,6 +533,7 @@ def main(argv=None):
         args.bench_args = argv[1:]
     else:
         args = parser.parse_args(argv)      # usage errors: argparse prints them and exits 2
+        args.argv = argv                    # train --procs starts the same command N times
     try:
         return args.handler(args)
     except TrainingInterrupted as exc:
@@ -512,7 +542,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nnpfcn: aborted", file=sys.stderr)
         return 130
-    except (CheckpointError, TrainingDiverged, ReplicaError, ValueError, TypeError, OSError,
+    except (CheckpointError, TrainingDiverged, ValueError, TypeError, OSError,
             KeyError) as exc:
         print(f"npfcn: error: {_message(exc)}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-import npfcn.replicas as replicas_module
+import npfcn.train.distributed as distributed_module
 import npfcn.train as train_module
 from npfcn.train import load_checkpoint
 from npfcn.evaluate import evaluate
@@ -17,10 +17,10 @@ from npfcn.train import (Trainer, build_schedule, TrainConfig, TrainingDiverged,
 
 
 def tiny_config(tmp_path, name, **changes):
-    """A run of seconds: 1/32 width, 24x24 images, 6 train / 3 val, 2 steps per epoch, in
-    one process (tests of replicas ask for them; the command-line tests run the default)."""
+    """A run of seconds: 1/32 width, 24x24 images, 6 train / 3 val, 2 steps per epoch (in
+    this process: ``train()`` starts no others; test_distributed runs it on MPI ranks)."""
     values = dict(width=1 / 32, image_size=24, num_train=6, num_val=3, batch_size=3, epochs=3,
-                  output=str(tmp_path / "runs"), name=name, num_samples=2, replicas=1)
+                  output=str(tmp_path / "runs"), name=name, num_samples=2)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -113,7 +113,7 @@ def test_resume_between_epochs_equals_uninterrupted_run(tmp_path, uninterrupted)
     assert_same_state(final_state(trainer.run_dir), uninterrupted[1])
 
 
-class PoisonedLoss(replicas_module.SegmentationLoss):
+class PoisonedLoss(distributed_module.SegmentationLoss):
     """The training loss, returning NaN from the 4th call on (global step 4 = epoch 2, step 2)."""
 
     calls = 0
@@ -126,7 +126,7 @@ class PoisonedLoss(replicas_module.SegmentationLoss):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     PoisonedLoss.calls = 0
-    monkeypatch.setattr(replicas_module, "SegmentationLoss", PoisonedLoss)
+    monkeypatch.setattr(distributed_module, "SegmentationLoss", PoisonedLoss)
     trainer = Trainer(tiny_config(tmp_path, "nan"), stream=io.StringIO())
     snapshots = {}
     trainer.on_step = lambda t: snapshots.setdefault(t.global_step, t.model.state_dict())
@@ -296,7 +296,7 @@ def test_the_loss_uses_the_faded_weights_at_every_step(tmp_path):
     seen = []
     trainer = Trainer(tiny_config(tmp_path, "steps", epochs=2, anneal_class_weights=True),
                       stream=io.StringIO())
-    trainer.on_step = lambda t: seen.append(t.replica_group.loss_fn.weight.copy())
+    trainer.on_step = lambda t: seen.append(t.parallel.loss_fn.weight.copy())
     trainer.run()
     assert len(seen) == 2 * trainer.steps_per_epoch
     for step, weight in enumerate(seen):

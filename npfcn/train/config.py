@@ -14,7 +14,7 @@ CLASS_WEIGHTING_CHOICES = ("none", "sqrt", "median")
 
 # Settings older versions saved that no longer define the run: the number of processes
 # is chosen when a run is started (``npfcn train --procs``), not stored with it.
-_DROPPED = ()
+_DROPPED = ("replicas",)
 
 
 @dataclass
@@ -83,12 +83,6 @@ class TrainConfig:
     # seeds sit on a plateau for most of the run.
     lars: float = 0.1
     seed: int = 0
-    # Processes that share every batch (npfcn.replicas), the threads divided among them;
-    # 0 (auto): one per thread, at most one per image of a batch (``replica_count``).  A
-    # step of this narrow network is a chain of short kernels with NumPy and Python in
-    # between, where a second thread in one process mostly waits.  The results depend on
-    # the count only through float rounding.
-    replicas: int = 0
     # output
     output: str = "runs"
     name: str = ""
@@ -122,9 +116,6 @@ class TrainConfig:
         for key, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 0:
-            raise ValueError(f"replicas must be an integer >= 0 (0: one per thread), "
-                             f"got {self.replicas!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
         if not (isinstance(self.width, (int, float)) and self.width > 0):

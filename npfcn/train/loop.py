@@ -4,28 +4,27 @@
     result = train(TrainConfig(epochs=2, width=0.0625))   # writes runs/<name>/
 
 One step: the schedule's learning rate, forward + loss + backward on the batch (split
-across processes, see ``distributed``), gradient clipping, the optimizer's update.  One
+across MPI processes when there are several, see ``distributed``), gradient clipping,
+the optimizer's update.  One
 epoch: the steps over the shuffled training set, then validation, checkpoints
 (``last.npz`` always, ``best.npz`` when the mean IoU improved), metrics.json and the
 pictures (see ``runs``).
 """
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 from ..losses import prior_correction
 from ..progress import ProgressBar, format_duration
-from ..replicas import ReplicaError
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from .config import IGNORE_INDEX, TrainConfig
-from .distributed import current_replicas, start_replicas
+from .distributed import DataParallel, evaluate_split, join_world, rank_stream, stop_all_on_error
 from .optimization import build_optimizer, build_schedule, clip_gradients
 from .runs import BEST, LAST, jsonable, new_run_dir, point_latest, resolve_checkpoint, \
     write_metrics, write_pictures
-from .setup import build_datasets, build_model, build_transform, check_dataset, class_weights, \
-    initialise
+from .launch import data_checked_by_launcher
+from .setup import build_model, build_transform, class_weights, initialise, open_checked_datasets
 from .state import data_rng, progress_meta, restore_progress, rng_state, set_rng_state, \
     start_progress
 from .stopping import StopRequest, TrainingDiverged, TrainingInterrupted, diverged_message, \
@@ -47,16 +46,10 @@ class Trainer:
 
     def __init__(self, config, stream=None, run_dir=None):
         self.config = config.validate()
-        self.stream = sys.stderr if stream is None else stream
-        self.train_set, self.val_set = build_datasets(config)
-        if len(self.train_set) == 0 or len(self.val_set) == 0:
-            raise ValueError(f"dataset {config.data} has an empty train or val split")
-        if config.data != "synthetic":
-            sizes = check_dataset(self.train_set, "training", self.stream)
-            check_dataset(self.val_set, "validation", self.stream)
-            if len(sizes) > 1 and config.batch_size > 1 and not config.crop_size:
-                raise ValueError(f"the training images in {config.data} differ in size; "
-                                 "use --crop-size N (random crops) or --batch-size 1")
+        self.world = join_world()
+        self.stream = rank_stream(self.world, stream)
+        self.train_set, self.val_set = open_checked_datasets(
+            config, self.stream, read_all=not data_checked_by_launcher())
         self.class_names = list(self.train_set.class_names)
         self.num_classes = len(self.class_names)
         self.transform = build_transform(config)
@@ -66,7 +59,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = build_schedule(config, config.epochs * self.steps_per_epoch)
         self.class_weights = class_weights(self.train_set, self.num_classes, config.class_weighting)
-        self.replica_group = None    # a ReplicaGroup while run() trains
+        self.parallel = None    # a DataParallel while run() trains
         self.val_batch_size = config.batch_size if config.data == "synthetic" else 1
         start_progress(self, rng_state(self.data_rng), rng_state(self.model.rng))
         self.run_dir = run_dir
@@ -87,7 +80,7 @@ class Trainer:
         return weights ** (1.0 - min(step / max(total, 1), 1.0))
 
     @classmethod
-    def resume(cls, path, epochs=None, stream=None, replicas=None):
+    def resume(cls, path, epochs=None, stream=None):
         """A Trainer that continues the run saved in ``path`` (a checkpoint or run folder)."""
         path = resolve_checkpoint(path, prefer=LAST)
         checkpoint = load_checkpoint(path)
@@ -100,8 +93,6 @@ class Trainer:
         config = TrainConfig.from_dict({"lars": 0.0, "lovasz": 0.0, **saved})
         if epochs is not None:
             config.epochs = epochs
-        if replicas is not None:
-            config.replicas = replicas
         trainer = cls(config, stream=stream, run_dir=os.path.dirname(os.path.abspath(path)))
         load_into(checkpoint, trainer.model, trainer.optimizer)
         restore_progress(trainer, checkpoint.meta)
@@ -118,7 +109,8 @@ class Trainer:
     def save(self, name, status):
         """Write the model, optimizer and progress to ``run_dir/name`` atomically."""
         path = os.path.join(self.run_dir, name)
-        save_checkpoint(path, self.model, self.optimizer, self.meta(status))
+        if self.world.is_root:
+            save_checkpoint(path, self.model, self.optimizer, self.meta(status))
         return path
 
     def _check_finite_weights(self, epoch, step):
@@ -132,26 +124,27 @@ class Trainer:
 
     def run(self):
         """Train the remaining epochs; returns a RunResult (see ``train`` for the errors)."""
-        config = self.config
-        if self.run_dir is None:
-            self.run_dir = new_run_dir(config.output, config.name, config.model)
-        point_latest(os.path.dirname(os.path.abspath(self.run_dir)), self.run_dir)
+        config, world = self.config, self.world
+        if world.is_root:
+            if self.run_dir is None:
+                self.run_dir = new_run_dir(config.output, config.name, config.model)
+            point_latest(os.path.dirname(os.path.abspath(self.run_dir)), self.run_dir)
+        self.run_dir = world.broadcast_object(self.run_dir)
         self._announce()
         started = time.perf_counter()
         status = "complete"
-        replicas = start_replicas(self.model, config, self.num_classes, self.replicas, IGNORE_INDEX)
-        with StopRequest(self.stream) as stop, replicas as self.replica_group:
+        self.parallel = DataParallel(self.model, world, seed=config.seed, ignore_index=IGNORE_INDEX,
+                                     lovasz=config.lovasz)
+        self.parallel.synchronise()
+        with StopRequest(self.stream) as stop:
             while self.epoch < config.epochs:
-                with self.replica_group.training_threads():
-                    finished = self._train_epoch(stop)
-                if not finished:
+                if not self._train_epoch(stop):
                     status = "interrupted"
                     break
                 self._end_epoch()
-                if stop.requested:
+                if world.any(stop.requested):
                     status = "interrupted" if self.epoch < config.epochs else "complete"
                     break
-        self.replica_group = None
         seconds = time.perf_counter() - started
         self._write_metrics(status)
         if status == "interrupted":
@@ -166,19 +159,14 @@ class Trainer:
         return RunResult(self.run_dir, self.history, self.best_mean_iou, self.best_epoch,
                          status, seconds)
 
-    @property
-    def replicas(self):
-        """The number of processes this run's steps use."""
-        return current_replicas(self.config)
-
     def _say(self, text):
         self.stream.write(text + "\n")
         self.stream.flush()
 
     def _announce(self):
         self._say(describe_run(self))
-        if self.replicas > 1:
-            self._say(f"{self.replicas} processes share every batch (--replicas)")
+        if self.world.size > 1:
+            self._say(f"{self.world.size} processes (MPI ranks) share every batch")
         self._say(f"writing {self.run_dir}/ (checkpoints, metrics.json, curves.png, samples.png)")
 
     def _train_epoch(self, stop):
@@ -202,7 +190,8 @@ class Trainer:
                     continue
                 step = index + 1
                 self.optimizer.lr = self.schedule(self.global_step)
-                loss = self.replica_group.forward_backward(x, y, self.class_weights_at(self.global_step))
+                loss, stopping = self.parallel.forward_backward(
+                    x, y, self.class_weights_at(self.global_step), self.global_step, stop.requested)
                 if not math.isfinite(loss):
                     bar.clear()
                     raise TrainingDiverged(self._diverged_message(
@@ -220,28 +209,25 @@ class Trainer:
                 bar.update(step, len(x), loss=self.running["loss_sum"] / self.running["batches"])
                 if self.on_step is not None:
                     self.on_step(self)
-                if stop.requested:
+                # Several ranks stop together after the step whose Allreduce told them all.
+                if stopping or (stop.requested and self.world.size == 1):
                     bar.clear()
                     self._check_finite_weights(epoch_number, step)
                     self.save(LAST, "interrupted")
                     return False
-        except (KeyboardInterrupt, ReplicaError) as exc:
-            # KeyboardInterrupt: only reached without the signal handler (not the main
-            # thread) or on a second Ctrl-C.  ReplicaError: a helper process failed or was
-            # killed (out of memory?) during a step.  Before the optimizer step the weights
-            # are those of the last completed step, which the counters describe; during it
-            # they may be half-updated.
+        except KeyboardInterrupt:
+            # Only reached without the signal handler (not the main thread) or on a
+            # second Ctrl-C.  Before the optimizer step the weights are those of the last
+            # completed step, which the counters describe; during it they may be
+            # half-updated.  Other ranks may be waiting in a step: they are stopped.
             bar.clear()
             if updating:
                 raise
             self._check_finite_weights(epoch_number, self.step_in_epoch)
-            last = self.save(LAST, "interrupted")
-            if isinstance(exc, KeyboardInterrupt):
-                return False
-            raise ReplicaError(f"{exc}; the state after step {self.step_in_epoch} of epoch "
-                               f"{epoch_number} was saved in {last}: continue with `npfcn train "
-                               f"--resume {self.run_dir}` (add --replicas 1 to train in one "
-                               f"process)") from exc
+            self.save(LAST, "interrupted")
+            if self.world.size > 1:
+                raise
+            return False
         self._bar = bar
         return True
 
@@ -250,6 +236,7 @@ class Trainer:
         epoch_number = self.epoch + 1
         self._check_finite_weights(epoch_number, self.step_in_epoch)
         seconds = time.perf_counter() - self._bar.start
+        self.parallel.synchronise()
         self._bar.status(f"validating on {len(self.val_set)} images...")
         evaluation = self.validate()
         record = {"epoch": epoch_number, "lr": float(self.optimizer.lr),
@@ -268,8 +255,9 @@ class Trainer:
         self.save(LAST, "epoch")
         if improved:
             self.save(BEST, "epoch")
-        write_pictures(self.run_dir, self.model, self.val_set, self.history, self.config.num_samples,
-                       self.config.preprocessing, self.score_offset)
+        if self.world.is_root:
+            write_pictures(self.run_dir, self.model, self.val_set, self.history,
+                           self.config.num_samples, self.config.preprocessing, self.score_offset)
         self._write_metrics("running")
         self._bar.close(
             f"epoch {epoch_number}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
@@ -279,13 +267,13 @@ class Trainer:
 
     def validate(self):
         """Score the model on the validation set: an ``npfcn.evaluate.Evaluation``."""
-        from ..evaluate import evaluate
-
-        return evaluate(self.model, self.val_set, batch_size=self.val_batch_size,
-                        preprocessing=self.config.preprocessing, class_names=self.class_names,
-                        score_offset=self.score_offset)
+        return evaluate_split(self.world, self.model, self.val_set, batch_size=self.val_batch_size,
+                              preprocessing=self.config.preprocessing,
+                              class_names=self.class_names, score_offset=self.score_offset)
 
     def _write_metrics(self, status):
+        if not self.world.is_root:
+            return
         best = {"epoch": self.best_epoch, "mean_iou": self.best_mean_iou}
         write_metrics(self.run_dir, {
             "status": status,
@@ -312,16 +300,19 @@ def describe_run(trainer):
             f"{c.optimizer} lr {c.lr:g}{lars}, {loss}, batch {c.batch_size}, seed {c.seed}{resumed}")
 
 
-def train(config=None, resume=None, epochs=None, stream=None, replicas=None):
+def train(config=None, resume=None, epochs=None, stream=None):
     """Run (or, with ``resume``, continue) a training run; returns a RunResult.
 
-    A resumed run may be given more ``epochs`` and another number of ``replicas``
-    (which changes only the float rounding from there on).
-    Raises TrainingDiverged on a NaN/inf loss, TrainingInterrupted after Ctrl-C and
-    ReplicaError when a helper process fails (in each case the last good state is on disk).
+    A resumed run may be given more ``epochs``, and may run on another number of
+    processes (which changes only the float rounding from there on).  Raises
+    TrainingDiverged on a NaN/inf loss and TrainingInterrupted after Ctrl-C (in both
+    cases the last good state is on disk).  Started by ``mpiexec``, every rank calls
+    this; an error on one rank stops them all (``distributed.stop_all_on_error``).
     """
-    if resume is not None:
-        trainer = Trainer.resume(resume, epochs=epochs, stream=stream, replicas=replicas)
-    else:
-        trainer = Trainer(config or TrainConfig(), stream=stream)
-    return trainer.run()
+    world = join_world()
+    with stop_all_on_error(world, expected=(TrainingInterrupted, TrainingDiverged)):
+        if resume is not None:
+            trainer = Trainer.resume(resume, epochs=epochs, stream=stream)
+        else:
+            trainer = Trainer(config or TrainConfig(), stream=stream)
+        return trainer.run()

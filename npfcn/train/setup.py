@@ -30,6 +30,21 @@ def build_datasets(config):
             val.limited(config.num_val).rescaled(config.scale))
 
 
+def open_checked_datasets(config, stream, read_all=True):
+    """``build_datasets``, refusing empty splits; for a dataset folder (``read_all``) every
+    item is read once (``check_dataset``) and images of mixed sizes need a crop or batch 1."""
+    train, val = build_datasets(config)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"dataset {config.data} has an empty train or val split")
+    if config.data != "synthetic" and read_all:
+        sizes = check_dataset(train, "training", stream)
+        check_dataset(val, "validation", stream)
+        if len(sizes) > 1 and config.batch_size > 1 and not config.crop_size:
+            raise ValueError(f"the training images in {config.data} differ in size; "
+                             "use --crop-size N (random crops) or --batch-size 1")
+    return train, val
+
+
 def check_dataset(dataset, what, stream):
     """Read every item once, so a bad file stops the run before it starts (not hours into
     it); the loaders raise ValueError/FileNotFoundError naming the file.  Returns the set

@@ -21,17 +21,20 @@ class TrainingInterrupted(Exception):
 
 
 class StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step.
+    """Turns the first Ctrl-C (SIGINT, or SIGUSR1: what ``npfcn train --procs`` passes
+    on to its MPI ranks) into a request to stop after the current step.
 
-    The loop polls ``requested``; a second Ctrl-C raises KeyboardInterrupt at
+    The loop polls ``requested``; a second one raises KeyboardInterrupt at
     once.  Only the main thread can install signal handlers; elsewhere this does
     nothing and a KeyboardInterrupt is handled by the loop itself.
     """
 
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
+
     def __init__(self, stream):
         self.requested = False
         self.stream = stream
-        self.previous = None
+        self.previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -43,12 +46,13 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous = {number: signal.signal(number, self._handler) for number in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
         return False
 
 
