@@ -1,0 +1,189 @@
+"""The tables and pictures of docs/upsampling.md, from trained runs (see that file for the
+commands that train them).
+
+    python docs/upsampling_report.py RUNS_FOLDER [--data camvid:DIR] [--names a,b,...]
+
+For each run folder RUNS_FOLDER/<name> (best.npz, metrics.json): test-set scores at the
+scale it was trained at (``npfcn.evaluate`` with the boundary F1), parameters, training
+time, peak memory of one forward pass (a fresh process per model); then writes
+RUNS_FOLDER/report.json, the Markdown tables on stdout, and the pictures
+docs/upsampling_camvid.png (test images, truth, every model's prediction, legend) and
+docs/upsampling_curves.png (validation mean IoU and training loss per epoch).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+DOCS = os.path.dirname(os.path.abspath(__file__))
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (140, 86, 75)]
+
+
+def evaluate_run(run, data, split="test"):
+    from npfcn.checkpoint import load_checkpoint, load_model
+    from npfcn.data import open_dataset
+    from npfcn.evaluate import evaluate
+
+    checkpoint = load_checkpoint(os.path.join(run, "best.npz"))
+    model = load_model(checkpoint)
+    trained = checkpoint.meta["config"]["train"]
+    dataset = open_dataset(data or trained["data"], split).rescaled(trained.get("scale", 1.0))
+    result = evaluate(model, dataset, batch_size=1, preprocessing=checkpoint.meta.get(
+        "preprocessing", "unit"), score_offset=checkpoint.meta.get("score_offset"), boundary=True)
+    with open(os.path.join(run, "metrics.json")) as handle:
+        history = json.load(handle)
+    epochs = history["epochs"]
+    return {"model": trained["model"], "width": trained["width"], "scale": trained.get("scale"),
+            "parameters": model.num_parameters(trainable_only=True),
+            "best_epoch": history.get("best", {}).get("epoch"), "epochs": len(epochs),
+            "train_minutes": sum(e.get("train_seconds", 0) for e in epochs) / 60,
+            "images": len(dataset), **result.metrics}
+
+
+def memory_child(checkpoint, height, width):
+    """Print the peak RSS growth (KiB) of one forward pass of a (1, 3, height, width) image."""
+    sys.path.insert(0, os.path.join(os.path.dirname(DOCS), "benchmarks"))
+    from bench_timing import own_peak_rss_kb
+    from npfcn.checkpoint import load_model
+
+    model = load_model(checkpoint).eval()
+    x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32)
+    before = own_peak_rss_kb()
+    model.forward(x)
+    print(json.dumps({"forward_kib": own_peak_rss_kb() - before}))
+
+
+def forward_memory_mib(checkpoint, height, width):
+    argv = [sys.executable, os.path.abspath(__file__), "--memory-child", checkpoint,
+            str(height), str(width)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["forward_kib"] / 1024
+
+
+def picture(runs, labels, data, path, indices=(0, 60, 120, 200)):
+    from PIL import Image, ImageDraw
+
+    from npfcn.checkpoint import load_checkpoint, load_model
+    from npfcn.data import open_dataset
+    from npfcn.data.camvid import CAMVID_CLASSES, CAMVID_COLORMAP
+    from npfcn.data.transforms import preprocess
+    from npfcn.evaluate import predict_labels
+    from npfcn.viz import _font, colorize, image_grid
+
+    models, scale = [], 1.0
+    for run in runs:
+        checkpoint = load_checkpoint(os.path.join(run, "best.npz"))
+        models.append((load_model(checkpoint), checkpoint.meta.get("score_offset")))
+        scale = checkpoint.meta["config"]["train"].get("scale", 1.0)
+    dataset = open_dataset(data, "test").rescaled(scale)
+    rows = []
+    for i in indices:
+        image, mask = dataset[i]
+        row = [image, colorize(mask, CAMVID_COLORMAP)]
+        for model, offset in models:
+            predicted, _ = predict_labels(model, preprocess(image)[None], offset)
+            row.append(colorize(predicted[0].astype(np.uint8), CAMVID_COLORMAP))
+        rows.append(row)
+    grid = Image.fromarray(image_grid(rows, titles=["test image", "truth"] + labels, scale=2))
+    # A legend below: one swatch per class (void is drawn in the VOC void colour).
+    font = _font(13)
+    legend_h = 30
+    canvas = Image.new("RGB", (grid.width, grid.height + legend_h), (255, 255, 255))
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 6
+    for name, colour in list(zip(CAMVID_CLASSES, CAMVID_COLORMAP)) + [("void", (224, 224, 192))]:
+        draw.rectangle([x, grid.height + 8, x + 14, grid.height + 22], fill=tuple(int(c) for c in colour),
+                       outline=(0, 0, 0))
+        draw.text((x + 18, grid.height + 7), name, fill=(0, 0, 0), font=font)
+        x += 26 + int(draw.textlength(name, font=font)) if hasattr(draw, "textlength") else 90
+    canvas.save(path)
+
+
+def curves(runs, labels, path):
+    from PIL import Image, ImageDraw
+
+    from npfcn.viz import _font, _panel
+
+    histories = []
+    for run in runs:
+        with open(os.path.join(run, "metrics.json")) as handle:
+            histories.append(json.load(handle)["epochs"])
+    canvas = Image.new("RGB", (900, 340), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    miou = [(label, [e["epoch"] for e in h], [e["mean_iou"] for e in h], COLOURS[i % len(COLOURS)])
+            for i, (label, h) in enumerate(zip(labels, histories))]
+    loss = [(label, [e["epoch"] for e in h], [e["train_loss"] for e in h], COLOURS[i % len(COLOURS)])
+            for i, (label, h) in enumerate(zip(labels, histories))]
+    _panel(draw, (0, 0, 450, 340), miou, "validation mean IoU", font=font, legend="bottom")
+    _panel(draw, (450, 0, 900, 340), loss, "training loss (median-frequency weighted)", font=font)
+    canvas.save(path)
+
+
+PAPER = {   # arXiv 1511.00561v3, Table 1 (median frequency balancing, CamVid test): G, C, mIoU, BF
+    "bilinear-basic": (77.9, 61.1, 43.3, 20.83, "0.625 M"),
+    "segnet-basic": (82.7, 62.0, 47.7, 35.78, "1.425 M"),
+    "fcn-basic": (81.7, 62.4, 47.3, 38.11, "0.65 M"),
+}
+
+
+def tables(results):
+    lines = ["| model | params | G | C | mIoU | BF | paper G / C / mIoU / BF (params) | "
+             "train min | best epoch | fwd MiB 90x120 | fwd MiB 360x480 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        paper = PAPER.get(r["model"])
+        paper_text = " / ".join(f"{v}" for v in paper[:4]) + f" ({paper[4]})" if paper else "-"
+        lines.append(f"| {name} | {r['parameters']:,} | {100 * r['pixel_accuracy']:.1f} | "
+                     f"{100 * r['mean_accuracy']:.1f} | {100 * r['mean_iou']:.1f} | "
+                     f"{100 * r['boundary_f1']:.1f} | {paper_text} | {r['train_minutes']:.0f} | "
+                     f"{r['best_epoch']}/{r['epochs']} | {r.get('memory_small', 0):.0f} | "
+                     f"{r.get('memory_full', 0):.0f} |")
+    classes = list(next(iter(results.values()))["iou_per_class"])
+    lines += ["", "| model | " + " | ".join(classes) + " |",
+              "| --- | " + " | ".join("---" for _ in classes) + " |"]
+    for name, r in results.items():
+        cells = [("-" if v is None else f"{100 * v:.1f}") for v in r["iou_per_class"].values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="?")
+    parser.add_argument("--names", default="segnet-basic,fcn-basic,bilinear-basic,fcn8s-narrow")
+    parser.add_argument("--labels", default="SegNet-Basic,FCN-Basic,bilinear,FCN-8s narrow")
+    parser.add_argument("--data", default="camvid:" + os.environ.get(
+        "NPFCN_CAMVID", os.path.join(os.path.dirname(os.path.dirname(DOCS)), "shared/data/camvid")))
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]), int(args.memory_child[2]))
+        return 0
+    names, labels = args.names.split(","), args.labels.split(",")
+    runs = [os.path.join(args.runs, n) for n in names]
+    present = [(n, l, r) for n, l, r in zip(names, labels, runs)
+               if os.path.isfile(os.path.join(r, "best.npz"))]
+    results = {}
+    for name, label, run in present:
+        print(f"evaluating {run} ...", file=sys.stderr, flush=True)
+        results[label] = evaluate_run(run, args.data)
+        best = os.path.join(run, "best.npz")
+        results[label]["memory_small"] = forward_memory_mib(best, 90, 120)
+        results[label]["memory_full"] = forward_memory_mib(best, 360, 480)
+    with open(os.path.join(args.runs, "report.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    print(tables(results))
+    runs_present, labels_present = [r for _, _, r in present], [l for _, l, _ in present]
+    picture(runs_present, labels_present, args.data, os.path.join(DOCS, "upsampling_camvid.png"))
+    curves(runs_present, labels_present, os.path.join(DOCS, "upsampling_curves.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
