@@ -160,10 +160,16 @@ def cmd_train(args):
         else:
             train(TrainConfig(**given))
     except (TrainingInterrupted, TrainingDiverged) as exc:
-        if join_world().is_root:
+        world = join_world()
+        if world.size > 1 and isinstance(exc, TrainingInterrupted):
+            # Every rank stopped cleanly: exit 0, so MPI reports no failed process (the
+            # launcher that passed the Ctrl-C on returns 130).  Rank 0 says where it saved.
+            if world.is_root:
+                print(f"npfcn: {exc}", file=sys.stderr)
+            return 0
+        if world.is_root:
             raise
-        # Every rank stops here with rank 0's exit code; rank 0 alone says why.
-        return 130 if isinstance(exc, TrainingInterrupted) else 1
+        return 1            # as rank 0, which says why
     return 0
 
 
@@ -317,8 +323,10 @@ def add_info_parser(subparsers):
 
 def cmd_info(args):
     from .sysinfo import info
+    from .train.launch import describe_mpi
 
     details = info()
+    details["mpi"] = describe_mpi()
     width = max(len(k) for k in details)
     for key, value in details.items():
         print(f"{key:<{width}}  {value if value is not None else 'unknown'}")

@@ -121,6 +121,11 @@ def test_replicas_is_an_alias_of_procs_that_says_so(tmp_path, capsys):
     assert (tmp_path / "alias" / "last.npz").exists()
 
 
+def test_info_says_how_to_get_mpi(monkeypatch):
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None)
+    assert "pip install 'npfcn[mpi]'" in launch.describe_mpi()
+
+
 def test_one_process_passes_errors_on():
     with pytest.raises(ValueError, match="boom"):
         with stop_all_on_error(World()):
@@ -276,6 +281,32 @@ def test_a_killed_rank_stops_the_run_and_the_last_checkpoint_resumes(mpi, tmp_pa
     result = train(resume=str(tmp_path / name), epochs=checkpoint.meta["epoch"] + 1,
                    stream=io.StringIO())
     assert result.status == "complete"
+
+
+def test_ctrl_c_stops_every_rank_and_rank_0_saves(mpi, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "npfcn", "train", "--width", "0.03125", "--image-size", "24",
+         "--num-train", "60", "--num-val", "3", "--batch-size", "2", "--epochs", "50",
+         "--output", str(tmp_path), "--name", "stopped", "--procs", "2"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    last = tmp_path / "stopped" / "last.npz"
+    try:
+        deadline = time.monotonic() + 90
+        while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert last.exists(), "no checkpoint was written"
+        process.send_signal(signal.SIGINT)            # what a Ctrl-C at the terminal sends
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert err.count("state saved in") == 1 and "--resume" in err, err
+    assert "non-zero status" not in err and "npfcn: error" not in err, err
+    meta = load_checkpoint(last).meta
+    assert meta["epoch"] * 30 + meta["step_in_epoch"] == meta["global_step"] > 0
 
 
 def _folder_dataset(root, corrupt=False):

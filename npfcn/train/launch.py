@@ -74,6 +74,23 @@ def plan(requested, batch_size, stream=None):
     return count
 
 
+def describe_mpi():
+    """One line for ``npfcn info``: mpi4py's version and the launcher, or how to get them."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return f"not installed ({INSTALL_HINT}: npfcn train --procs N)"
+    import mpi4py
+
+    launcher = find_launcher()
+    if launcher is None:
+        return f"mpi4py {mpi4py.__version__}, but no mpiexec found ({INSTALL_HINT})"
+    try:
+        version = subprocess.run([launcher, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        version = "version unknown"
+    return f"mpi4py {mpi4py.__version__}, {launcher} ({version})"
+
+
 def _is_open_mpi(launcher):
     try:
         text = subprocess.run([launcher, "--version"], capture_output=True, text=True,
@@ -137,6 +154,8 @@ def run_ranks(count, argv, stream=None, data_checked=False):
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+    if interrupts and code == 0:
+        return 130          # stopped by Ctrl-C: rank 0 said where it saved
     if code not in (0, 1, 130):
         # 1: a rank printed its one-line error; 130: rank 0 said where it saved.
         stream.write(f"npfcn: error: the {count} training processes stopped (exit code "
