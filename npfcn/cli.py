@@ -343,7 +343,8 @@ def add_import_parser(subparsers):
                     "that records the preprocessing the weights expect.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.npz)")
-    p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s"), default="fcn8s")
+    p.add_argument("--model", choices=("fcn8s", "fcn16s", "fcn32s", "segnet"), default="fcn8s",
+                   help="segnet: VGG16's convolutions fill its encoder (default fcn8s)")
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--preprocessing", choices=("torchvision", "caffe"), default="torchvision",
                    help="input normalisation the weights were trained with (default torchvision)")
@@ -359,7 +360,12 @@ def cmd_import_vgg16(args):
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be positive, got {args.num_classes}")
     state = load_weights_file(args.file)
-    model = vgg16_to_fcn(state, model=args.model, num_classes=args.num_classes, width=args.width)
+    if args.model == "segnet":
+        from .models.segnet import vgg16_to_segnet
+
+        model = vgg16_to_segnet(state, num_classes=args.num_classes, width=args.width)
+    else:
+        model = vgg16_to_fcn(state, model=args.model, num_classes=args.num_classes, width=args.width)
     class_names = _default_class_names(args.num_classes)
     save_checkpoint(args.output, model, meta={
         "config": {"model": dict(model.config)}, "class_names": class_names,

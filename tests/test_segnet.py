@@ -94,3 +94,24 @@ def test_eval_uses_running_statistics():
     train_scores = net.forward(x)
     eval_scores = net.eval().forward(x)
     assert not np.allclose(train_scores, eval_scores)    # running stats (after 1 step) differ
+
+
+def test_vgg16_weights_fill_the_segnet_encoder():
+    from npfcn.models.segnet import vgg16_to_segnet
+    from npfcn.models.vgg import encoder_conv_specs
+    from npfcn.models.vgg_import import TORCHVISION_TO_FCN
+
+    width = 1 / 16
+    specs = {name: (cin, cout, k) for name, cin, cout, k, _ in encoder_conv_specs(width)}
+    rng = np.random.default_rng(0)
+    state = {}
+    for source, target in TORCHVISION_TO_FCN.items():
+        cin, cout, k = specs[target]
+        state[f"{source}.weight"] = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+        state[f"{source}.bias"] = rng.standard_normal(cout).astype(np.float32)
+    net = vgg16_to_segnet(state, num_classes=4, width=width)
+    np.testing.assert_array_equal(net.params["conv1_1.weight"], state["features.0.weight"])
+    np.testing.assert_array_equal(net.params["conv5_3.bias"], state["features.28.bias"])
+    del state["features.28.bias"]
+    with pytest.raises(ValueError, match="features.28.bias"):
+        vgg16_to_segnet(state, num_classes=4, width=width)

@@ -503,3 +503,29 @@ def build_model(model, num_classes=11, width=1.0, dtype=np.float32, seed=0):
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
     return MODELS[model](num_classes=num_classes, width=width, dtype=dtype, seed=seed)
+
+
+def vgg16_to_segnet(state_dict, num_classes=11, dtype=np.float32, width=1.0, seed=0):
+    """A SegNet whose 13 encoder convolutions hold VGG16's weights (torchvision layout,
+    ``features.N.weight/bias``, see ``vgg_import``); its BN layers, decoder and classifier
+    keep their fresh initialisation, VGG16's fully connected layers are not used.
+    ValueError naming the key for a missing, misshapen or non-finite array."""
+    from .vgg_import import TORCHVISION_TO_FCN, _strip_prefix
+
+    net = SegNet(num_classes, width, dtype, seed)
+    state = {_strip_prefix(str(k)): v for k, v in state_dict.items()}
+    for source, target in TORCHVISION_TO_FCN.items():
+        if target not in net.encoder.convs:          # fc6 / fc7
+            continue
+        for kind in ("weight", "bias"):
+            key, name = f"{source}.{kind}", f"{target}.{kind}"
+            if key not in state:
+                raise ValueError(f"VGG16 weights have no {key!r} (needed for {name})")
+            value = np.asarray(state[key])
+            if value.dtype.kind != "f" or value.shape != net.params[name].shape:
+                raise ValueError(f"{key} is {value.dtype} {value.shape}, expected floating-point "
+                                 f"{net.params[name].shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{key} contains NaN or infinite values")
+            net.params[name][...] = value
+    return net
