@@ -17,8 +17,8 @@ import bench_timing as bt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from npfcn import backend  # noqa: E402
-from npfcn.im2col import col2im, conv_output_size, im2col  # noqa: E402
+from npfcn.functional import col2im, conv_output_size, im2col  # noqa: E402
+from npfcn.kernels import backend  # noqa: E402
 
 # (name, C, H, kernel, stride, padding): the VGG16 3x3 layers, fc6's 7x7 and
 # the FCN-8s upsampling (col2im is its forward pass).

@@ -207,7 +207,7 @@ def make_case(library):
         if library == "torch":
             return torch_case(spec, kind == "fb")
         if library == "npfcn-ref":
-            from npfcn import backend
+            from npfcn.kernels import backend
 
             fn = npfcn_case(spec, kind == "fb")
 

@@ -75,9 +75,9 @@ def pin_threads(n=DEFAULT_THREADS):
         prefix, suffix = names
         getattr(lib, f"{prefix}set_num_threads{suffix}")(int(n))
         report["openblas"] = int(getattr(lib, f"{prefix}get_num_threads{suffix}")())
-    from npfcn import backend
+    from npfcn.kernels import backend
     if backend.c_available():
-        _, kernel = backend.kernels()
+        kernel = backend.lib()
         if hasattr(kernel, "npfcn_set_num_threads"):   # OpenMP builds of the kernel
             kernel.npfcn_set_num_threads(int(n))
     report["npfcn"] = backend.num_threads()

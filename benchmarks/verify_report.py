@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from npfcn import backend
+from npfcn.kernels import backend
 from npfcn.gradcheck import gradcheck
 from npfcn.layers import (Add, Conv2d, ConvTranspose2d, Crop, Dropout, MaxPool2d,
                           MaxUnpool2d, ReLU)

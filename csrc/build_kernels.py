@@ -11,7 +11,7 @@ Build switches (environment variables read here, at build time):
 ``NPFCN_NATIVE``   ``1`` adds ``-march=native`` (off by default: wheels must run
                    on other CPUs).
 ``NPFCN_SANITIZE`` ``1`` builds with AddressSanitizer and UndefinedBehavior-
-                   Sanitizer (see README, "Sanitizers").  Implies no OpenMP, so
+                   Sanitizer (see docs/sanitizers.md).  Implies no OpenMP, so
                    that reports are not confused by the thread runtime.
 
 No ``-ffast-math``: it would change floating-point semantics for the whole
@@ -27,93 +27,31 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# cffi's cdef cannot expand the header's macros, so the declarations are
-# spelled out here once per dtype (they must match npfcn_kernels.h).
-_SIGNATURES = """
-void im2col_{s}(const {t} *x, {t} *cols, int64_t N, int64_t C, int64_t H, int64_t W,
-                int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
-                int64_t DH, int64_t DW, int64_t OH, int64_t OW);
-void col2im_{s}(const {t} *cols, {t} *x, int64_t N, int64_t C, int64_t H, int64_t W,
-                int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
-                int64_t DH, int64_t DW, int64_t OH, int64_t OW);
-void im2col_strided_{s}(const {t} *x, {t} *cols, int64_t N, int64_t C, int64_t H,
-                int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW,
-                int64_t image_stride, int64_t row_stride);
-void col2im_strided_{s}(const {t} *cols, {t} *x, int64_t N, int64_t C, int64_t H,
-                int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW,
-                int64_t image_stride, int64_t row_stride);
-void maxpool_forward_{s}(const {t} *x, {t} *y, int64_t *indices, int64_t NC, int64_t H,
-                int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW);
-void maxpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
-                int64_t HW, int64_t OHW);
-"""
-_WINOGRAD_SIGNATURES = """
-void {p}_input_{s}(const {t} *x, {t} *V, int64_t N, int64_t C, int64_t H, int64_t W,
-                int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void {p}_input_adj_{s}(const {t} *dV, {t} *dx, int64_t N, int64_t C, int64_t H,
-                int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, int64_t TW,
-                {t} *scratch);
-void {p}_output_{s}(const {t} *M, {t} *y, int64_t N, int64_t O, int64_t OH, int64_t OW,
-                int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void {p}_output_adj_{s}(const {t} *dy, {t} *dM, int64_t N, int64_t O, int64_t OH,
-                int64_t OW, int64_t t0, int64_t t1, int64_t TW, {t} *scratch);
-void {p}_weight_{s}(const {t} *w, {t} *U, int64_t O, int64_t C);
-void {p}_weight_adj_{s}(const {t} *dU, {t} *dw, int64_t O, int64_t C);
-"""
-# Max unpooling (unpool.c).
-_UNPOOL_SIGNATURES = """
-void max_unpool_forward_{s}(const {t} *x, const int64_t *indices, {t} *y, int64_t NC,
-                int64_t HW, int64_t OHW);
-void max_unpool_backward_{s}(const {t} *dy, const int64_t *indices, {t} *dx, int64_t NC,
-                int64_t HW, int64_t OHW);
-"""
-_SUBPIXEL_SIGNATURES = """
-void phases_to_image_{s}(const {t} *phases, {t} *image, int64_t N, int64_t O, int64_t SH,
-                int64_t SW, int64_t GH, int64_t GW, int64_t OH, int64_t OW, int64_t PH,
-                int64_t PW);
-void image_to_phases_{s}(const {t} *image, {t} *phases, int64_t N, int64_t O, int64_t SH,
-                int64_t SW, int64_t GH, int64_t GW, int64_t OH, int64_t OW, int64_t PH,
-                int64_t PW);
-"""
-_DIRECT_SIGNATURES = """
-void direct_conv_forward_{s}(const {t} *x, const {t} *x_mask, const {t} *wb,
-                const {t} *bias, {t} *y, int64_t relu, int64_t N, int64_t C,
-                int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH,
-                int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0,
-                int64_t ox1, {t} *scratch);
-void direct_conv_weight_grad_{s}(const {t} *x, const {t} *dy, const {t} *dy_mask, {t} *dw,
-                {t} *db, int64_t N,
-                int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
-                int64_t PH, int64_t PW, int64_t OH, int64_t OW, int64_t oy0, int64_t oy1,
-                int64_t ox0, int64_t ox1, {t} *scratch);
-int64_t direct_conv_scratch_{s}(int64_t weight_grad, int64_t C, int64_t O, int64_t KH,
-                int64_t KW, int64_t RX);
-"""
-_RELU_SIGNATURES = """
-void relu_forward_{s}(const {t} *x, {t} *y, int64_t n);
-void relu_backward_{s}(const {t} *y, const {t} *dy, {t} *dx, int64_t n);
-"""
-CDEF = (
-    _SIGNATURES.format(s="f32", t="float")
-    + _SIGNATURES.format(s="f64", t="double")
-    + "".join(_WINOGRAD_SIGNATURES.format(p=p, s=s, t=t) for p in ("winograd", "winograd4")
-              for s, t in (("f32", "float"), ("f64", "double")))
-    + "int64_t winograd_scratch(int64_t TW);\nint64_t winograd4_scratch(int64_t TW);\n"
-    + _SUBPIXEL_SIGNATURES.format(s="f32", t="float")
-    + _SUBPIXEL_SIGNATURES.format(s="f64", t="double")
-    + _UNPOOL_SIGNATURES.format(s="f32", t="float")
-    + _UNPOOL_SIGNATURES.format(s="f64", t="double")
-    + _DIRECT_SIGNATURES.format(s="f32", t="float")
-    + _DIRECT_SIGNATURES.format(s="f64", t="double")
-    + _RELU_SIGNATURES.format(s="f32", t="float")
-    + _RELU_SIGNATURES.format(s="f64", t="double")
-    + "int64_t direct_conv_vector_bytes(int64_t request);\n"
-    + "int npfcn_num_threads(void);\n"
-    + "void npfcn_set_num_threads(int64_t n);\n"
-)
+HEADER = os.path.join(HERE, "npfcn_kernels.h")
+
+
+def _compiler():
+    """The C compiler command Python was built with (e.g. ``gcc -pthread``), or ``cc``."""
+    return (sysconfig.get_config_var("CC") or "cc").split()
+
+
+def cdef_from_header(path=HEADER):
+    """The cffi declarations: the header run through the C preprocessor.
+
+    npfcn_kernels.h is the one place the C prototypes are written.  It declares
+    each family once for float and once for double through a macro, which cffi's
+    ``cdef`` cannot expand, so the compiler's preprocessor expands it (``-E -P``:
+    no line markers, comments gone).  The ``#include`` lines are left out first:
+    cffi knows ``int64_t`` itself, and the system headers' contents would not parse.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = "".join(line for line in f if not line.lstrip().startswith("#include"))
+    result = subprocess.run([*_compiler(), "-E", "-P", "-x", "c", "-"], input=text,
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"the C preprocessor failed on {path}:\n{result.stderr}")
+    return result.stdout
+
 
 SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "winograd4.c", "unpool.c", "subpixel.c", "direct.c", "relu.c"]
 
@@ -124,7 +62,7 @@ def _flag(name, default):
 
 def _compiler_accepts(flags):
     """True when the C compiler builds and links a tiny program with ``flags``."""
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    cc = _compiler()[0]
     if shutil.which(cc) is None:
         return False
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +97,7 @@ def _build_flags():
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(cdef_from_header())
 _compile_args, _link_args = _build_flags()
 ffibuilder.set_source(
     "npfcn._kernels",

@@ -1,9 +1,12 @@
-/* npfcn C kernels: declarations.
+/* npfcn C kernels: declarations - the only place they are written.
  *
- * Every array is C-contiguous and has been checked by Python (npfcn/im2col.py,
- * npfcn/functional.py) before it gets here: dtype, shape and size all agree with
- * the dimensions passed in.  Sizes and indices are int64_t so that large images
- * cannot overflow a 32-bit int.
+ * csrc/build_kernels.py hands this file, expanded by the C preprocessor, to cffi
+ * as its cdef: the Python side calls exactly these prototypes.
+ *
+ * Every array is C-contiguous and has been checked by Python
+ * (npfcn/kernels/boundary.py) before it gets here: dtype, shape and size all agree
+ * with the dimensions passed in.  Sizes and indices are int64_t so that large
+ * images cannot overflow a 32-bit int.
  *
  * im2col layout (per image, Caffe style):
  *   x    : (N, C, H, W)

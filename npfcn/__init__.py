@@ -2,7 +2,7 @@
 
 Layers with hand-written forward and backward passes (``npfcn.layers``,
 ``npfcn.functional``), a C kernel for im2col/col2im, Winograd and sub-pixel
-transforms and max pooling (``csrc/``, loaded by ``npfcn.backend``), FCN-8s/16s/32s (``npfcn.models``),
+transforms and max pooling (``csrc/``, loaded by ``npfcn.kernels.backend``), FCN-8s/16s/32s (``npfcn.models``),
 metrics, data, training and a command line (``npfcn``).
 """
 import os as _os

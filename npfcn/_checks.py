@@ -1,19 +1,13 @@
-"""Argument checks shared by the layers and the kernel dispatch.
+"""Checks of the user's arguments, shared by the public ops, layers and losses.
 
-Everything that reaches the C kernel passes through here first, so that a bad
-argument becomes a ValueError/TypeError naming the problem instead of an
-out-of-bounds read or write in C.
+A bad argument becomes a one-line ValueError/TypeError naming the problem.  (The
+last gate before C, which no caller can skip, is ``npfcn.kernels.boundary``.)
 """
 import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-# Largest element count any array handed to C may have.  The kernels index
-# with int64_t; refusing far below 2**63 also means that sizes computed from
-# user-given shapes (N*C*KH*KW*OH*OW) cannot wrap around before the check.
-MAX_ELEMENTS = 2 ** 40
+from .kernels.boundary import FLOAT_DTYPES, MAX_ELEMENTS
 
 
 def as_float_tensor(x, name="x", ndim=4, dtype=None):
@@ -59,39 +53,6 @@ def int_pair(value, name, minimum):
     return (int(pair[0]), int(pair[1]))
 
 
-def check_size(count, what):
-    """Refuse element counts the kernels cannot index (checked before allocating)."""
-    if count > MAX_ELEMENTS:
-        raise ValueError(
-            f"{what} would need {count} elements, more than the supported {MAX_ELEMENTS}; "
-            "use a smaller batch or image"
-        )
-
-
-# Largest pixel coordinate a kernel may compute.  The C loops form coordinates
-# such as ``oy*SH - PH + i*DH`` and ``(W - off + SW - 1) / SW`` in int64_t;
-# bounding the sum of all the terms that can appear keeps every intermediate
-# far from 2**63, so none can wrap around (a wrapped bound once let a stride
-# of 2**63-1 write before the output buffer).
-MAX_COORDINATE = 2 ** 62
-
-
-def check_extent(in_size, kernel, stride, padding, dilation, out_size, what):
-    """Refuse geometry whose window coordinates would not fit in 64-bit indices.
-
-    All arguments are (h, w) pairs of ints already checked for sign.
-    """
-    for n, k, s, p, d, o, axis in zip(in_size, kernel, stride, padding, dilation, out_size,
-                                      ("height", "width")):
-        extent = n + p + o * s + k * d
-        if extent >= MAX_COORDINATE:
-            raise ValueError(
-                f"{what}: {axis} geometry (size {n}, kernel {k}, stride {s}, padding {p}, "
-                f"dilation {d}, {o} outputs) reaches coordinates beyond 2**62; "
-                "the kernels index with 64-bit integers"
-            )
-
-
 def check_same_shape(a, shape, name):
     """Raise ValueError unless ``a.shape == shape``."""
     if tuple(a.shape) != tuple(shape):
@@ -117,3 +78,42 @@ def check_target(target, logits_shape, num_classes, ignore_index):
             raise ValueError(f"label {bad} is outside [0, {num_classes}) and is not the "
                              f"ignore_index {ignore_index}")
     return valid
+
+
+def check_output_padding(padding, output_padding, stride, dilation):
+    """PyTorch's rule: output_padding < stride or < dilation (per axis); none with 'same'."""
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(f"padding must be an int, a pair or 'same', got {padding!r}")
+        if tuple(output_padding) != (0, 0):
+            raise ValueError("output_padding cannot be combined with padding='same'")
+        return
+    for op, s, d, axis in zip(output_padding, stride, dilation, ("height", "width")):
+        if op >= s and op >= d:
+            raise ValueError(
+                f"output_padding ({op}) must be smaller than either stride ({s}) or "
+                f"dilation ({d}) along the {axis}"
+            )
+
+
+def check_windows_touch_image(in_size, kernel, stride, padding, dilation, out_size):
+    """Refuse pooling geometry in which some window sees only padding.
+
+    With dilation, ``padding <= kernel/2`` is not enough: the taps of a window
+    can straddle the image (H=1, kernel 2, dilation 2, padding 1 reads rows -1
+    and 1).  Such a window has no maximum and no valid index (PyTorch returns
+    -inf and an index outside the plane), so it is an error here.
+    Per axis, the first tap at or after row 0 is ``i0 = ceil(-start / d)``.
+    """
+    for n, k, s, p, d, o, axis in zip(in_size, kernel, stride, padding, dilation, out_size,
+                                      ("height", "width")):
+        start = np.arange(o, dtype=np.int64) * s - p       # first tap of each window
+        first_inside = np.maximum(0, -(start // d))        # ceil(-start / d), at least 0
+        touches = (first_inside < k) & (start + first_inside * d < n)
+        if not touches.all():
+            bad = int(np.argmin(touches))
+            raise ValueError(
+                f"max_pool2d: the window of output {axis} {bad} lies entirely in the padding "
+                f"(input {axis} {n}, kernel {k}, padding {p}, dilation {d}); "
+                "use less padding or dilation"
+            )

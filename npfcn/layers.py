@@ -3,8 +3,10 @@
 Every module has ``params`` and ``grads`` (dicts keyed ``"weight"``/``"bias"``),
 ``forward``, ``backward(dy)`` (returns d/dx and *adds* parameter gradients into
 ``grads``, as PyTorch accumulates), ``zero_grad()`` and ``train()``/``eval()``.
-A module keeps what its backward pass needs from the last ``forward`` and
-frees it after ``backward``.
+In training mode a module keeps what its backward pass needs from the last
+``forward`` and frees it after ``backward``.  In eval mode (evaluation,
+prediction) it keeps nothing: no inputs, masks or pooling indices stay alive
+between layers, and ``backward`` raises.
 """
 import math
 
@@ -47,9 +49,16 @@ class Module:
         if grad is not None:
             self.grads[name] += grad
 
+    def _keep(self, cache):
+        """Keep a forward pass's cache for backward - in training mode only."""
+        self._cache = cache if self.training else None
+
     def _take_cache(self):
         """The cache of the last forward pass, which backward consumes once."""
         if self._cache is None:
+            if not self.training:
+                raise ValueError(f"{type(self).__name__}.backward() in eval mode: eval mode keeps "
+                                 "nothing for backward; call .train() before the forward pass")
             raise ValueError(f"{type(self).__name__}.backward() called before forward() "
                              "(or twice after one forward)")
         cache, self._cache = self._cache, None
@@ -100,8 +109,9 @@ class Conv2d(Module):
     relu = False    # ConvReLU2d: a ReLU fused after the convolution
 
     def forward(self, x):
-        y, self._cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                          self.stride, self.padding, self.dilation, self.relu)
+        y, cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                    self.stride, self.padding, self.dilation, self.relu)
+        self._keep(cache)
         return y
 
     def backward(self, dy):
@@ -158,9 +168,10 @@ class ConvTranspose2d(Module):
         self.frozen = bool(frozen)
 
     def forward(self, x):
-        y, self._cache = F.conv_transpose2d_forward(
+        y, cache = F.conv_transpose2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
             self.output_padding, self.dilation)
+        self._keep(cache)
         self._output_shape = y.shape
         return y
 
@@ -202,8 +213,11 @@ class MaxPool2d(Module):
         self.return_indices = bool(return_indices)
 
     def forward(self, x):
-        y, indices, self._cache = F.max_pool2d_forward(x, self.kernel_size, self.stride,
-                                                       self.padding, self.dilation, self.ceil_mode)
+        # The indices are an output when asked for (SegNet's unpooling needs them in
+        # eval mode too); otherwise they live only in the cache, kept in training mode.
+        y, indices, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride,
+                                                 self.padding, self.dilation, self.ceil_mode)
+        self._keep(cache)
         return (y, indices) if self.return_indices else y
 
     def backward(self, dy):
@@ -224,8 +238,9 @@ class MaxUnpool2d(Module):
         self.padding = int_pair(padding, "padding", 0)
 
     def forward(self, x, indices, output_size=None):
-        y, self._cache = F.max_unpool2d_forward(x, indices, self.kernel_size, self.stride,
-                                                self.padding, output_size)
+        y, cache = F.max_unpool2d_forward(x, indices, self.kernel_size, self.stride,
+                                          self.padding, output_size)
+        self._keep(cache)
         return y
 
     def backward(self, dy):
@@ -236,7 +251,8 @@ class ReLU(Module):
     """y = max(x, 0), any shape."""
 
     def forward(self, x):
-        y, self._cache = F.relu_forward(x)
+        y, cache = F.relu_forward(x)
+        self._keep(cache)
         return y
 
     def backward(self, dy):
@@ -259,12 +275,11 @@ class Dropout(Module):
 
     def forward(self, x):
         y, cache = F.dropout_forward(x, self.p, self.rng, self.training)
-        self._cache = (cache,)
+        self._keep(cache)
         return y
 
     def backward(self, dy):
-        (cache,) = self._take_cache()
-        return F.dropout_backward(dy, cache)
+        return F.dropout_backward(dy, self._take_cache())
 
 
 class Crop(Module):
@@ -280,7 +295,8 @@ class Crop(Module):
     def forward(self, x, size):
         if isinstance(size, np.ndarray):
             size = size.shape[-2:]
-        y, self._cache = F.crop_forward(x, self.offset, size)
+        y, cache = F.crop_forward(x, self.offset, size)
+        self._keep(cache)
         return y
 
     def backward(self, dy):
@@ -291,7 +307,8 @@ class Add(Module):
     """Elementwise a + b (the FCN skip connection); backward returns (da, db)."""
 
     def forward(self, a, b):
-        y, self._cache = F.add_forward(a, b)
+        y, cache = F.add_forward(a, b)
+        self._keep(cache)
         return y
 
     def backward(self, dy):

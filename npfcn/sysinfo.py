@@ -10,7 +10,8 @@ import platform
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__
+from .kernels import backend
 
 # OpenBLAS exports its thread query under a prefix that depends on the build
 # (numpy's wheels ship "scipy_openblas" with 64-bit integer symbols).
@@ -70,7 +71,7 @@ def set_threads(count):
         function.argtypes = [ctypes.c_int]
         function(count)
     if backend.active() == "c":
-        backend.kernels()[1].npfcn_set_num_threads(count)
+        backend.lib().npfcn_set_num_threads(count)
 
 
 def _loaded_libraries():
@@ -182,7 +183,7 @@ def describe_blas():
 
 
 def _vector_width():
-    from . import direct
+    from .kernels import direct
 
     width = direct.vector_bytes()
     return "(no C kernel)" if width is None else f"{width} bytes"

@@ -43,7 +43,7 @@ def torch():
 @pytest.fixture(params=["c", "numpy"])
 def each_backend(request):
     """Run a test once on the C kernel and once on the NumPy reference path."""
-    from npfcn import backend
+    from npfcn.kernels import backend
     if request.param == "c" and not backend.c_available():
         pytest.skip("C kernel not built")
     with backend.using(request.param):

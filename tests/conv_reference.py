@@ -1,17 +1,16 @@
-"""The reference the C convolution paths are tested against (tests/test_direct.py,
-tests/test_winograd.py): the NumPy backend's im2col convolution, an independent
-computation."""
+"""What the C convolution paths are tested against (tests/test_direct.py,
+tests/test_winograd.py, tests/test_fused_relu.py): ``npfcn.reference.conv``, the
+textbook im2col convolution, an independent computation."""
 import numpy as np
 
-from npfcn import backend, functional as F
+from npfcn import reference
 
 
 def reference_conv(x, w, padding):
-    """y, dy, dx, dw of sum(y * dy) on the NumPy im2col path, with a fixed dy."""
-    with backend.using("numpy"):
-        y, cache = F.conv2d_forward(x, w, None, 1, padding)
-        dy = np.cos(np.arange(y.size, dtype=x.dtype)).reshape(y.shape)
-        dx, dw, _ = F.conv2d_backward(dy, cache)
+    """y, dy, dx, dw of sum(y * dy) by npfcn.reference, with a fixed dy."""
+    y, cache = reference.conv2d_forward(x, w, None, 1, padding)
+    dy = np.cos(np.arange(y.size, dtype=x.dtype)).reshape(y.shape)
+    dx, dw, _ = reference.conv2d_backward(dy, cache)
     return y, dy, dx, dw
 
 

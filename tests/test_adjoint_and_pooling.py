@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npfcn import backend
+from npfcn.kernels import backend
 from npfcn import functional as F
 from npfcn.layers import ConvTranspose2d, Conv2d, MaxPool2d, MaxUnpool2d, ReLU
 from npfcn.losses import CrossEntropyLoss

@@ -1,6 +1,6 @@
-"""The direct convolution path of the C backend (npfcn/direct.py, csrc/direct.c).
+"""The direct convolution path of the C backend (npfcn/kernels/direct.py, csrc/direct.c).
 
-The reference is the NumPy backend's im2col convolution, an independent
+The reference is npfcn.reference.conv (im2col + matmul), an independent
 computation: every result here is compared with it, never with itself.
 
 Tolerances: in float64 both sum the same C*KH*KW products per output (and the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from npfcn import backend, direct
+from npfcn.kernels import backend, direct, dispatch
 from npfcn.gradcheck import gradcheck
 from npfcn.layers import Conv2d
 
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not 
 def direct_conv(x, w, padding, dy):
     """The same three arrays from the direct functions."""
     with backend.using("c"):
-        y = direct.conv_forward(x, w, padding)
+        y = direct.correlate(x, w, padding)
         dw = np.zeros(w.size, dtype=x.dtype)
-        dx = direct.conv_backward(dy, x, w, padding, dw)
+        dx = direct.correlate_grads(dy, x, w, padding, dw)
     return y, dx, dw.reshape(w.shape)
 
 
@@ -64,7 +64,7 @@ def test_bias_starts_every_sum(case, dtype):
     bias = np.random.default_rng(case["seed"] + 1).standard_normal(case["O"]).astype(dtype)
     y0 = reference_conv(x, w, case["padding"])[0] + bias[None, :, None, None]
     with backend.using("c"):
-        y1 = direct.conv_forward(x, w, case["padding"], bias=bias)
+        y1 = direct.correlate(x, w, case["padding"], bias=bias)
     assert y1.shape == y0.shape
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert y1.size == 0 or relative(y1, y0) < tol
@@ -74,15 +74,15 @@ def test_outputs_that_see_only_padding_are_the_bias():
     x, w = make(dict(N=1, C=3, H=6, W=5, O=5, K=(3, 3), seed=2), np.float32)
     bias = np.array([0.5, -1.0, 0.0, 2.0, -0.25], np.float32)
     with backend.using("c"):
-        y = direct.conv_forward(x, w, (10, 10), bias=bias)
+        y = direct.correlate(x, w, (10, 10), bias=bias)
     expected = np.broadcast_to(bias[:, None, None], y.shape[1:])
     # rows 0..7 and columns 0..7 (and past the image's far side) see no input
     assert np.array_equal(y[0, :, :8], expected[:, :8])
     assert np.array_equal(y[0, :, :, -8:], expected[:, :, -8:])
     with pytest.raises(ValueError, match="bias"):
-        direct.conv_forward(x, w, (1, 1), bias=bias[:4])
+        direct.correlate(x, w, (1, 1), bias=bias[:4])
     with pytest.raises(ValueError, match="bias"):
-        direct.conv_forward(x, w, (1, 1), bias=bias.astype(np.float64))
+        direct.correlate(x, w, (1, 1), bias=bias.astype(np.float64))
 
 
 def _vector_widths():
@@ -141,20 +141,20 @@ def test_weight_gradient_is_added():
     x, w = make(dict(N=2, C=3, H=9, W=40, O=5, K=(3, 3), seed=2), np.float64)
     _, dy, _, dw0 = reference_conv(x, w, (1, 1))
     dw = np.full(w.size, 0.5)
-    direct.conv_backward(dy, x, w, (1, 1), dw)
+    direct.correlate_grads(dy, x, w, (1, 1), dw)
     np.testing.assert_allclose(dw.reshape(w.shape), dw0 + 0.5, rtol=1e-12, atol=1e-12)
 
 
 def test_forward_does_not_depend_on_the_thread_count():
     """Rows are split between threads, each sum keeps its order: identical bits."""
     x, w = make(dict(N=2, C=4, H=70, W=70, O=6, K=(3, 3), seed=3), np.float32)
-    lib = backend.kernels()[1]
+    lib = backend.lib()
     before = lib.npfcn_num_threads()
     try:
         lib.npfcn_set_num_threads(1)
-        one = direct.conv_forward(x, w, (1, 1))
+        one = direct.correlate(x, w, (1, 1))
         lib.npfcn_set_num_threads(2)
-        two = direct.conv_forward(x, w, (1, 1))
+        two = direct.correlate(x, w, (1, 1))
     finally:
         lib.npfcn_set_num_threads(before)
     assert np.array_equal(one, two)
@@ -163,7 +163,7 @@ def test_forward_does_not_depend_on_the_thread_count():
 @pytest.mark.parametrize("padding", [0, 1, 4])
 def test_layer_gradcheck_on_the_direct_path(padding):
     """The Conv2d layer, float64, through the path conv2d picks for 4 -> 6 channels."""
-    assert direct.applies((3, 3), (1, 1), (1, 1), 4, 6)
+    assert path_of((3, 3), (1, 1), (1, 1), 4, 6) == "direct"
     layer = Conv2d(4, 6, 3, padding=padding, dtype=np.float64, rng=0)
     x = np.random.default_rng(5).standard_normal((2, 4, 6, 7))
     with backend.using("c"):
@@ -172,17 +172,27 @@ def test_layer_gradcheck_on_the_direct_path(padding):
     assert set(report.errors) >= {"input0", "weight", "bias"}
 
 
+def path_of(kernel_size, stride, dilation, in_channels, out_channels):
+    """The path npfcn.kernels.dispatch picks for one such layer on a 20x20 input."""
+    KH, KW = kernel_size
+    x_shape, w_shape = (1, in_channels, 20, 20), (out_channels, in_channels, KH, KW)
+    out = [(20 + 2 - d * (k - 1) - 1) // s + 1 for k, s, d in zip(kernel_size, stride, dilation)]
+    return dispatch.conv2d_path(x_shape, w_shape, (KH, KW, *stride, 1, 1, *dilation, *out))
+
+
 def test_which_convolutions_take_the_direct_path():
     stride1 = ((1, 1), (1, 1))
-    assert direct.applies((3, 3), *stride1, 3, 4)         # conv1_1 at width 1/16
-    assert direct.applies((3, 3), *stride1, 32, 32)       # conv5_x at width 1/16
-    assert not direct.applies((3, 3), *stride1, 64, 64)   # wider: Winograd / im2col
-    assert not direct.applies((3, 3), *stride1, 3, 64)
-    assert not direct.applies((7, 7), *stride1, 32, 32)   # fc6: im2col + GEMM
-    assert not direct.applies((3, 3), (2, 2), (1, 1), 4, 4)
-    assert not direct.applies((3, 3), (1, 1), (2, 2), 4, 4)
+    with backend.using("c"):
+        assert path_of((3, 3), *stride1, 3, 4) == "direct"          # conv1_1 at width 1/16
+        assert path_of((3, 3), *stride1, 32, 32) == "direct"        # conv5_x at width 1/16
+        assert path_of((5, 5), *stride1, 32, 32) == "direct"
+        assert path_of((3, 3), *stride1, 64, 64) != "direct"        # wider: Winograd / im2col
+        assert path_of((3, 3), *stride1, 3, 64) != "direct"
+        assert path_of((7, 7), *stride1, 32, 32) == "bands"         # fc6: im2col + GEMM
+        assert path_of((3, 3), (2, 2), (1, 1), 4, 4) == "bands"
+        assert path_of((3, 3), (1, 1), (2, 2), 4, 4) == "bands"
     with backend.using("numpy"):
-        assert not direct.applies((3, 3), *stride1, 4, 4)
+        assert path_of((3, 3), *stride1, 4, 4) == "reference"
 
 
 @pytest.mark.parametrize("size,out,kernel,pad,expected", [
@@ -203,16 +213,16 @@ def test_bad_arrays_are_refused_before_the_kernel():
     x = np.zeros((1, 3, 8, 8), np.float32)
     w = np.zeros((4, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
-        direct.conv_forward(x[:, :, :, ::2], w, (1, 1))
+        direct.correlate(x[:, :, :, ::2], w, (1, 1))
+    with pytest.raises(ValueError, match="dtype"):
+        direct.correlate(x, w.astype(np.float64), (1, 1))
     with pytest.raises(ValueError, match="does not fit"):
-        direct.conv_forward(x, w.astype(np.float64), (1, 1))
-    with pytest.raises(ValueError, match="does not fit"):
-        direct.conv_forward(x, np.zeros((4, 2, 3, 3), np.float32), (1, 1))
+        direct.correlate(x, np.zeros((4, 2, 3, 3), np.float32), (1, 1))
     with pytest.raises(ValueError, match="output"):
-        direct.conv_backward(np.zeros((1, 4, 5, 5), np.float32), x, w, (1, 1),
+        direct.correlate_grads(np.zeros((1, 4, 5, 5), np.float32), x, w, (1, 1),
                              np.zeros(w.size, np.float32))
-    with pytest.raises(ValueError, match="dw"):
-        direct.conv_backward(np.zeros((1, 4, 8, 8), np.float32), x, w, (1, 1),
+    with pytest.raises(ValueError, match="weight gradient"):
+        direct.correlate_grads(np.zeros((1, 4, 8, 8), np.float32), x, w, (1, 1),
                              np.zeros(w.size - 1, np.float32))
 
 

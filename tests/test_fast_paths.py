@@ -1,16 +1,17 @@
-"""The fast paths of the default (C) backend agree with the NumPy reference.
+"""The fast paths of the default (C) backend agree with the NumPy reference (npfcn.reference).
 
 What is fast-path-only and therefore tested here:
-* convolution and transposed convolution built a block of grid rows at a time
-  (``functional.WORKSPACE_BYTES``), with the batch side by side in one GEMM,
-  through ``im2col_rows``/``col2im_rows`` and the strided C kernels;
+* convolution and transposed convolution built a band of grid rows at a time
+  (``npfcn.kernels.bands.BAND_BYTES``), with the batch side by side in one GEMM,
+  through ``im2col_bands``/``col2im_bands`` and the strided C kernels
+  (``npfcn.kernels.gemm``), on whatever path dispatch picks and forced onto bands;
 * the 1x1 ("pointwise") convolution that skips im2col;
 * the 2x2 stride-2 max-pool kernel;
 * ReLU caching its output instead of a mask;
 * workspaces reused between calls never leak into returned arrays.
 
-The reference is the NumPy backend (``backend.using("numpy")``), computed
-without row blocks.  Tolerances: copies (im2col, max pool) must match exactly;
+The reference is the NumPy backend (``backend.using("numpy")``: npfcn.reference),
+computed without bands.  Tolerances: copies (im2col, max pool) must match exactly;
 sums whose order differs (GEMM blocking, col2im) are compared with a relative
 tolerance of 1e-12 in float64 (a few ulps of round-off per accumulated
 product) and 1e-4 in float32 (~1e3 ulps: BLAS may block sums differently).
@@ -18,8 +19,9 @@ product) and 1e-4 in float32 (~1e3 ulps: BLAS may block sums differently).
 import numpy as np
 import pytest
 
-from npfcn import backend, functional as F
-from npfcn.im2col import col2im_numpy, col2im_rows, im2col_numpy, im2col_rows
+from npfcn import functional as F, reference as R
+from npfcn.kernels import backend, bands, dispatch
+from npfcn.kernels.bands import col2im_bands, im2col_bands
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -31,12 +33,28 @@ def close(a, b, dtype):
     np.testing.assert_allclose(a, b, rtol=0, atol=RTOL[dtype] * scale)
 
 
-@pytest.fixture(params=[None, 1], ids=["one-block", "row-blocks"])
+@pytest.fixture(params=[None, 1], ids=["one-band", "row-bands"])
 def block_bytes(request, monkeypatch):
-    """Run once with the default workspace and once with one grid row per block."""
+    """Run once with the default band size and once with one grid row per band."""
     if request.param is not None:
-        monkeypatch.setattr(F, "WORKSPACE_BYTES", request.param)
+        monkeypatch.setattr(bands, "BAND_BYTES", request.param)
     return request.param
+
+
+@pytest.fixture(params=["dispatch", "bands"])
+def conv_path(request, monkeypatch):
+    """Run once on the path dispatch picks and once forced onto im2col / col2im in bands."""
+    if request.param == "bands":
+        for name in ("conv2d_path", "conv_transpose2d_path"):
+            choose = getattr(dispatch, name)
+            monkeypatch.setattr(dispatch, name, lambda *args, choose=choose: "bands"
+                                if choose(*args) != "reference" else "reference")
+    return request.param
+
+
+def ref_im2col(x, g):
+    """npfcn.reference's im2col of the geometry g = (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)."""
+    return R.im2col(x, g[0:2], g[2:4], g[4:6], g[6:8], g[8:10])
 
 
 def reference(fn, *args):
@@ -59,13 +77,14 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_fast_path_matches_reference(case, dtype, block_bytes, rng):
+def test_conv2d_fast_path_matches_reference(case, dtype, block_bytes, conv_path, rng):
     N, C, O, H, W, k, s, p, d = case
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((O, C, k, k)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
     y, cache = F.conv2d_forward(x, w, b, s, p, d)
     y_ref, cache_ref = reference(F.conv2d_forward, x, w, b, s, p, d)
+    assert cache_ref[0] == "reference" and (conv_path == "dispatch" or cache[0] == "bands")
     close(y, y_ref, dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     got = F.conv2d_backward(dy, cache)
@@ -86,13 +105,14 @@ TRANSPOSED_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", TRANSPOSED_CASES)
-def test_conv_transpose2d_fast_path_matches_reference(case, dtype, block_bytes, rng):
+def test_conv_transpose2d_fast_path_matches_reference(case, dtype, block_bytes, conv_path, rng):
     N, C, O, H, W, k, s, p, op = case
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((C, O, k, k)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
     y, cache = F.conv_transpose2d_forward(x, w, b, s, p, op)
     y_ref, cache_ref = reference(F.conv_transpose2d_forward, x, w, b, s, p, op)
+    assert cache_ref[0] == "reference" and (conv_path == "dispatch" or cache[0] == "bands")
     close(y, y_ref, dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
     got = F.conv_transpose2d_backward(dy, cache)
@@ -103,27 +123,27 @@ def test_conv_transpose2d_fast_path_matches_reference(case, dtype, block_bytes, 
 
 
 @pytest.mark.parametrize("rows", [(0, 1), (2, 5), (0, 7), (6, 7)])
-def test_row_block_columns_are_the_reference_columns(rows, rng):
-    """im2col_rows copies exactly the reference's columns of rows [r0, r1), batched."""
+def test_band_columns_are_the_reference_columns(rows, rng):
+    """im2col_bands copies exactly the reference's columns of rows [r0, r1), batched."""
     x = rng.standard_normal((3, 2, 13, 11))
     g = (3, 2, 2, 1, 1, 0, 1, 2, 7, 9)        # KH KW SH SW PH PW DH DW OH OW
     r0, r1 = rows
     out = np.full((2 * 3 * 2, 3 * (r1 - r0) * 9), np.nan)
-    im2col_rows(x, g, rows, out)
-    full = im2col_numpy(x, *g)[:, :, r0 * 9:r1 * 9]                # (N, CKK, block)
+    im2col_bands(x, g, rows, out)
+    full = ref_im2col(x, g)[:, :, r0 * 9:r1 * 9]                   # (N, CKK, band)
     np.testing.assert_array_equal(out.reshape(12, 3, -1), full.transpose(1, 0, 2))
 
 
-def test_row_blocks_of_col2im_add_up_to_the_reference(rng):
-    """col2im_rows over disjoint row blocks sums to the reference col2im of all rows."""
+def test_bands_of_col2im_add_up_to_the_reference(rng):
+    """col2im_bands over disjoint bands sums to the reference col2im of all rows."""
     g = (3, 3, 2, 2, 1, 1, 1, 1, 6, 5)
     N, C, H, W = 2, 3, 11, 10
     cols = rng.standard_normal((N, C * 9, 30))
     x = np.zeros((N, C, H, W))
     for r0, r1 in [(0, 2), (2, 3), (3, 6)]:
         block = np.ascontiguousarray(cols[:, :, r0 * 5:r1 * 5].transpose(1, 0, 2))
-        col2im_rows(block.reshape(C * 9, -1), x, g, (r0, r1))
-    close(x, col2im_numpy(cols, (N, C, H, W), *g), np.float64)
+        col2im_bands(block.reshape(C * 9, -1), x, g, (r0, r1))
+    close(x, R.col2im(cols, (N, C, H, W), g[0:2], g[2:4], g[4:6], g[6:8], g[8:10]), np.float64)
 
 
 def test_threaded_sizes_match_reference(rng):
@@ -201,7 +221,7 @@ def test_relu_c_kernel_equals_the_numpy_reference_bit_for_bit(dtype, size, rng):
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, rng):
+def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, conv_path, rng):
     """dw_into receives start + dw (what a layer's grads accumulate), even in column blocks."""
     x = rng.standard_normal((2, 3, 7, 6))
     if transposed:
@@ -223,11 +243,12 @@ def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, rng):
 
 
 def test_big_weight_gradient_in_column_blocks(monkeypatch, rng):
-    """A weight gradient larger than the workspace is summed a block of columns at a time."""
-    monkeypatch.setattr(F, "WORKSPACE_BYTES", 256)
+    """A weight gradient larger than a band is summed a band of columns at a time."""
+    monkeypatch.setattr(bands, "BAND_BYTES", 256)
     x = rng.standard_normal((1, 16, 5, 5))
     w = rng.standard_normal((40, 16, 3, 3))          # dw: 40 x 144, far more than 256 bytes
     y, cache = F.conv2d_forward(x, w, None, 1, 0)
+    assert cache[0] == "bands"
     dy = rng.standard_normal(y.shape)
     dw = F.conv2d_backward(dy, cache)[1]
     _, cache_ref = reference(F.conv2d_forward, x, w, None, 1, 0)

@@ -1,4 +1,5 @@
-"""ConvReLU2d: a convolution with its ReLU fused (npfcn/layers.py, csrc/direct.c).
+"""ConvReLU2d: a convolution with its ReLU fused (npfcn/layers.py, npfcn/kernels/direct.py,
+csrc/direct.c).
 
 The reference is the unfused pair, ReLU()(Conv2d(...)(x)), run with the same
 weights: both layers are verified on their own (tests/test_gradients.py), so the
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from npfcn import backend, direct
+from npfcn.kernels import backend, direct, dispatch
 from npfcn.layers import Conv2d, ConvReLU2d, ReLU
 
 from conv_reference import relative
@@ -47,7 +48,9 @@ def test_same_as_conv_then_relu_on_the_direct_path(cin, cout, k, padding, h, w, 
     if h + 2 * padding < k or w + 2 * padding < k:
         return
     fused, plain = pair(cin, cout, k, 1, padding, seed)
-    assert k == 1 or direct.applies((k, k), (1, 1), (1, 1), cin, cout)
+    g = (k, k, 1, 1, padding, padding, 1, 1, h + 2 * padding - k + 1, w + 2 * padding - k + 1)
+    with backend.using("c"):
+        assert k == 1 or dispatch.conv2d_path((n, cin, h, w), (cout, cin, k, k), g) == "direct"
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((n, cin, h, w))
     y_ref = plain.forward(x)
@@ -91,12 +94,12 @@ def test_bad_masks_are_refused_before_c():
     x = np.zeros((1, 3, 5, 5))
     w = np.zeros((4, 3, 3, 3))
     with pytest.raises(ValueError, match="mask"):
-        direct.conv_forward(x, w, (1, 1), x_mask=np.zeros((1, 3, 5, 4)))
+        direct.correlate(x, w, (1, 1), x_mask=np.zeros((1, 3, 5, 4)))
     with pytest.raises(ValueError, match="mask"):
-        direct.conv_forward(x, w, (1, 1), x_mask=np.zeros((1, 3, 5, 5), np.float32))
+        direct.correlate(x, w, (1, 1), x_mask=np.zeros((1, 3, 5, 5), np.float32))
     with pytest.raises(ValueError, match="mask"):
-        direct.conv_backward(np.zeros((1, 4, 5, 5)), x, w, (1, 1), np.zeros(w.size),
+        direct.correlate_grads(np.zeros((1, 4, 5, 5)), x, w, (1, 1), np.zeros(w.size),
                              dy_mask=np.zeros((1, 4, 5, 5))[:, :, :, ::-1])
-    with pytest.raises(ValueError, match="db"):
-        direct.conv_backward(np.zeros((1, 4, 5, 5)), x, w, (1, 1), np.zeros(w.size),
+    with pytest.raises(ValueError, match="bias gradient"):
+        direct.correlate_grads(np.zeros((1, 4, 5, 5)), x, w, (1, 1), np.zeros(w.size),
                              db=np.zeros(3))

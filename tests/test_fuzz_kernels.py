@@ -31,10 +31,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npfcn import backend, pooling
 from npfcn import functional as F
-from npfcn.im2col import col2im, col2im_rows, conv_output_size, im2col, im2col_rows
-from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d
+from npfcn.functional import col2im, conv_output_size, im2col
+from npfcn.kernels import backend, bands, pooling
+from npfcn.kernels.bands import col2im_bands, im2col_bands
+from npfcn.layers import Conv2d, ConvTranspose2d, Dropout, MaxPool2d, MaxUnpool2d, Module
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -198,24 +199,41 @@ def naive_im2col(x, kernel, stride, padding, dilation, out):
 # --- layers ---------------------------------------------------------------------------
 
 class workspace_of:
-    """Temporarily shrink ``functional.WORKSPACE_BYTES`` (if the module has one) so that
-    the C path builds its columns a block of grid rows at a time: blocks after the first
-    reach C with a negative top padding, a case tiny shapes would never produce."""
+    """Temporarily shrink ``npfcn.kernels.bands.BAND_BYTES`` so that the C path builds
+    its columns a band of grid rows at a time: bands after the first reach C with a
+    negative top padding, a case tiny shapes would never produce."""
 
     def __init__(self, size):
         self.size = size
 
     def __enter__(self):
-        self.previous = getattr(F, "WORKSPACE_BYTES", None)
-        if self.size and self.previous is not None:
-            F.WORKSPACE_BYTES = self.size
+        self.previous = bands.BAND_BYTES
+        if self.size:
+            bands.BAND_BYTES = self.size
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            F.WORKSPACE_BYTES = self.previous
+        bands.BAND_BYTES = self.previous
 
 
-workspaces = st.sampled_from([0, 1, 300])   # 0: the default; 1: one grid row per block
+workspaces = st.sampled_from([0, 1, 300])   # 0: the default; 1: one grid row per band
+
+
+def modules_of(obj, seen=None):
+    """Every npfcn.layers.Module reachable from obj's attributes (dicts, lists, tuples)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    found = [obj] if isinstance(obj, Module) else []
+    children = vars(obj).values() if hasattr(obj, "__dict__") else ()
+    if isinstance(obj, dict):
+        children = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        children = obj
+    for child in children:
+        if isinstance(child, (Module, dict, list, tuple)) or hasattr(child, "forward"):
+            found += modules_of(child, seen)
+    return found
 
 
 def _run_layer(layer, x, dy_seed):
@@ -317,7 +335,9 @@ def test_fcn_models_match_the_reference(name, h, w, n, dtype, layout, seed):
     for key in model.params:      # score layers start at zero; make the skips matter
         if "score" in key:
             model.params[key][...] = rng.standard_normal(model.params[key].shape) * 0.1
-    model.eval()                  # no dropout: both passes see the same network
+    for module in modules_of(model):   # no dropout: both passes see the same network
+        if isinstance(module, Dropout):
+            module.p = 0.0
     x = with_layout(values(rng, (n, 3, h, w), dtype), layout)
 
     def run():
@@ -333,6 +353,15 @@ def test_fcn_models_match_the_reference(name, h, w, n, dtype, layout, seed):
         scale = np.abs(ref[key]).max() if ref[key].size else 0.0
         np.testing.assert_allclose(c[key], ref[key], rtol=0, atol=1000 * eps * scale + 1e-30,
                                    err_msg=key)
+
+
+def scatter_add_planes(values, indices, image_shape):
+    """out[n, c].flat[indices[n, c]] += values[n, c] (repeats add up), summed in float64."""
+    N, C, H, W = image_shape
+    plane = np.arange(N * C).reshape(N, C, 1, 1) * (H * W)
+    flat = np.bincount((plane + indices).ravel(), weights=values.ravel().astype(np.float64),
+                       minlength=N * C * H * W)
+    return flat.reshape(image_shape)
 
 
 def window_sees_only_padding(n, k, s, p, d, out):
@@ -373,7 +402,7 @@ def test_max_pool2d_and_unpool_match_the_reference(h, w, n, c, ceil_mode, ties, 
     np.testing.assert_array_equal(idx, idx_r)
     assert idx.size == 0 or (idx.min() >= 0 and idx.max() < H * W)   # inside its plane
     # A pixel collects as many gradients as windows pick it (at most OH*OW).
-    abs_sum = pooling.scatter_add_planes(np.abs(dy), idx, x.shape)
+    abs_sum = scatter_add_planes(np.abs(dy), idx, x.shape)
     assert_within_rounding(dx, dx_r, abs_sum, OH * OW, "max_pool2d d/dx")
 
     # Unpooling puts every maximum back where it came from (a placement: exact).
@@ -465,42 +494,42 @@ BAD_CALLS = [
     ("max_pool2d-padding-over-half", lambda: F.max_pool2d_forward(_x(), 2, padding=2),
      ValueError, "half the kernel"),
     ("max_pool2d-float16", lambda: F.max_pool2d_forward(_x(np.float16), 2), TypeError, "float16"),
-    ("max_pool-direct-int-input", lambda: pooling.max_pool_forward(
-        _x(np.int64), 2, 2, 2, 2, 0, 0, 1, 1, 2, 2), TypeError, "int64"),
-    ("max_pool-direct-stride-0", lambda: pooling.max_pool_forward(
-        _x(), 2, 2, 0, 2, 0, 0, 1, 1, 2, 2), ValueError, "stride"),
-    ("max_pool-direct-negative-kernel", lambda: pooling.max_pool_forward(
-        _x(), -2, 2, 2, 2, 0, 0, 1, 1, 2, 2), ValueError, "kernel_size"),
-    ("max_pool-direct-grid-0", lambda: pooling.max_pool_forward(
-        _x(), 2, 2, 2, 2, 0, 0, 1, 1, 0, 2), ValueError, "output size"),
-    ("max_pool-backward-index-high", lambda: pooling.max_pool_backward(
+    ("max_pool-kernel-int-input", lambda: pooling.pool_with_argmax(
+        _x(np.int64), (2, 2, 2, 2, 0, 0, 1, 1, 2, 2)), ValueError, "int64"),
+    ("max_pool-kernel-stride-0", lambda: pooling.pool_with_argmax(
+        _x(), (2, 2, 0, 2, 0, 0, 1, 1, 2, 2)), ValueError, "positive"),
+    ("max_pool-kernel-negative-kernel", lambda: pooling.pool_with_argmax(
+        _x(), (-2, 2, 2, 2, 0, 0, 1, 1, 2, 2)), ValueError, "positive"),
+    ("max_pool-kernel-grid-0", lambda: pooling.pool_with_argmax(
+        _x(), (2, 2, 2, 2, 0, 0, 1, 1, 0, 2)), ValueError, "positive"),
+    ("max_pool-backward-index-high", lambda: pooling.scatter_to_argmax(
         _GOOD_DY, _GOOD_IDX + 25, (1, 2, 5, 5)), ValueError, "out of range"),
-    ("max_pool-backward-index-negative", lambda: pooling.max_pool_backward(
+    ("max_pool-backward-index-negative", lambda: pooling.scatter_to_argmax(
         _GOOD_DY, _GOOD_IDX - 1, (1, 2, 5, 5)), ValueError, "out of range"),
-    ("max_pool-backward-index-int32", lambda: pooling.max_pool_backward(
-        _GOOD_DY, _GOOD_IDX.astype(np.int32), (1, 2, 5, 5)), TypeError, "int64"),
-    ("max_pool-backward-index-strided", lambda: pooling.max_pool_backward(
+    ("max_pool-backward-index-int32", lambda: pooling.scatter_to_argmax(
+        _GOOD_DY, _GOOD_IDX.astype(np.int32), (1, 2, 5, 5)), ValueError, "int32"),
+    ("max_pool-backward-index-strided", lambda: pooling.scatter_to_argmax(
         _GOOD_DY, np.zeros((1, 2, 2, 4), np.int64)[..., ::2], (1, 2, 5, 5)),
      ValueError, "contiguous"),
-    ("max_pool-backward-index-shape", lambda: pooling.max_pool_backward(
+    ("max_pool-backward-index-shape", lambda: pooling.scatter_to_argmax(
         _GOOD_DY, np.zeros((1, 2, 2, 3), np.int64), (1, 2, 5, 5)), ValueError, "shape"),
-    ("max_pool-backward-dy-planes", lambda: pooling.max_pool_backward(
-        _GOOD_DY, _GOOD_IDX, (1, 3, 5, 5)), ValueError, "(N, C)"),
-    ("max_pool-backward-image-shape-negative", lambda: pooling.max_pool_backward(
+    ("max_pool-backward-dy-planes", lambda: pooling.scatter_to_argmax(
+        _GOOD_DY, _GOOD_IDX, (1, 3, 5, 5)), ValueError, "shape"),
+    ("max_pool-backward-image-shape-negative", lambda: pooling.scatter_to_argmax(
         _GOOD_DY, _GOOD_IDX, (1, 2, -5, 5)), ValueError, "image_shape"),
-    ("im2col_rows-buffer-too-small", lambda: im2col_rows(
+    ("im2col_bands-buffer-too-small", lambda: im2col_bands(
         _x(), _GRID, (0, 3), np.empty((18, 4))), ValueError, "cols has shape"),
-    ("im2col_rows-rows-beyond-grid", lambda: im2col_rows(
+    ("im2col_bands-rows-beyond-grid", lambda: im2col_bands(
         _x(), _GRID, (2, 4), np.empty((18, 6))), ValueError, "grid rows"),
-    ("im2col_rows-buffer-other-dtype", lambda: im2col_rows(
+    ("im2col_bands-buffer-other-dtype", lambda: im2col_bands(
         _x(), _GRID, (0, 3), np.empty((18, 9), np.float32)), ValueError, "dtype"),
-    ("im2col_rows-strided-buffer", lambda: im2col_rows(
+    ("im2col_bands-strided-buffer", lambda: im2col_bands(
         _x(), _GRID, (0, 3), np.empty((18, 18))[:, ::2]), ValueError, "C-contiguous"),
-    ("col2im_rows-buffer-too-small", lambda: col2im_rows(
+    ("col2im_bands-buffer-too-small", lambda: col2im_bands(
         np.empty((18, 4)), _x(), _GRID, (0, 3)), ValueError, "cols has shape"),
-    ("col2im_rows-fortran-image", lambda: col2im_rows(
+    ("col2im_bands-fortran-image", lambda: col2im_bands(
         np.empty((18, 9)), np.asfortranarray(_x()), _GRID, (0, 3)), ValueError, "C-contiguous"),
-    ("col2im_rows-negative-stride-geometry", lambda: col2im_rows(
+    ("col2im_bands-negative-stride-geometry", lambda: col2im_bands(
         np.empty((18, 9)), _x(), (3, 3, -1, 1, 0, 0, 1, 1, 3, 3), (0, 3)), ValueError, "stride"),
     ("max_unpool2d-index-out-of-range", lambda: F.max_unpool2d_forward(
         np.ones((1, 2, 2, 2)), _GOOD_IDX + 16, 2), ValueError, "out of range"),
@@ -517,7 +546,8 @@ def test_bad_direct_calls_are_refused_before_c(call, exc, keyword, monkeypatch):
     def tripwire():
         raise AssertionError("the C kernel was reached with bad arguments")
 
-    monkeypatch.setattr(backend, "kernels", tripwire)
+    monkeypatch.setattr(backend, "lib", tripwire)
+    monkeypatch.setattr(backend, "ffi", tripwire)
     with backend.using("c"), pytest.raises(exc) as info:
         call()
     assert keyword in str(info.value), f"message {info.value!r} lacks {keyword!r}"

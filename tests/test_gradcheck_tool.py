@@ -40,7 +40,7 @@ class LeakyBackwardReLU(ReLU):
     """Planted bug: the backward pass lets 1 % of the gradient through negative inputs."""
 
     def backward(self, dy):
-        positive, _ = self._cache
+        positive = self._cache[-1]      # functional's cache: (path, shape, dtype, y)
         return super().backward(dy) + np.where(positive, 0, 0.01 * dy)
 
 

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npfcn import backend
+from npfcn import functional as F
+from npfcn.kernels import backend
 from npfcn.gradcheck import gradcheck
-from npfcn.im2col import conv_output_size
+from npfcn.functional import conv_output_size
 from npfcn.layers import (Add, Conv2d, ConvTranspose2d, Crop, Dropout, MaxPool2d,
                           MaxUnpool2d, ReLU)
 from npfcn.losses import CrossEntropyLoss
@@ -188,7 +189,17 @@ def test_relu_gradients(name, shape, seed):
 def test_dropout_gradients(training, shape, p, seed):
     # gradcheck restores the layer's rng before every forward: one fixed mask.
     layer = Dropout(p, rng=seed).train(training)
-    check(layer, (normal(shape, seed),))
+    if training:
+        check(layer, (normal(shape, seed),))
+        return
+    # Eval mode is inference: the identity, whose gradient (through the functional
+    # op) is dy exactly; the layer keeps nothing for a backward pass and says so.
+    x, dy = normal(shape, seed), normal(shape, seed + 1)
+    np.testing.assert_array_equal(layer.forward(x), x)
+    with pytest.raises(ValueError, match="eval mode"):
+        layer.backward(dy)
+    y, cache = F.dropout_forward(x, p, np.random.default_rng(seed), training=False)
+    np.testing.assert_array_equal(F.dropout_backward(dy, cache), dy)
 
 
 @examples(20)

@@ -1,5 +1,7 @@
-"""im2col / col2im: the C kernel against the NumPy reference, against a naive loop
-written here from the formula, and col2im as the adjoint of im2col.
+"""im2col / col2im (npfcn.functional.im2col / col2im): the C kernel
+(npfcn/kernels/bands.py, csrc/im2col.c) against the NumPy reference
+(npfcn.reference.im2col), against a naive loop written here from the formula, and
+col2im as the adjoint of im2col.
 
 The geometry is drawn by hypothesis: kernel sizes, strides, paddings (also larger
 than the kernel), dilations, tiny and odd image sizes, an optional grid larger
@@ -11,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npfcn import backend
-from npfcn.im2col import col2im, conv_output_size, im2col
+from npfcn.kernels import backend
+from npfcn.functional import col2im, conv_output_size, im2col
 
 needs_c = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 

@@ -1,4 +1,5 @@
-"""The C max-pool and unpool kernels against the NumPy reference path, exactly.
+"""The C max-pool and unpool kernels (npfcn/kernels/pooling.py, csrc/maxpool.c,
+csrc/unpool.c) against the NumPy reference path (npfcn.reference.pooling), exactly.
 
 Pooling is a comparison and unpooling a placement, so the two paths must agree
 bit for bit (NaN compared as equal).  Gradients are drawn as small integers so
@@ -15,9 +16,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from npfcn import backend, pooling
-from npfcn import functional as F
-from npfcn.im2col import conv_output_size
+from npfcn import functional as F, reference as R
+from npfcn.kernels import backend, pooling
+from npfcn.functional import conv_output_size
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -31,6 +32,22 @@ def both(fn):
     with backend.using("numpy"):
         ref = fn()
     return c, ref
+
+
+def pool_backward(dy, idx, image_shape):
+    """Pooling's backward pass at the indices idx, on the active backend (the reference's
+    cache is (image shape, indices))."""
+    if backend.active() == "c":
+        return pooling.scatter_to_argmax(dy, idx, image_shape)
+    return R.max_pool2d_backward(dy, (image_shape, idx))
+
+
+def unpool(x, idx, out_size):
+    """Unpooling onto an out_size plane on the active backend: (y, dx of a given dy)."""
+    if backend.active() == "c":
+        return pooling.unpool(x, idx, out_size), lambda dy: pooling.gather_at_indices(dy, idx)
+    y, cache = R.max_unpool2d_forward(x, idx, 1, 1, 0, out_size)
+    return y, lambda dy: R.max_unpool2d_backward(dy, cache)
 
 
 def dirty_heap(shape, dtype):
@@ -137,7 +154,7 @@ def test_max_pool_backward_adds_at_any_indices(h, w, planes, per_plane, dtype, s
     idx = rng.integers(0, h * w, (1, planes, 1, per_plane))
     dy = small_int_grad(rng, idx.shape, dtype)
     dx, dx_ref = both(lambda: (dirty_heap((1, planes, h, w), dtype),
-                               pooling.max_pool_backward(dy, idx, (1, planes, h, w)))[1])
+                               pool_backward(dy, idx, (1, planes, h, w)))[1])
     np.testing.assert_array_equal(dx, dx_ref)
     # The definition, by a plain loop.
     expect = np.zeros((planes, h * w))
@@ -164,9 +181,9 @@ def test_unpool_forward_and_backward_match_reference(n, c, h, w, oh, ow, repeats
 
     def run():
         dirty_heap((n, c, oh, ow), dtype)
-        y = pooling.max_unpool_forward(x, idx, (oh, ow))
+        y, backward = unpool(x, idx, (oh, ow))
         dirty_heap(x.shape, dtype)
-        return y, pooling.max_unpool_backward(dy, idx)
+        return y, backward(dy)
 
     (y, dx), (y_ref, dx_ref) = both(run)
     np.testing.assert_array_equal(dx, dx_ref)
@@ -206,27 +223,47 @@ def test_unpool_backward_rechecks_indices_changed_after_forward():
         F.max_unpool2d_backward(np.ones_like(y), cache)
 
 
+@pytest.mark.parametrize("name", ["c", "numpy"])
 @pytest.mark.parametrize("bad, error, match", [
-    (np.array([-1, 0, 1, 2]), ValueError, "index -1 is out of range"),
-    (np.array([0, 1, 2, 16]), ValueError, "index 16 is out of range"),
+    (np.array([-1, 0, 1, 2]), ValueError, "-1,? (is )?out of range"),
+    (np.array([0, 1, 2, 16]), ValueError, "16,? (is )?out of range"),
     # 2**63 wraps to a negative int64: the one-pass unsigned check must still catch it.
     (np.array([0, 1, 2, 2**63], np.uint64), ValueError, "out of range"),
     (np.array([0, 1, 2, 3], np.int32), None, None),          # other int types are converted
     (np.array([0.0, 1, 2, 3]), TypeError, "integer"),
     ([0, 1, 2, 3], TypeError, "numpy.ndarray"),
 ])
-def test_direct_unpool_calls_check_indices_before_c(bad, error, match):
+def test_unpool_checks_indices_before_any_kernel(name, bad, error, match):
     x = np.ones((1, 1, 2, 2), np.float32)
     idx = bad.reshape(1, 1, 2, 2) if isinstance(bad, np.ndarray) else bad
-    with backend.using("c"):
+    with backend.using(name):
         if error is None:
-            np.testing.assert_array_equal(pooling.max_unpool_forward(x, idx, (4, 4)).ravel()[:4],
-                                          [1, 1, 1, 1])
+            y, cache = F.max_unpool2d_forward(x, idx, 2)
+            np.testing.assert_array_equal(y.ravel()[[0, 1, 2, 3]], [1, 1, 1, 1])
             return
         with pytest.raises(error, match=match):
-            pooling.max_unpool_forward(x, idx, (4, 4))
-        with pytest.raises(error, match=match):
-            pooling.max_unpool_backward(np.ones((1, 1, 4, 4), np.float32), idx)
+            F.max_unpool2d_forward(x, idx, 2)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.array([-1, 0, 1, 2]), "holds -1, out of range"),
+    (np.array([0, 1, 2, 16]), "holds 16, out of range"),
+    # 2**63 seen as int64 is negative: the one-pass unsigned check must still catch it.
+    (np.array([0, 1, 2, 2**63], np.uint64).view(np.int64), "out of range"),
+    (np.array([0, 1, 2, 3], np.int32), "dtype int32"),       # the kernels take int64 only
+    (np.array([0.0, 1, 2, 3]), "dtype float64"),
+    (np.array([0, 1, 2, 3, 4, 5, 6, 7])[::2], "C-contiguous"),
+    ([0, 1, 2, 3], "numpy.ndarray"),
+])
+def test_direct_unpool_kernel_calls_check_indices_before_c(bad, match):
+    """The kernels' own gate (npfcn.kernels.boundary), for callers that skip functional."""
+    x = np.ones((1, 1, 2, 2), np.float32)
+    idx = bad.reshape(1, 1, 2, 2) if isinstance(bad, np.ndarray) else bad
+    with pytest.raises(ValueError, match=match):
+        pooling.unpool(x, idx, (4, 4))
+    if isinstance(idx, np.ndarray):
+        with pytest.raises(ValueError, match=match):
+            pooling.gather_at_indices(np.ones((1, 1, 4, 4), np.float32), idx)
 
 
 def test_max_pool_backward_refuses_wrapped_negative_index():
@@ -234,7 +271,7 @@ def test_max_pool_backward_refuses_wrapped_negative_index():
     dy = np.ones((1, 1, 1, 2), np.float32)
     idx = np.array([[[[0, -2**63]]]], np.int64)
     with pytest.raises(ValueError, match="out of range"):
-        pooling.max_pool_backward(dy, idx, (1, 1, 2, 2))
+        pooling.scatter_to_argmax(dy, idx, (1, 1, 2, 2))
 
 
 def test_2x2_pool_unpool_round_trip_matches_torch(torch, rng):

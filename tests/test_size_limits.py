@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npfcn import backend, pooling
+from npfcn.kernels import backend, pooling
 from npfcn import functional as F
-from npfcn._checks import MAX_COORDINATE, MAX_ELEMENTS
-from npfcn.im2col import col2im, im2col
+from npfcn.kernels.boundary import MAX_COORDINATE, MAX_ELEMENTS
+from npfcn.functional import col2im, im2col
 from npfcn.layers import Conv2d, ConvTranspose2d, MaxPool2d, MaxUnpool2d, ReLU
 from npfcn.losses import CrossEntropyLoss
 
@@ -50,7 +50,7 @@ def _report_example_counts():
 @needs_c
 def test_every_kernel_size_argument_is_64_bit():
     """No kernel takes a size or index as int/long/int32: only int64_t (or pointers, floats)."""
-    ffi, lib = backend.kernels()
+    ffi, lib = backend.ffi(), backend.lib()
     functions = [name for name in dir(lib) if callable(getattr(lib, name))]
     assert "im2col_f32" in functions and "maxpool_backward_f64" in functions
     for name in functions:
@@ -177,10 +177,10 @@ REFUSALS = [
         huge_batch((1, 32, 32), TOO_MANY // 1024)), "elements"),
     ("max_pool2d-huge-batch-view", lambda: MaxPool2d(2).forward(
         huge_batch((1, 32, 32), TOO_MANY // 1024)), "elements"),
-    ("max_pool-direct-huge-grid", lambda: pooling.max_pool_forward(
-        _small, 1, 1, 1, 1, 0, 0, 1, 1, 2 ** 21, 2 ** 21), "max_pool output"),
-    ("max_pool-direct-stride-beyond-int64", lambda: pooling.max_pool_forward(
-        _small, 1, 1, 2 ** 63, 1, 0, 0, 1, 1, 2, 2), "2**62"),
+    ("max_pool-kernel-huge-grid", lambda: pooling.pool_with_argmax(
+        _small, (1, 1, 1, 1, 0, 0, 1, 1, 2 ** 21, 2 ** 21)), "max_pool output"),
+    ("max_pool-kernel-stride-beyond-int64", lambda: pooling.pool_with_argmax(
+        _small, (1, 1, 2 ** 63, 1, 0, 0, 1, 1, 2, 2)), "2**62"),
     ("max_unpool2d-huge-stride", lambda: MaxUnpool2d(1, stride=2 ** 21).forward(
         np.ones((1, 1, 2, 2), np.float32), _idx), "max_unpool2d output"),
     ("relu-huge-view", lambda: ReLU().forward(huge_batch((1, 32, 32), TOO_MANY // 1024)),

@@ -1,7 +1,7 @@
-"""Transposed convolution by sub-pixel phases (npfcn/subpixel.py, csrc/subpixel.c).
+"""Transposed convolution by sub-pixel phases (npfcn/kernels/subpixel.py, csrc/subpixel.c).
 
-Every result is compared with the NumPy backend's matmul + col2im transposed
-convolution, an independent computation.  In float64 the two differ only by
+Every result is compared with the NumPy backend's, npfcn.reference.conv's matmul +
+col2im transposed convolution, an independent computation.  In float64 the two differ only by
 summation order: 1e-12 relative to the largest value.  In float32, 1e-5
 (sums of at most C*KH*KW/(SH*SW) products, ~1e-6 expected).
 """
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from npfcn import backend, functional as F, subpixel
+from npfcn import functional as F
+from npfcn.kernels import backend, dispatch, subpixel
 from npfcn.gradcheck import gradcheck
 from npfcn.layers import ConvTranspose2d
 
@@ -60,7 +61,7 @@ def test_matches_the_col2im_reference(case, dtype):
             run(x, w, b, *args)
         return
     with backend.using("c"):
-        assert subpixel.applies(case["kernel"], case["stride"], (1, 1))
+        assert dispatch.conv_transpose2d_path(w.shape, case["stride"], (1, 1)) == "subpixel"
         got = run(x, w, b, *args, dy=expected[1])
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for name, a, e in zip(("y", "dy", "dx", "dw", "db"), got, expected):
@@ -103,14 +104,16 @@ def test_fcn8s_upscore8_in_float32_matches_the_reference():
     ((4, 4), (2, 2), (2, 2), False),       # dilated: col2im
 ])
 def test_which_transposed_convolutions_go_by_phases(kernel, stride, dilation, expected):
+    w_shape = (2, 3, *kernel)
     with backend.using("c"):
-        assert subpixel.applies(kernel, stride, dilation) is expected
+        assert (dispatch.conv_transpose2d_path(w_shape, stride, dilation) == "subpixel") is expected
     with backend.using("numpy"):
-        assert subpixel.applies(kernel, stride, dilation) is False
+        assert dispatch.conv_transpose2d_path(w_shape, stride, dilation) == "reference"
 
 
 def test_backward_follows_the_path_the_forward_pass_took():
-    """A forward pass on NumPy and a backward pass on C (or the reverse) still agree."""
+    """A forward pass on NumPy and a backward pass on C (or the reverse) still agree:
+    the backward pass takes the path recorded in the cache, whatever is active."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((1, 2, 3, 3))
     w = rng.standard_normal((2, 2, 4, 4))
@@ -118,6 +121,7 @@ def test_backward_follows_the_path_the_forward_pass_took():
         y, cache_numpy = F.conv_transpose2d_forward(x, w, None, 2)
     with backend.using("c"):
         _, cache_c = F.conv_transpose2d_forward(x, w, None, 2)
+    assert (cache_numpy[0], cache_c[0]) == ("reference", "subpixel")
     dy = rng.standard_normal(y.shape)
     with backend.using("c"):
         a = F.conv_transpose2d_backward(dy, cache_numpy)

@@ -1,7 +1,7 @@
-"""The Winograd paths of the C backend, F(2x2, 3x3) and F(4x4, 3x3) (npfcn/winograd.py,
-csrc/winograd.c, csrc/winograd4.c).
+"""The Winograd paths of the C backend, F(2x2, 3x3) and F(4x4, 3x3)
+(npfcn/kernels/winograd.py, csrc/winograd.c, csrc/winograd4.c).
 
-The reference is the NumPy backend's im2col convolution, an independent
+The reference is npfcn.reference.conv (im2col + matmul), an independent
 computation: every result here is compared with it, never with itself.
 
 Tolerances: in float64 the two differ only by rounding; the Winograd transforms
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from npfcn import backend, functional as F, winograd
+from npfcn import functional as F
+from npfcn.kernels import backend, dispatch, winograd
 from npfcn.gradcheck import gradcheck
 from npfcn.layers import Conv2d
 
@@ -25,17 +26,38 @@ from conv_reference import reference_conv, relative
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
 
+def path(x_shape, O, padding):
+    """The path npfcn.kernels.dispatch picks for a 3x3 stride-1 convolution."""
+    N, C, H, W = x_shape
+    g = (3, 3, 1, 1, *padding, 1, 1, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
+    with backend.using("c"):
+        return dispatch.conv2d_path(x_shape, (O, C, 3, 3), g)
+
+
 def winograd_conv(x, w, padding, dy, tiles=None):
     """The same three arrays from the Winograd functions directly (``tiles``: F2, F4
-    or None for the module's own choice)."""
+    or None for dispatch's choice, F2 where dispatch would not take Winograd)."""
     N, C, H, W = x.shape
     O = w.shape[0]
-    y = np.empty((N, O, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2), dtype=x.dtype)
+    if tiles is None:
+        tiles = winograd.F4 if path(x.shape, O, padding) == "winograd4" else winograd.F2
     with backend.using("c"):
-        winograd.conv3x3_forward(x, w, padding, y, tiles)
+        y = winograd.conv3x3(x, w, padding, tiles)
         dw = np.zeros((O, C * 9), dtype=x.dtype)
-        dx = winograd.conv3x3_backward(dy, x, w, padding, dw, tiles)
+        dx = winograd.conv3x3_grads(dy, x, w, padding, dw, tiles)
     return y, dx, dw.reshape(w.shape)
+
+
+@pytest.fixture
+def force_winograd(monkeypatch):
+    """force_winograd(tiles): every convolution takes that Winograd path, however few
+    channels or tiles it has."""
+    def force(tiles):
+        name = {winograd.F2: "winograd2", winograd.F4: "winograd4"}[tiles]
+        monkeypatch.setattr(dispatch, "conv2d_path",
+                            lambda x_shape, w_shape, g: name if backend.active() == "c"
+                            else "reference")
+    return force
 
 
 @st.composite
@@ -68,19 +90,19 @@ def test_matches_the_im2col_reference(case, dtype, tiles):
 
 
 @given(case=cases())
-def test_tile_row_blocks_give_the_same_result(case):
-    """One tile row per block (BLOCK_BYTES = 1) against one block for everything."""
+def test_tile_row_bands_give_the_same_result(case):
+    """One tile row per band (BAND_BYTES = 1) against one band for everything."""
     x, w = make(case, np.float64)
     _, dy, _, _ = reference_conv(x, w, case["padding"])
     whole = winograd_conv(x, w, case["padding"], dy)
-    saved = winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES
-    winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = 1, 1
+    saved = winograd.BAND_BYTES, winograd.MIN_BAND_TILES
+    winograd.BAND_BYTES, winograd.MIN_BAND_TILES = 1, 1
     try:
         TH = (case["H"] + 2 * case["padding"][0] - 1) // 2       # ceil(OH / 2)
-        assert len(winograd._tile_row_blocks(case["N"], case["C"], case["O"], TH, 1, 8)) == TH
+        assert len(winograd.tile_row_bands(case["N"], case["C"], case["O"], TH, 1, 8)) == TH
         rows = winograd_conv(x, w, case["padding"], dy)
     finally:
-        winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = saved
+        winograd.BAND_BYTES, winograd.MIN_BAND_TILES = saved
     for a, b in zip(rows, whole):
         assert relative(a, b) < 1e-13
 
@@ -88,41 +110,37 @@ def test_tile_row_blocks_give_the_same_result(case):
 @pytest.mark.parametrize("tiles", [winograd.F2, winograd.F4], ids=repr)
 @pytest.mark.parametrize("size, padding", [((1, 1), (1, 1)), ((5, 4), (0, 0)), ((6, 7), (2, 1)),
                                            ((2, 3), (100, 100))])
-def test_gradcheck_through_the_layer(size, padding, tiles):
+def test_gradcheck_through_the_layer(size, padding, tiles, force_winograd):
     """Central differences through a float64 Conv2d that takes the Winograd path
     with either tile size."""
     layer = Conv2d(3, 4, 3, padding=padding, dtype=np.float64, rng=1)
     x = np.random.default_rng(2).standard_normal((2, 3, *size))
-    saved = winograd.applies, winograd.choose
-    winograd.applies = lambda *args: saved[0](*args[:5], tiles=64)   # however few tiles
-    winograd.choose = lambda *args: tiles
-    try:
-        assert winograd.applies((3, 3), (1, 1), (1, 1), 3, 4, 1)
-        with backend.using("c"):
-            report = gradcheck(layer, (x,))
-    finally:
-        winograd.applies, winograd.choose = saved
+    force_winograd(tiles)
+    with backend.using("c"):
+        _, cache = F.conv2d_forward(x, layer.params["weight"], None, 1, padding)
+        assert cache[0] == {winograd.F2: "winograd2", winograd.F4: "winograd4"}[tiles]
+        report = gradcheck(layer, (x,))
     # float64 central differences with eps=1e-6: truncation ~1e-12, rounding ~1e-10
     assert report.max_error < 1e-6, report
 
 
 @pytest.mark.parametrize("tiles", [winograd.F2, winograd.F4], ids=repr)
 def test_vgg_sized_layer_in_float32(tiles):
-    """64 -> 64 channels on 30x30, the shape class of VGG16's conv1_2, in several blocks
+    """64 -> 64 channels on 30x30, the shape class of VGG16's conv1_2, in several bands
     of tile rows (whose input windows overlap: the backward pass adds them in two
     phases)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 64, 30, 30)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
     y0, dy, dx0, dw0 = reference_conv(x, w, (1, 1))
-    saved = winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES
-    winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = 1 << 16, 1
+    saved = winograd.BAND_BYTES, winograd.MIN_BAND_TILES
+    winograd.BAND_BYTES, winograd.MIN_BAND_TILES = 1 << 16, 1
     try:
         TH, TW = tiles.grid(30, 30)
-        assert len(winograd._tile_row_blocks(2, 64, 64, TH, TW, 4, tiles)) > 2
+        assert len(winograd.tile_row_bands(2, 64, 64, TH, TW, 4, tiles)) > 2
         y1, dx1, dw1 = winograd_conv(x, w, (1, 1), dy, tiles)
     finally:
-        winograd.BLOCK_BYTES, winograd.MIN_BLOCK_TILES = saved
+        winograd.BAND_BYTES, winograd.MIN_BAND_TILES = saved
     for a, b in ((y1, y0), (dx1, dx0), (dw1, dw0)):
         assert relative(a, b) < 2e-5
 
@@ -140,15 +158,22 @@ def test_vgg_sized_layer_in_float32(tiles):
 ])
 def test_which_convolutions_take_the_winograd_path(kernel, stride, dilation, cin, cout,
                                                    out_size, expected):
-    tiles = winograd.tile_count(1, out_size, out_size)
+    # padding (k-1)/2 and stride 1 keep the size: out_size x out_size outputs
+    pad = ((kernel[0] - 1) // 2, (kernel[1] - 1) // 2)
+    size = [(o - 1) * s + d * (k - 1) + 1 - 2 * p
+            for o, s, d, k, p in zip((out_size, out_size), stride, dilation, kernel, pad)]
+    g = (*kernel, *stride, *pad, *dilation, out_size, out_size)
+    x_shape, w_shape = (1, cin, *size), (cout, cin, *kernel)
     with backend.using("c"):
-        assert winograd.applies(kernel, stride, dilation, cin, cout, tiles) is expected
+        got = dispatch.conv2d_path(x_shape, w_shape, g)
+        assert got.startswith("winograd") is expected, got
     with backend.using("numpy"):     # the reference path is always im2col
-        assert winograd.applies(kernel, stride, dilation, cin, cout, tiles) is False
+        assert dispatch.conv2d_path(x_shape, w_shape, g) == "reference"
 
 
-def test_layer_accumulates_the_weight_gradient():
+def test_layer_accumulates_the_weight_gradient(force_winograd):
     """Two backward passes without zero_grad add up (the dw_into route)."""
+    force_winograd(winograd.F2)
     rng = np.random.default_rng(4)
     layer = Conv2d(4, 4, 3, padding=1, dtype=np.float64, rng=5)
     x = rng.standard_normal((1, 4, 16, 16))        # 64 tiles: the Winograd path
@@ -182,18 +207,18 @@ def test_the_python_gate_refuses_bad_arrays(bad):
     else:
         x = np.zeros((1, 2, 5, 10))[..., ::2]
     with backend.using("c"), pytest.raises(ValueError, match="winograd conv"):
-        winograd.conv3x3_forward(x, w, (1, 1), y)
+        winograd.conv3x3(x, w, (1, 1), winograd.F2, out=y)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
 def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
-    """Conv2d forward and backward against torch.nn.functional.conv2d, 8 -> 8 channels
+    """Conv2d forward and backward against torch.nn.functional.conv2d, 40 -> 40 channels
     on 2 x 15x17 (2 x 8 x 9 = 144 tiles, so the layer takes the Winograd path)."""
     rng = np.random.default_rng(7)
-    layer = Conv2d(8, 8, 3, padding=1, dtype=dtype, rng=8)
-    x = rng.standard_normal((2, 8, 15, 17)).astype(dtype)
+    layer = Conv2d(40, 40, 3, padding=1, dtype=dtype, rng=8)
+    x = rng.standard_normal((2, 40, 15, 17)).astype(dtype)
+    assert path(x.shape, 40, (1, 1)) == "winograd2"
     with backend.using("c"):
-        assert winograd.applies((3, 3), (1, 1), (1, 1), 8, 8, winograd.tile_count(2, 15, 17))
         layer.zero_grad()
         y = layer.forward(x)
         dy = rng.standard_normal(y.shape).astype(dtype)
@@ -209,7 +234,7 @@ def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
 
 
 @pytest.mark.parametrize("N, C, O, size, expected", [
-    (1, 64, 64, 224, "F4"),       # conv1_2: measured 160 -> 116 ms fwd+bwd
+    (1, 64, 64, 224, "F4"),       # conv1_2
     (1, 128, 256, 56, "F4"),      # conv3_1
     (1, 256, 256, 56, "F2"),      # wider: F(4x4)'s weights and thin products lose
     (1, 512, 512, 28, "F2"),
@@ -217,4 +242,4 @@ def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
     (4, 64, 64, 28, "F4"),        # 4 x 49 = 196: enough
 ])
 def test_which_tile_size_is_chosen(N, C, O, size, expected):
-    assert winograd.choose(N, C, O, size, size) is getattr(winograd, expected)
+    assert path((N, C, size, size), O, (1, 1)) == {"F2": "winograd2", "F4": "winograd4"}[expected]

@@ -21,7 +21,7 @@ DATA_CHECKED = "NPFCN_DATA_CHECKED"
 
 def current_threads():
     """Threads this process's kernels use now: the C kernel's OpenMP count, else BLAS's."""
-    from .. import backend
+    from ..kernels import backend
     from ..sysinfo import blas_threads
 
     if backend.active() == "c":

@@ -1,6 +1,6 @@
-"""npfcn.blocks: independent blocks of a layer on several threads.
+"""npfcn.kernels.threads: independent bands of a layer on several threads.
 
-The results must not depend on how the blocks were spread: the parallel
+The results must not depend on how the bands were spread: the parallel
 Winograd path is compared with the same computation on one thread.
 """
 import threading
@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from npfcn import backend, blocks, functional as F, sysinfo, winograd
+from npfcn import functional as F, sysinfo
+from npfcn.kernels import backend, threads, winograd
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -25,7 +26,7 @@ def two_threads():
         sysinfo.set_threads(before[1])
 
 
-def test_results_come_back_in_block_order_from_worker_threads(two_threads):
+def test_results_come_back_in_task_order_from_worker_threads(two_threads):
     names = []
 
     def work(block):
@@ -33,14 +34,14 @@ def test_results_come_back_in_block_order_from_worker_threads(two_threads):
         return block * block
 
     with backend.using("c"):
-        assert blocks.run(list(range(10)), work) == [b * b for b in range(10)]
-    assert all(name.startswith("npfcn-block") for name in names)
+        assert threads.run(list(range(10)), work) == [b * b for b in range(10)]
+    assert all(name.startswith("npfcn-worker") for name in names)
 
 
 def test_workers_run_blas_on_one_thread_and_the_setting_is_restored(two_threads):
     seen = []
     with backend.using("c"):
-        blocks.run([0, 1, 2, 3], lambda block: seen.append(
+        threads.run([0, 1, 2, 3], lambda block: seen.append(
             (sysinfo.blas_threads(), backend.num_threads())))
         assert backend.num_threads() == 2
     if sysinfo.blas_threads() is not None:
@@ -49,7 +50,7 @@ def test_workers_run_blas_on_one_thread_and_the_setting_is_restored(two_threads)
     assert {s[1] for s in seen} == {1}       # OpenMP: the workers' own setting
 
 
-def test_an_error_in_a_block_reaches_the_caller_and_nothing_is_left_running(two_threads):
+def test_an_error_in_a_task_reaches_the_caller_and_nothing_is_left_running(two_threads):
     started = []
 
     def work(block):
@@ -59,11 +60,11 @@ def test_an_error_in_a_block_reaches_the_caller_and_nothing_is_left_running(two_
         return block
 
     with backend.using("c"), pytest.raises(ValueError, match="block 1 failed"):
-        blocks.run(list(range(40)), work)
+        threads.run(list(range(40)), work)
     count = len(started)
     with backend.using("c"):
-        assert blocks.run([5, 6], lambda b: b) == [5, 6]   # the pool still works
-    assert len(started) == count                          # no stray block ran later
+        assert threads.run([5, 6], lambda b: b) == [5, 6]   # the pool still works
+    assert len(started) == count                          # no stray task ran later
 
 
 def test_one_thread_runs_in_the_caller():
@@ -71,7 +72,7 @@ def test_one_thread_runs_in_the_caller():
     sysinfo.set_threads(1)
     try:
         with backend.using("c"):
-            names = blocks.run([0, 1, 2], lambda b: threading.current_thread().name)
+            names = threads.run([0, 1, 2], lambda b: threading.current_thread().name)
     finally:
         sysinfo.set_threads(before)
     assert set(names) == {threading.current_thread().name}
@@ -79,15 +80,16 @@ def test_one_thread_runs_in_the_caller():
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
 def test_parallel_winograd_equals_the_one_thread_result(two_threads, dtype, tol):
-    """2 x 8 channels on 64x64: 2048 tiles, split into blocks on two threads."""
+    """2 x 40 channels on 64x64: 512 tiles of 4x4, split into bands on two threads."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 8, 64, 64)).astype(dtype)
-    w = rng.standard_normal((8, 8, 3, 3)).astype(dtype)
-    dy = rng.standard_normal((2, 8, 64, 64)).astype(dtype)
+    x = rng.standard_normal((2, 40, 64, 64)).astype(dtype)
+    w = rng.standard_normal((40, 40, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 40, 64, 64)).astype(dtype)
     with backend.using("c"):
-        plan = winograd._tile_row_blocks(2, 8, 8, 32, 32, x.itemsize)
+        plan = winograd.tile_row_bands(2, 40, 40, 16, 16, x.itemsize, winograd.F4)
         assert len(plan) >= 4                       # the parallel path is taken
         y2, cache = F.conv2d_forward(x, w, None, 1, 1)
+        assert cache[0] == "winograd4"
         dx2, dw2, _ = F.conv2d_backward(dy, cache)
         sysinfo.set_threads(1)
         y1, cache = F.conv2d_forward(x, w, None, 1, 1)

@@ -1,17 +1,16 @@
 """Which kernel implementation is active: the compiled C kernel or pure NumPy.
 
-The C extension ``npfcn._kernels`` is built by ``pip install`` from ``csrc/``.
+The C extension ``npfcn._kernels`` is built by ``pip install`` from ``csrc/``
+(``csrc/build_kernels.py``; its declarations are ``csrc/npfcn_kernels.h``).
 ``NPFCN_BACKEND`` selects the implementation when npfcn is imported:
 
 * unset or ``auto`` - C when the extension loads, NumPy otherwise;
 * ``c``             - C, and an ImportError if it is not built;
-* ``numpy``         - the readable NumPy reference path.
+* ``numpy``         - exactly the functions of ``npfcn.reference`` (the textbook path).
 
 ``use(name)`` switches at run time (tests use it to compare both paths).
 """
 import os
-
-import numpy as np
 
 # The OpenMP runtime reads OMP_WAIT_POLICY once, when the kernel loads it.  npfcn's
 # kernels are short bursts between BLAS calls; by default an idle OpenMP thread
@@ -21,7 +20,7 @@ import numpy as np
 _user_wait_policy = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 try:  # the compiled extension; absent in a source tree that was never built
-    from . import _kernels as _compiled
+    from .. import _kernels as _compiled
 except ImportError as exc:  # pragma: no cover - depends on the build
     _compiled = None
     _import_error = exc
@@ -62,25 +61,18 @@ def active():
     return _active
 
 
-def kernels():
-    """The cffi ``(ffi, lib)`` pair of the compiled kernel (only when C is active)."""
-    return _compiled.ffi, _compiled.lib
+def lib():
+    """The compiled functions (cffi ``lib``; only when the C kernel is built).
 
-
-_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]",
-           np.dtype(np.int64): "int64_t[]"}
-
-
-def pointer(array):
-    """A cffi pointer to the data of a C-contiguous float32/float64/int64 ndarray.
-
-    The caller has already checked dtype, shape and contiguity; this only
-    asserts it, because a wrong pointer type would let C misread the memory.
+    Hand them arrays only through ``npfcn.kernels.boundary`` (it checks them and
+    makes the pointers).
     """
-    assert array.flags.c_contiguous, "arrays must be C-contiguous before they reach C"
-    ffi = _compiled.ffi
-    return ffi.from_buffer(_CTYPES[array.dtype], array,
-                           require_writable=array.flags.writeable)
+    return _compiled.lib
+
+
+def ffi():
+    """The cffi ``FFI`` object of the compiled kernel (pointers, NULL)."""
+    return _compiled.ffi
 
 
 def num_threads():

@@ -1,4 +1,4 @@
-"""Reusable scratch arrays for the convolution kernels.
+"""Reusable scratch arrays for the convolution kernels (one set per thread).
 
 A freshly allocated buffer of a hundred megabytes costs milliseconds in page
 faults every time it is touched for the first time; layers called every step
@@ -11,8 +11,6 @@ import math
 import threading
 
 import numpy as np
-
-WORKSPACE_BYTES = 16 << 20   # the block size the im2col and Winograd paths aim for
 
 
 class Workspace(threading.local):

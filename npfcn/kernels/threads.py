@@ -1,22 +1,24 @@
-"""Run the independent blocks of a layer side by side, one whole pipeline per core.
+"""A thread pool that runs the independent bands of a layer side by side, one whole
+pipeline per core.
 
-Why: a layer computed block by block (transform, matrix products, transform)
+Why: a layer computed band by band (transform, matrix products, transform)
 can be parallelised in two ways.  Inside each step - every transform an
 OpenMP loop, every product a threaded BLAS call - the threads meet at a barrier
-dozens of times per block; each meeting costs a wake-up, and when another
-program holds one of the cores it costs a whole scheduler time slice (measured:
-a 64 -> 64 channel 3x3 convolution at 224x224 went from ~0.1 s to 3 s on two
-cores shared with one busy process).  Across blocks instead, each thread runs
-complete single-threaded pipelines on blocks it takes from a shared queue: no
-barrier until the layer is done, caches stay with one core, and a thread that
-loses its core for a while simply takes fewer blocks.
+dozens of times per band; each meeting costs a wake-up, and when another
+program holds one of the cores it costs a whole scheduler time slice (a 64 -> 64
+channel 3x3 convolution at 224x224 ran 30 times slower on two cores shared with
+one busy process).  Across bands instead, each thread runs complete
+single-threaded pipelines on bands it takes from a shared queue: no barrier until
+the layer is done, caches stay with one core, and a thread that loses its core
+for a while simply takes fewer bands.
 
-``run(blocks, work)`` returns ``[work(block) for block in blocks]``, computed on
-``backend.num_threads()`` threads when there are several (and enough blocks), with OpenMP and
-OpenBLAS held to one thread inside the workers (and OpenBLAS's count restored
-afterwards).  ``work`` must only write data no other block writes; scratch
-comes from ``npfcn.workspace``, which is per thread.  The GIL is released
-inside the C kernels (cffi) and NumPy's matmul, so the threads do run at once.
+``run(tasks, work)`` returns ``[work(task) for task in tasks]``, computed on
+``backend.num_threads()`` threads when there are several (and enough tasks), with
+OpenMP and OpenBLAS held to one thread inside the workers (and OpenBLAS's count
+restored afterwards).  ``work`` must only write data no other task writes;
+scratch comes from ``npfcn.kernels.workspace``, which is per thread.  The GIL is
+released inside the C kernels (cffi) and NumPy's matmul, so the threads do run
+at once.
 """
 import ctypes
 import threading
@@ -33,7 +35,7 @@ _blas = None            # (get, set) of the loaded OpenBLAS thread count, or () 
 def _blas_thread_functions():
     global _blas
     if _blas is None:
-        from .sysinfo import _SET_THREAD_SYMBOLS, _THREAD_SYMBOLS, _blas_function
+        from ..sysinfo import _SET_THREAD_SYMBOLS, _THREAD_SYMBOLS, _blas_function
 
         get, set_ = _blas_function(_THREAD_SYMBOLS), _blas_function(_SET_THREAD_SYMBOLS)
         if get is None or set_ is None:
@@ -50,37 +52,37 @@ def _single_threaded_worker():
     (OpenMP's thread count is a per-thread setting: the caller's is untouched.)
     """
     if backend.active() == "c":
-        backend.kernels()[1].npfcn_set_num_threads(1)
+        backend.lib().npfcn_set_num_threads(1)
 
 
 def _pool(threads):
     with _pools_lock:
         if threads not in _pools:
             _pools[threads] = ThreadPoolExecutor(
-                max_workers=threads, thread_name_prefix="npfcn-block",
+                max_workers=threads, thread_name_prefix="npfcn-worker",
                 initializer=_single_threaded_worker)
         return _pools[threads]
 
 
-def run(blocks, work, parallel=None):
-    """``[work(block) for block in blocks]``, in parallel when several threads are set.
+def run(tasks, work, parallel=None):
+    """``[work(task) for task in tasks]``, in parallel when several threads are set.
 
-    parallel: None decides by itself (at least two blocks per thread); False runs
-    the blocks one after the other on the calling thread (each step may then use
+    parallel: None decides by itself (at least two tasks per thread); False runs
+    the tasks one after the other on the calling thread (each step may then use
     all threads itself); True spreads them even if there are few.
     """
     threads = backend.num_threads()
     if parallel is None:
-        parallel = len(blocks) >= 2 * threads
-    if threads <= 1 or len(blocks) <= 1 or not parallel \
-            or threading.current_thread().name.startswith("npfcn-block"):
-        return [work(block) for block in blocks]
+        parallel = len(tasks) >= 2 * threads
+    if threads <= 1 or len(tasks) <= 1 or not parallel \
+            or threading.current_thread().name.startswith("npfcn-worker"):
+        return [work(task) for task in tasks]
     blas = _blas_thread_functions()
     with _blas_lock:     # one parallel section at a time owns the BLAS setting
         previous = blas[0]() if blas else None
         if blas:
             blas[1](1)
-        futures = [_pool(threads).submit(work, block) for block in blocks]
+        futures = [_pool(threads).submit(work, task) for task in tasks]
         try:
             return [future.result() for future in futures]
         finally:

@@ -1,5 +1,8 @@
 """Transposed convolution by sub-pixel phases, for kernels that are a multiple of the stride.
 
+Equals ``npfcn.reference.conv.conv_transpose2d_forward`` / ``conv_transpose2d_backward``
+(to float rounding) when KH % SH == 0, KW % SW == 0 and there is no dilation.
+
 The im2col route computes a transposed convolution as ``cols = W^T x`` followed
 by col2im, which adds every one of the KH*KW*O rows back onto the output: for
 FCN-8s's ``upscore8`` (21 channels, kernel 16, stride 8) the columns are four
@@ -27,23 +30,14 @@ Backward is the transpose of each step: gather dy into phases, then
 ``dcols = Wp^T dphases`` (col2im gives dx) and ``dWp = dphases cols^T``
 (rearranged back into dw).
 
-The C backend uses this for every transposed convolution whose kernel is a
-multiple of its stride (FCN's bilinear upsampling layers are kernel 2s,
-stride s) without dilation; the NumPy reference path keeps the plain
-matmul + col2im of ``npfcn.functional``.
+FCN's bilinear upsampling layers (kernel 2s, stride s) all go this way.
 """
 import numpy as np
 
-from . import backend
-from .im2col import col2im_rows, im2col_rows
+from . import backend, boundary
+from .bands import col2im_bands, im2col_bands
+from .gemm import channel_sums
 from .workspace import workspace
-
-
-def applies(kernel_size, stride, dilation):
-    """True when the C backend computes this transposed convolution by phases."""
-    (KH, KW), (SH, SW) = kernel_size, stride
-    return (backend.active() == "c" and tuple(dilation) == (1, 1)
-            and KH % SH == 0 and KW % SW == 0)
 
 
 def _geometry(x_shape, w_shape, stride):
@@ -82,25 +76,18 @@ def add_phase_weight_gradient(dw, dWp, stride):
 
 def _move(name, src, dst, N, O, stride, GH, GW, out_size, pad):
     """Call phases_to_image / image_to_phases (see csrc/subpixel.c) after checking sizes."""
-    SH, SW = stride
-    OH, OW = out_size
-    PH, PW = pad
-    for a in (src, dst):
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype == src.dtype
-                and a.dtype in (np.float32, np.float64)):
-            raise ValueError("subpixel: arrays must be C-contiguous float32/float64 of one dtype")
+    (SH, SW), (OH, OW), (PH, PW) = stride, out_size, pad
+    if min(PH, PW) < 0:
+        raise ValueError(f"subpixel: padding {pad} must not be negative")
+    shapes = {"phases": SH * SW * O * N * GH * GW, "image": N * O * OH * OW}
     phases, image = (src, dst) if name == "phases_to_image" else (dst, src)
-    if phases.size != SH * SW * O * N * GH * GW or image.size != N * O * OH * OW \
-            or min(PH, PW) < 0:
-        raise ValueError(f"subpixel: phases of {phases.size} and an image of {image.size} "
-                         f"values do not fit N={N}, O={O}, stride {stride}, grid {GH}x{GW}, "
-                         f"output {OH}x{OW}")
-    _, lib = backend.kernels()
-    fn = getattr(lib, f"{name}_{'f32' if src.dtype == np.float32 else 'f64'}")
-    fn(backend.pointer(src), backend.pointer(dst), N, O, SH, SW, GH, GW, OH, OW, PH, PW)
+    boundary.check("subpixel", src.dtype, {"phases": (phases, shapes["phases"]),
+                                           "image": (image, shapes["image"])})
+    fn = getattr(backend.lib(), f"{name}_{boundary.suffix(src.dtype)}")
+    fn(boundary.pointer(src), boundary.pointer(dst), N, O, SH, SW, GH, GW, OH, OW, PH, PW)
 
 
-def conv_transpose2d_forward(x, w, stride, pad, out_size):
+def upsample(x, w, stride, pad, out_size):
     """x: (N, C, H, W), w: (C, O, KH, KW) -> (y: (N, O, OH, OW), Wp), no bias.
 
     pad: the top/left padding (PH, PW); out_size: (OH, OW).  Callers have checked
@@ -110,8 +97,10 @@ def conv_transpose2d_forward(x, w, stride, pad, out_size):
     N, C, H, W = x.shape
     O = w.shape[1]
     KqH, KqW, GH, GW, g = _geometry(x.shape, w.shape, stride)
+    boundary.check_size(C * KqH * KqW * N * GH * GW, "conv_transpose2d phase columns")
+    boundary.check_size(stride[0] * stride[1] * O * N * GH * GW, "conv_transpose2d phases")
     cols = workspace.get("subpixel_cols", (C * KqH * KqW, N * GH * GW), x.dtype)
-    im2col_rows(x, g, (0, GH), cols)
+    im2col_bands(x, g, (0, GH), cols)
     phases = workspace.get("subpixel_phases", (stride[0] * stride[1] * O, N * GH * GW), x.dtype)
     Wp = phase_weights(w, stride)
     np.matmul(Wp, cols, out=phases)
@@ -120,7 +109,7 @@ def conv_transpose2d_forward(x, w, stride, pad, out_size):
     return y, Wp
 
 
-def conv_transpose2d_backward(dy, x, Wp, stride, pad, dw):
+def upsample_grads(dy, x, Wp, stride, pad, dw):
     """Returns dx: (N, C, H, W) and ADDS the weight gradient into dw: (C, O, KH, KW).
 
     dy: (N, O, OH, OW) C-contiguous, of x's dtype; Wp: the forward pass's phase weights.
@@ -133,8 +122,24 @@ def conv_transpose2d_backward(dy, x, Wp, stride, pad, dw):
     dcols = workspace.get("subpixel_dcols", (C * KqH * KqW, N * GH * GW), x.dtype)
     np.matmul(Wp.T, dphases, out=dcols)
     dx = np.zeros((N, C, H, W), dtype=x.dtype)
-    col2im_rows(dcols, dx, g, (0, GH))
+    col2im_bands(dcols, dx, g, (0, GH))
     cols = workspace.get("subpixel_cols", dcols.shape, x.dtype)
-    im2col_rows(x, g, (0, GH), cols)
+    im2col_bands(x, g, (0, GH), cols)
     add_phase_weight_gradient(dw, dphases @ cols.T, stride)
     return dx
+
+
+# --- the signatures npfcn.kernels.dispatch expects (see npfcn.kernels.gemm) ----------
+
+def subpixel_transposed_conv(x, w, b, g, out_size):
+    """(y, Wp): the transposed convolution of geometry g by phases, plus the bias."""
+    y, Wp = upsample(x, w, (g[2], g[3]), (g[4], g[5]), out_size)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y, Wp
+
+
+def subpixel_transposed_conv_grads(dy, x, w, has_bias, g, Wp, dw2):
+    """(dx, db); the weight gradient is added into dw2 (w's (C, O*KH*KW) view)."""
+    dx = upsample_grads(dy, x, Wp, (g[2], g[3]), (g[4], g[5]), dw2.reshape(w.shape))
+    return dx, channel_sums(dy) if has_bias else None

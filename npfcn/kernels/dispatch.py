@@ -1,0 +1,101 @@
+"""The one place that chooses how an op is computed, and every threshold of that choice.
+
+``NPFCN_BACKEND=numpy`` (``backend.active() == "numpy"``): every op is the
+textbook function of ``npfcn.reference``, path ``"reference"``.
+
+On the C backend:
+
+=================  ==========================================================  =====================
+op                 path: when                                                  core
+=================  ==========================================================  =====================
+conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      ``gemm.pointwise_conv``
+                   ``direct``: stride 1, no dilation, kernel <= 5x5, at        ``direct.direct_conv``
+                   most 32 channels in and out (the narrow FCNs)
+                   ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
+                   and 256 out, and >= 196 4x4 output tiles
+                   ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
+                   and >= 64 2x2 output tiles
+                   ``bands``: everything else (im2col in bands + matmul)       ``gemm.banded_conv``
+conv_transpose2d   ``subpixel``: kernel a multiple of the stride, no           ``subpixel.subpixel_transposed_conv``
+                   dilation (FCN's upsampling)
+                   ``bands``: everything else (matmul + col2im in bands)       ``gemm.banded_transposed_conv``
+max pool, unpool,  ``c``                                                       ``pooling``, ``relu``,
+relu, im2col                                                                   ``bands``
+=================  ==========================================================  =====================
+
+``npfcn.functional`` records the chosen path in the op's cache, and its backward
+pass takes the same path from there: nothing is decided twice.
+
+Where the thresholds come from (fwd+bwd on 2 threads, ``benchmarks/bench_layers.py``):
+the direct loop beat Winograd and im2col up to 32 channels; Winograd loses to im2col
+when the input has far fewer channels than the output (VGG's 3 -> 64: the
+transformed output, 16 x O per tile, dwarfs a product whose inner dimension is C)
+and on fewer than 64 tiles (512 -> 512 at 14x14: the 16 products are too thin for
+BLAS and the weight transform is not paid back).  F(4x4) does 0.56x F(2x2)'s
+multiplications but in products with a quarter of the columns and 2.25x larger
+transformed weights: faster for the 64-128 channel layers at 56x56 and above,
+slower for 256 channels and more.
+"""
+from . import backend, direct, gemm, subpixel, winograd
+
+DIRECT_MAX_CHANNELS = 32       # in and out
+DIRECT_MAX_KERNEL = 5
+WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
+F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
+F4_MIN_TILES = 196             # 4x4 output tiles in the batch
+
+# path -> (forward core, backward core); the signatures are given in npfcn.kernels.gemm.
+CONV2D = {
+    "pointwise": (gemm.pointwise_conv, gemm.pointwise_conv_grads),
+    "direct": (direct.direct_conv, direct.direct_conv_grads),
+    "winograd4": (winograd.f4_conv, winograd.f4_conv_grads),
+    "winograd2": (winograd.f2_conv, winograd.f2_conv_grads),
+    "bands": (gemm.banded_conv, gemm.banded_conv_grads),
+}
+CONV_TRANSPOSE2D = {
+    "subpixel": (subpixel.subpixel_transposed_conv, subpixel.subpixel_transposed_conv_grads),
+    "bands": (gemm.banded_transposed_conv, gemm.banded_transposed_conv_grads),
+}
+
+
+def _tiles(N, OH, OW, m):
+    """Output tiles of m x m in a batch of N outputs of OH x OW."""
+    return N * -(-OH // m) * -(-OW // m)
+
+
+def conv2d_path(x_shape, w_shape, g):
+    """The path of a convolution of x: (N, C, H, W) with w: (O, C, KH, KW), geometry g
+    ``(KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``."""
+    if backend.active() != "c":
+        return "reference"
+    N, C, H, W = x_shape
+    O = w_shape[0]
+    KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = g
+    if (KH, KW, SH, SW, PH, PW) == (1, 1, 1, 1, 0, 0) and (OH, OW) == (H, W):
+        return "pointwise"
+    if (SH, SW, DH, DW) != (1, 1, 1, 1):
+        return "bands"
+    if max(KH, KW) <= DIRECT_MAX_KERNEL and max(C, O) <= DIRECT_MAX_CHANNELS:
+        return "direct"
+    if (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES:
+        if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
+                and _tiles(N, OH, OW, 4) >= F4_MIN_TILES:
+            return "winograd4"
+        return "winograd2"
+    return "bands"
+
+
+def conv_transpose2d_path(w_shape, stride, dilation):
+    """The path of a transposed convolution with w: (C, O, KH, KW)."""
+    if backend.active() != "c":
+        return "reference"
+    KH, KW = w_shape[2:]
+    if tuple(dilation) == (1, 1) and KH % stride[0] == 0 and KW % stride[1] == 0:
+        return "subpixel"
+    return "bands"
+
+
+def simple_path():
+    """The path of the ops with one C kernel each (max pooling, max unpooling, ReLU,
+    whole-grid im2col / col2im): ``"c"`` or ``"reference"``."""
+    return "c" if backend.active() == "c" else "reference"
