@@ -149,6 +149,14 @@ def test_cli_every_topic(tmp_path, capsys):
     assert len(list(tmp_path.glob("*.png"))) == len(TOPICS)
 
 
-def test_cli_bad_preset(tmp_path, capsys):
-    assert main(["explain", "transposed-conv", "--preset", "nope", "-o", str(tmp_path)]) == 1
-    assert "unknown preset" in capsys.readouterr().err
+@pytest.mark.parametrize("args, says", [
+    (["transposed-conv", "--preset", "nope"], "unknown preset"),
+    (["transposed-conv", "--input-size", "40"], "input size must be 1..6"),
+    (["transposed-conv", "--stride", "0"], "stride must be 1..4"),
+    (["im2col", "--input-size", "3", "--kernel-size", "4"], "kernel size must be 1..3"),
+    (["fcn8s", "--size", "0"], "--size must be a positive"),
+])
+def test_cli_bad_options(tmp_path, capsys, args, says):
+    assert main(["explain"] + args + ["-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

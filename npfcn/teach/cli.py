@@ -17,9 +17,11 @@ def add_parsers(subparsers):
     p.add_argument("--preset", metavar="NAME",
                    help="transposed-conv: 'course-2x2' (default: the course's 2x2 input, "
                         "3x3 kernel, stride 2) or 'course-3x3' (3x3 input, 5x5 kernel, stride 2)")
-    p.add_argument("--input-size", type=int, metavar="H", help="transposed-conv: input side")
-    p.add_argument("--kernel-size", type=int, metavar="K", help="transposed-conv: kernel side")
-    p.add_argument("--stride", type=int, metavar="S", help="transposed-conv: stride")
+    p.add_argument("--input-size", type=int, metavar="H",
+                   help="transposed-conv, im2col: the input's side")
+    p.add_argument("--kernel-size", type=int, metavar="K",
+                   help="transposed-conv, im2col: the kernel's side")
+    p.add_argument("--stride", type=int, metavar="S", help="transposed-conv, im2col: the stride")
     p.set_defaults(handler=_run_explain)
 
     p = subparsers.add_parser(

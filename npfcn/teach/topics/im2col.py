@@ -15,6 +15,11 @@ WINDOW_COLOURS = [(166, 206, 227), (178, 223, 138), (251, 154, 153), (253, 191, 
 
 def run(output, say, input_size=4, kernel_size=3, stride=1):
     H, K, S = input_size, kernel_size, stride
+    for value, name, low, top in ((H, "input size", 1, 8), (K, "kernel size", 1, H),
+                                  (S, "stride", 1, 4)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
+            raise ValueError(f"im2col: {name} must be {low}..{top} (small numbers to read), "
+                             f"got {value!r}")
     x = np.arange(1, H * H + 1, dtype=np.float64).reshape(1, 1, H, H)
     w = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])[None, None] if K == 3 \
         else np.ones((1, 1, K, K))
@@ -50,12 +55,13 @@ def run(output, say, input_size=4, kernel_size=3, stride=1):
                                  title=f"window {p}"))
         column_colours.append(colour)
     col_table = [[column_colours[c] for c in range(cols.shape[1])] for _ in range(cols.shape[0])]
-    rows = [draw.row(windows[:8]), draw.row(windows[8:]) if len(windows) > 8 else None,
-            draw.row([draw.grid(cols, col_table, cell=28, title="columns (im2col)"),
+    shown = windows[:16]                 # a picture of at most two rows of windows
+    rows = [draw.row(shown[k:k + 8]) for k in range(0, len(shown), 8)]
+    rows += [draw.row([draw.grid(cols, col_table, cell=28, title="columns (im2col)"),
                       draw.grid(w.reshape(1, -1), cell=28, title="kernel as a row"),
                       draw.grid(product, cell=28, title="row @ columns"),
                       draw.grid(product.reshape(OH, OH), cell=28, title="= the convolution")])]
-    path = draw.save(draw.column([r for r in rows if r is not None],
+    path = draw.save(draw.column(rows,
                                  title="im2col: a convolution as one matrix product"),
                      output, "im2col.png")
     say(f"picture: {path}")

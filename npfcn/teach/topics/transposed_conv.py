@@ -51,8 +51,14 @@ def run(output, say, preset="course-2x2", input_size=None, kernel_size=None, str
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     side, kernel, step, configs = PRESETS[preset]
-    if input_size or kernel_size or stride:
-        side, kernel, step = input_size or side, kernel_size or kernel, stride or step
+    custom = (input_size, kernel_size, stride)
+    if any(v is not None for v in custom):
+        side, kernel, step = (d if v is None else v for v, d in zip(custom, (side, kernel, step)))
+        for value, name, top in ((side, "input size", 6), (kernel, "kernel size", 7),
+                                 (step, "stride", 4)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"transposed-conv: {name} must be 1..{top} (small numbers "
+                                 f"to read), got {value!r}")
         configs = _configs(side, kernel, step)
     forward = oracle.function("conv_transpose2d_forward")
     geometry = oracle.function("conv_transpose2d_geometry")
