@@ -42,6 +42,8 @@ class Problem(Exception):
 
 @dataclass
 class Result:
+    """The verdict on one function; ``examples``: the cases it passed, or the number of
+    the case on which it first failed."""
     name: str
     convention: str
     verdict: str
@@ -146,8 +148,13 @@ def compare(entry, what, expected, got, case, text, numeric=None):
     details.append(f"{what} {verb}{where}: expected {_num(expected[index])}, "
                    f"got {_num(got[index])}")
     if numeric is not None:
+        value = numeric(index)
+        if abs(value - expected[index]) > 1e-5 * (1 + abs(value)):
+            raise OracleDisagrees(f"npfcn's own {what} disagrees with its central difference "
+                                  f"at {index} ({expected[index]} vs {value}): please report "
+                                  "this npfcn bug")
         details.append(f"  float64 central difference of npfcn's forward pass there: "
-                       f"{_num(numeric(index))}")
+                       f"{_num(value)}")
     bad = int(np.count_nonzero(error > 1))
     if error.size > 1:
         details.append(f"  {bad} of {error.size} entries of {what} differ")
