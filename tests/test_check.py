@@ -51,6 +51,13 @@ def test_correct_solutions_pass(name, functions):
     assert report.passed and report.exit_code == 0
 
 
+def test_parameters_a_signature_lacks_are_named():
+    """npfcn_im2col's max_pool2d_forward takes no dilation/ceil_mode: the report says so."""
+    text = grade("npfcn_im2col").text()
+    assert "note: max_pool2d_forward: checked at the default dilation, ceil_mode only" in text
+    assert "note: conv2d_forward" not in text
+
+
 # (fixture, the function with the bug, what the one line must say)
 BUGS = [
     ("bug_conv_stride", "conv_forward_naive", "out differs"),

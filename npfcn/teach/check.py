@@ -61,6 +61,7 @@ class Report:
             cases = (f"{r.examples} passed" if r.verdict == "pass" else
                      f"failed at {r.examples}" if r.examples else "-")
             lines.append(f"{r.name:<{width}}{r.convention:<30}{r.verdict:<17}{cases}")
+        lines.extend(f"note: {r.line}" for r in self.results if r.verdict == "pass" and r.line)
         good = sum(r.verdict == "pass" for r in self.results)
         lines.append(f"{good} of {len(self.results)} functions pass "
                      f"(up to {self.examples} cases each, float64, against npfcn's reference)")

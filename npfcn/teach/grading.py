@@ -315,7 +315,11 @@ def grade(student, entry, examples, forward_result=None):
     except HypothesisException as exc:
         return Result(entry.name, entry.convention, SKIPPED, count[0],
                       f"{entry.name} not checked: no cases could be drawn ({_one_line(exc)})")
-    return Result(entry.name, entry.convention, PASS, min(count[0], examples))
+    missing = [k for k in signature_of.keywords if k not in keywords]
+    note = (f"{entry.name}: checked at the default {', '.join(missing)} only (the signature "
+            f"of {signature_of.name} does not take {'it' if len(missing) == 1 else 'them'})"
+            if missing else "")
+    return Result(entry.name, entry.convention, PASS, min(count[0], examples), note)
 
 
 def _smallest(strategy):
