@@ -56,12 +56,12 @@ def run(output, say, feature=FEATURE):
                         title="max unpooling\n(switches)"),
               draw.grid(bilinear[0, 0], title="bilinear\n(fixed 4x4, stride 2)"),
               draw.grid(learned[0, 0], title="transposed conv\n(own 3x3, stride 2)")]
-    shades = [draw.grid(np.zeros((1, 1)), cell=1)]        # spacer under the input
     top = max(a.max() for a in (unpooled, bilinear, learned))      # one grey scale for all
-    for a in (unpooled[0, 0], bilinear[0, 0], learned[0, 0]):
-        shades.append(_shade(a, top))
-    path = draw.save(draw.column([draw.row(panels), draw.row(shades)],
-                                 title="Upsampling one feature map three ways"),
+    maps = (f[0, 0], unpooled[0, 0], bilinear[0, 0], learned[0, 0])
+    columns = [draw.column([panel, _shade(a, top)]) for panel, a in zip(panels, maps)]
+    path = draw.save(draw.column([draw.row(columns)],
+                                 title="Upsampling one feature map three ways "
+                                       "(below: as grey levels, black = the largest value)"),
                      output, "upsampling.png")
     say(f"picture: {path}")
     return {"unpooled": unpooled[0, 0], "bilinear": bilinear[0, 0], "learned": learned[0, 0],
