@@ -18,11 +18,13 @@ def test_registered():
 @pytest.mark.parametrize("size", [(1, 1), (7, 5), (33, 18), (32, 32)])
 def test_scores_have_the_input_size(model, size):
     width = 1 / 16 if model in ("segnet", "plain") else 0.125
-    net = build_model(model, num_classes=3, width=width).eval()   # eval: 1x1 has one value per channel
-    x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    net = build_model(model, num_classes=3, width=width)
+    # batch 2: in training mode every BN needs more than one value per channel (1x1 input)
+    x = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
     y = net.forward(x)
-    assert y.shape == (1, 3, *size)
+    assert y.shape == (2, 3, *size)
     assert net.backward(np.ones_like(y)).shape == x.shape
+    assert net.eval().forward(x[:1]).shape == (1, 3, *size)
 
 
 def test_parameter_counts_by_hand():
