@@ -109,6 +109,10 @@ def launch_command(count, argv, launcher=None):
     if _is_open_mpi(launcher):
         # No pinning: the threads of a rank may use any core, as in one process.
         command += ["--bind-to", "none"]
+        # A rank waiting in the Allreduce for a slower one yields its core instead of
+        # spinning on it: on a machine whose cores are shared that core then goes to
+        # the rank still computing.
+        env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         if count > (os.cpu_count() or 1):
             command.append("--oversubscribe")
         if hasattr(os, "geteuid") and os.geteuid() == 0:
