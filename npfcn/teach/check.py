@@ -45,7 +45,8 @@ class Report:
         return 0 if self.passed else 1
 
     def text(self):
-        lines = []
+        lines = [f"npfcn check {self.source}: {len(self.results)} functions recognised by "
+                 "name", ""] if self.results else []
         for r in self.results:
             if r.verdict != "pass":
                 lines.append(f"{r.verdict.upper()}  {r.line}")
@@ -56,11 +57,11 @@ class Report:
             return (f"{self.source}: no function recognised. npfcn check grades functions "
                     f"named: {known}.")
         width = max(len(r.name) for r in self.results) + 2
-        lines.append(f"{'function':<{width}}{'convention':<30}{'verdict':<17}cases")
+        lines.append(f"{'function':<{width}}{'convention':<22}{'verdict':<17}cases")
         for r in self.results:
             cases = (f"{r.examples} passed" if r.verdict == "pass" else
                      f"failed at {r.examples}" if r.examples else "-")
-            lines.append(f"{r.name:<{width}}{r.convention:<30}{r.verdict:<17}{cases}")
+            lines.append(f"{r.name:<{width}}{r.convention:<22}{r.verdict:<17}{cases}")
         lines.extend(f"note: {r.line}" for r in self.results if r.verdict == "pass" and r.line)
         good = sum(r.verdict == "pass" for r in self.results)
         lines.append(f"{good} of {len(self.results)} functions pass "

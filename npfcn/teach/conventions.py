@@ -67,10 +67,10 @@ ENTRIES = [
 ]
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 # relu_forward/relu_backward are listed once (CS231n's); npfcn's are the same contract.
-BY_NAME["relu_forward"] = Entry("relu_forward", f"{CS231N} / {NPFCN}", "relu", "forward",
-                                ("out", "cache"))
-BY_NAME["relu_backward"] = Entry("relu_backward", f"{CS231N} / {NPFCN}", "relu", "backward",
-                                 ("x",), "relu_forward")
+BOTH = "CS231n and npfcn"
+BY_NAME["relu_forward"] = Entry("relu_forward", BOTH, "relu", "forward", ("out", "cache"))
+BY_NAME["relu_backward"] = Entry("relu_backward", BOTH, "relu", "backward", ("x",),
+                                 "relu_forward")
 
 
 def accepted_keywords(entry, fn):
