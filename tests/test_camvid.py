@@ -110,3 +110,22 @@ def test_real_camvid():
     image, label = ds[0]
     assert image.shape == (360, 480, 3) and label.shape == (360, 480)
     assert set(np.unique(label)) <= set(range(11)) | {255}
+
+
+def test_eval_cli_on_a_camvid_split(tmp_path, capsys):
+    from npfcn.checkpoint import save_checkpoint
+    from npfcn.cli import main
+    from npfcn.models import build_model
+
+    root = _fake(tmp_path)
+    model = build_model("segnet-basic", num_classes=11, width=1 / 32)
+    path = save_checkpoint(tmp_path / "c.npz", model, meta={
+        "config": {"model": model.config, "train": {"data": f"camvid:{root}", "scale": 0.5}},
+        "class_names": list(CAMVID_CLASSES)})
+    assert main(["eval", "--checkpoint", str(path), "--split", "test", "-o",
+                 str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "2 images" in out and "boundary F1 (BF)" in out and "pedestrian" in out
+    # a bad split is one line naming it, no traceback
+    assert main(["eval", "--checkpoint", str(path), "--split", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
