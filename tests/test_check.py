@@ -182,6 +182,15 @@ def test_cli_exit_codes_and_no_traceback(capsys, tmp_path):
     assert main(["check", str(SOLUTIONS / "no_such_file.py")]) == 2
 
 
+def test_without_hypothesis_one_line(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "hypothesis", None)      # as if not installed
+    assert main(["check", str(SOLUTIONS / "cs231n_loops.py")]) == 2
+    err = capsys.readouterr().err
+    assert "needs hypothesis (pip install hypothesis)" in err and "Traceback" not in err
+
+
 def test_a_file_without_known_functions_is_not_a_pass(tmp_path):
     path = tmp_path / "empty.py"
     path.write_text("def hello():\n    return 1\n")

@@ -127,6 +127,10 @@ def check(path_or_module, examples=None, verbose=True, out=None):
     ``out`` (default stdout) as well.  Raises ``ImportFailure`` for a file that
     cannot be imported.
     """
+    try:
+        import hypothesis  # noqa: F401  (it draws the cases; a test-time dependency of npfcn)
+    except ImportError:
+        raise ImportError("npfcn check needs hypothesis (pip install hypothesis)") from None
     from .grading import Student, grade
 
     examples = DEFAULT_EXAMPLES if examples is None else int(examples)
@@ -157,13 +161,11 @@ def _table_order(name):
 def run_cli(args):
     """The ``npfcn check`` handler: prints the report, returns the exit code."""
     try:
-        import hypothesis  # noqa: F401
-    except ImportError:
-        print("npfcn check: needs hypothesis (pip install hypothesis)", file=sys.stderr)
-        return 2
-    try:
         report = check(args.file, examples=args.examples, verbose=True)
     except ImportFailure as exc:
         print(f"npfcn check: cannot import {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:               # hypothesis is not installed
+        print(f"npfcn check: {exc}", file=sys.stderr)
         return 2
     return report.exit_code
