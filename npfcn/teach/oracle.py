@@ -25,9 +25,6 @@ def function(name):
     functional = importlib.import_module("npfcn.functional")
     if hasattr(functional, name):
         return getattr(functional, name)
-    if name in ("im2col", "col2im"):
-        # Only until the reference path holds im2col/col2im (npfcn/reference/im2col.py).
-        return getattr(importlib.import_module("npfcn.im2col"), name)
     raise AttributeError(f"npfcn has no reference function {name!r}")
 
 
