@@ -18,18 +18,6 @@ __version__ = "0.1.0"
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-# npfcn's C kernels and PyTorch share one OpenMP runtime in a process (both load
-# libgomp.so.1, the first one loaded serves both).  By default its idle threads spin
-# 300,000 rounds at every barrier before they sleep, holding cores that other threads
-# (OpenBLAS's, PyTorch's, a neighbour process's) need: beside PyTorch on a busy
-# machine npfcn's 64-channel convolution took about twice as long (docs/kernels.md).
-# A short spin keeps the back-to-back parallel regions of one layer quick and gives
-# the cores back between layers.  libgomp reads it when it is first loaded, so it
-# only helps when npfcn is imported before torch; OMP_WAIT_POLICY or GOMP_SPINCOUNT
-# set by the user win.
-if not (_os.environ.get("OMP_WAIT_POLICY") or _os.environ.get("GOMP_SPINCOUNT")):
-    _os.environ["GOMP_SPINCOUNT"] = "10000"
-
 
 def check(path_or_module, examples=None, verbose=True):
     """Grade a student's own layer functions against npfcn's reference (``npfcn check FILE``
