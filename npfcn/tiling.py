@@ -44,8 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_MAX_MEMORY = 1 << 30   # working memory of one forward pass: the default-width FCN-8s stays
-#                                under ~1.5 GiB of resident memory with the picture and Python beside it
+DEFAULT_MAX_MEMORY = 1 << 30   # working memory of one forward pass besides the weights: the
+#                                default-width FCN-8s stays under ~1.5 GiB of resident memory
+#                                with the picture and Python beside it
 _SCRATCH_BYTES = 64 << 20      # kernel workspaces (blocks of ~16 MiB per thread) and temporaries
 
 
@@ -145,13 +146,17 @@ def geometry_of(model):
 # --- memory -------------------------------------------------------------------------------
 
 def forward_bytes(model, n, height, width, flip=False):
-    """Estimated peak bytes of predicting n images of height x width in one forward pass.
+    """Estimated peak working memory (bytes) of predicting n images of height x width in
+    one forward pass in eval mode, besides the model's own weights.
 
-    Counts every map the network produces as if all stayed alive (a layer may
-    keep its input for a backward pass), pooling indices (int64), the input, the
-    preprocessing temporaries, the scores (twice with ``flip``), the argmax and
-    the weights, plus a fixed allowance for kernel scratch.  Models other than
-    FCN: ``model.forward_bytes(n, height, width)`` if defined, else None.
+    Eval mode keeps nothing for a backward pass, so at any moment what is alive is
+    one layer's input and output (for a pool also its int64 indices), the pool3 and
+    pool4 maps the skip connections wait for, then the head's score maps; before
+    that the preprocessing temporaries.  The largest of those moments, with a
+    quarter more for the kernels' scratch and a fixed allowance for their reused
+    workspaces, is the estimate (tests/test_tiling.py checks it against numpy's
+    traced allocations).  Models other than FCN: ``model.forward_bytes(n, height,
+    width)`` if defined, else None.
     """
     custom = getattr(model, "forward_bytes", None)
     if callable(custom):
@@ -160,35 +165,37 @@ def forward_bytes(model, n, height, width, flip=False):
     if config.get("model") not in ("fcn8s", "fcn16s", "fcn32s"):
         return None
     from .models.fcn import ARCHITECTURES
-    from .models.vgg import CONV1_PADDING, VGG16_LAYERS, scaled_channels, FC_CHANNELS
+    from .models.vgg import CONV1_PADDING, FC_CHANNELS, VGG16_LAYERS, scaled_channels
 
     item = np.dtype(model.dtype).itemsize
     classes, scale = model.num_classes, config.get("width", 1.0)
     pixels = height * width
-    floats = 3 * pixels * (1 + 4)               # the input and ~4 preprocessing temporaries
-    index_bytes = 0
+    preprocessing = 4 * 3 * pixels * 4                    # float32 copies of the picture
     h, w = height + 2 * CONV1_PADDING - 2, width + 2 * CONV1_PADDING - 2
+    current, taps, encoder = 3 * pixels * item, 0, 0
     for name, channels in VGG16_LAYERS:
-        if channels is None:
-            h, w = (h + 1) // 2, (w + 1) // 2          # 2x2 ceil-mode pool
-            floats += last * h * w
-            index_bytes += 8 * last * h * w
+        if channels is None:                              # 2x2 ceil-mode pool
+            h, w = (h + 1) // 2, (w + 1) // 2
+            out = last * h * w * item
+            alive = current + out + last * h * w * 8      # + its indices
         else:
             last = scaled_channels(channels, scale)
-            floats += last * h * w
+            out = last * h * w * item
+            alive = current + out
+        encoder = max(encoder, alive + taps)
+        current = out
+        if name in ("pool3", "pool4"):
+            taps += out
     fc = scaled_channels(FC_CHANNELS, scale)
     h, w = max(h - 6, 1), max(w - 6, 1)
-    floats += 2 * fc * h * w + classes * h * w       # fc6, fc7, score_fr
+    encoder = max(encoder, current + fc * h * w * item + taps, 2 * fc * h * w * item + taps)
     skips, final = ARCHITECTURES[config["model"]]
     for _ in skips:
         h, w = 2 * h + 2, 2 * w + 2
-        floats += 3 * classes * h * w                 # upsampled, the tap's score, its crop
-    h, w = (h - 1) * final.stride + final.kernel_size, (w - 1) * final.stride + final.kernel_size
-    floats += classes * h * w                         # the last upsampling before its crop
-    floats += classes * pixels * (3 + (2 if flip else 0))   # crop, score offset, sum; flip
-    total = item * n * floats + n * (index_bytes + 8 * pixels)  # + argmax (int64)
-    weights = sum(p.nbytes for p in model.params.values())
-    return int(total + 2 * weights + _SCRATCH_BYTES)
+    upsampled = classes * ((h - 1) * final.stride + final.kernel_size) \
+        * ((w - 1) * final.stride + final.kernel_size)
+    head = (upsampled + classes * pixels * (3 + (2 if flip else 0))) * item + 8 * pixels
+    return int(n * 1.25 * max(preprocessing, encoder, head) + _SCRATCH_BYTES)
 
 
 # --- the tiles ----------------------------------------------------------------------------
