@@ -15,7 +15,9 @@ computes, up to the order of the float additions.  The buffer holds every traina
 gradient (the model's ``grads`` are views into it, so backward writes there directly),
 then the slice's loss and a "stop" flag (a Ctrl-C seen by any rank), so a step costs
 exactly one in-place, uppercase ``Allreduce``: a copy-free collective on the array's
-memory, not the lowercase ``allreduce`` that pickles Python objects.
+memory, not the lowercase ``allreduce`` that pickles Python objects.  The ranks meet
+first in a barrier they wait for asleep (``World.wait_for_all``): MPI waits by spinning,
+and a spinning rank takes a core from the ranks still computing.
 
 Validation is split the same way (each rank scores a contiguous part of the validation
 set; the confusion matrices and loss sums are added up); rank 0 alone writes the
@@ -86,6 +88,19 @@ class World:
         if self.comm is None:
             return bool(flag)
         return bool(self.sum_in_place(np.array([int(bool(flag))], dtype=np.int64))[0])
+
+    def wait_for_all(self, poll_seconds=0.0002):
+        """Return once every rank has reached this call, sleeping in between looks.
+
+        MPI's blocking calls wait by spinning on a core.  A rank that finished its slice
+        first would burn the core its partner (or another program) could compute on;
+        sleeping here, the wait costs a fraction of a millisecond per step instead.
+        """
+        if self.comm is None:
+            return
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_seconds)
 
     def sum_in_place(self, array):
         """Replace ``array`` by its sum over all ranks (one in-place Allreduce)."""
@@ -190,8 +205,9 @@ class DataParallel:
 
     x: (N, 3, H, W) the WHOLE batch (every rank has it), y: (N, H, W) labels.  Leaves
     d loss / d weights of the whole batch in ``model.grads`` on every rank; returns the
-    batch's mean loss and whether any rank asked to stop.  ``allreduce_seconds`` adds
-    up the time spent in the collective (``benchmarks/bench_scale.py``).
+    batch's mean loss and whether any rank asked to stop.  ``wait_seconds`` and
+    ``allreduce_seconds`` add up the time spent waiting for the other ranks and in the
+    collective (``benchmarks/bench_scale.py``).
     """
 
     def __init__(self, model, world, seed=0, ignore_index=255, lovasz=0.0):
@@ -199,7 +215,8 @@ class DataParallel:
         self.ignore_index = ignore_index
         self.loss_fn = SegmentationLoss(ignore_index=ignore_index, lovasz=lovasz)
         self.flat = FlatGradients(model, extra=2) if world.size > 1 else None
-        self.allreduce_seconds = 0.0
+        self.wait_seconds = 0.0           # waiting for slower ranks (wait_for_all)
+        self.allreduce_seconds = 0.0      # in the Allreduce itself
 
     def forward_backward(self, x, y, class_weight=None, step=0, stop_requested=False):
         model = self.model
@@ -224,8 +241,11 @@ class DataParallel:
         flat.gather(model)
         flat.extra[0], flat.extra[1] = loss, float(bool(stop_requested))
         started = time.perf_counter()
+        self.world.wait_for_all()
+        arrived = time.perf_counter()
         self.world.sum_in_place(flat.buffer)
-        self.allreduce_seconds += time.perf_counter() - started
+        self.wait_seconds += arrived - started
+        self.allreduce_seconds += time.perf_counter() - arrived
         flat.scatter(model)
         return float(flat.extra[0]), bool(flat.extra[1] > 0)
 

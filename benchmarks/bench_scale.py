@@ -1,0 +1,221 @@
+"""Data-parallel scaling: measured on this machine at 1 and 2 MPI ranks, modelled beyond.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_scale.py [--repeats 3]
+
+Measured (each configuration in its own processes, alternating 1 and 2 ranks, medians):
+images/s of training steps of FCN-8s (the default run's batch: 2 images of 128x128,
+5 classes; SGD + LARS + clipping, as ``npfcn train``) at the default width 0.0625 and at
+width 1 (the paper's network, 134 M parameters), and the share of a step spent in the
+gradient ``Allreduce`` (as the step sees it, waiting for the slower rank included), plus
+the ``Allreduce`` of the same buffer alone.
+
+Modelled (``ring_allreduce_seconds``): a ring allreduce of the gradient buffer over P
+machines of this one, on 10, 25 and 100 Gbit/s networks, added to the measured compute
+of a step: the step time and images/s at 2-64 machines for a global batch shared
+between them.  Writes benchmarks/results/scale.json and scale.md.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WIDTHS = (0.0625, 1.0)
+NETWORKS_GBIT = (10, 25, 100)
+MACHINES = (2, 4, 8, 16, 32, 64)
+LATENCY_SECONDS = 30e-6      # one message between machines over TCP (Ethernet), order of magnitude
+GLOBAL_BATCH = 64            # images per step shared by all machines in the model
+
+
+# -- one configuration (run as a separate process, under mpiexec for 2 ranks) -------------
+
+def worker(width, steps, out):
+    sys.path.insert(0, str(ROOT))
+    from npfcn.train import TrainConfig
+    from npfcn.train.distributed import DataParallel, join_world
+    from npfcn.train.optimization import build_optimizer, clip_gradients
+    from npfcn.train.setup import build_model
+
+    world = join_world()
+    config = TrainConfig(width=width)
+    model = build_model(config, 5)
+    optimizer = build_optimizer(config, model)
+    parallel = DataParallel(model, world, seed=0, lovasz=config.lovasz)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((config.batch_size, 3, 128, 128)).astype(np.float32)
+    y = rng.integers(0, 5, (config.batch_size, 128, 128))
+    weight = np.ones(5)
+
+    def step(index):
+        parallel.forward_backward(x, y, weight, index)
+        clip_gradients(model, config.clip_grad_norm)
+        optimizer.step()
+
+    step(0)                                  # warm-up: workspaces, first-touch pages
+    if world.comm is not None:
+        world.comm.Barrier()
+    parallel.allreduce_seconds = parallel.wait_seconds = 0.0
+    started = time.perf_counter()
+    for index in range(steps):
+        step(index + 1)
+    seconds = time.perf_counter() - started
+    allreduce, wait = parallel.allreduce_seconds, parallel.wait_seconds
+    alone = []
+    if world.comm is not None:
+        for _ in range(5):                   # the collective by itself, ranks lined up first
+            world.comm.Barrier()
+            begin = time.perf_counter()
+            world.sum_in_place(parallel.flat.buffer)
+            alone.append(time.perf_counter() - begin)
+    if world.is_root:
+        parameters = sum(int(model.params[n].size) for n in model.trainable)
+        Path(out).write_text(json.dumps({
+            "width": width, "ranks": world.size, "steps": steps,
+            "images_per_second": steps * config.batch_size / seconds,
+            "step_seconds": seconds / steps,
+            "allreduce_share": allreduce / seconds, "wait_share": wait / seconds,
+            "allreduce_alone_seconds": statistics.median(alone) if alone else 0.0,
+            "gradient_bytes": parameters * 4, "parameters": parameters}))
+
+
+def run_configuration(width, ranks, steps, out):
+    command = [sys.executable, __file__, "--worker", "--width", str(width), "--steps", str(steps),
+               "--out", str(out)]
+    if ranks > 1:
+        from npfcn.train.launch import launch_command
+
+        launcher, env = launch_command(ranks, [])
+        command = launcher[:launcher.index(sys.executable)] + command
+    else:
+        env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    subprocess.run(command, env=env, check=True)
+    return json.loads(Path(out).read_text())
+
+
+# -- the model -----------------------------------------------------------------------------
+
+def ring_allreduce_seconds(nbytes, machines, gbit_per_second, latency=LATENCY_SECONDS):
+    """A ring allreduce of ``nbytes`` over ``machines``: 2 (P-1) messages of nbytes / P each
+    way round (reduce-scatter, then all-gather), so each link carries 2 (P-1)/P of the
+    buffer; every message also pays ``latency``."""
+    if machines < 2:
+        return 0.0
+    bandwidth = gbit_per_second * 1e9 / 8
+    return 2 * (machines - 1) / machines * nbytes / bandwidth + 2 * (machines - 1) * latency
+
+
+def model_table(measured):
+    """Step time and images/s at MACHINES for every width and network, from the 1-rank
+    measurement: compute per image x images per machine + the modelled allreduce."""
+    rows = []
+    for width in WIDTHS:
+        one = measured[(width, 1)]
+        per_image = one["step_seconds"] / 2
+        nbytes = one["gradient_bytes"]
+        for gbit in NETWORKS_GBIT:
+            for machines in (1,) + MACHINES:
+                compute = per_image * GLOBAL_BATCH / machines
+                allreduce = ring_allreduce_seconds(nbytes, machines, gbit)
+                step = compute + allreduce
+                rows.append({"width": width, "gbit": gbit, "machines": machines,
+                             "compute_seconds": compute, "allreduce_seconds": allreduce,
+                             "step_seconds": step, "images_per_second": GLOBAL_BATCH / step,
+                             "efficiency": per_image * GLOBAL_BATCH / (machines * step)})
+    return rows
+
+
+def stops_paying(rows, width, gbit):
+    """The machine count from which another doubling gains less than 1.5x images/s
+    (None: every doubling up to 64 gains at least that)."""
+    series = [r for r in rows if r["width"] == width and r["gbit"] == gbit]
+    for before, after in zip(series, series[1:]):
+        if after["images_per_second"] < 1.5 * before["images_per_second"]:
+            return before["machines"]
+    return None
+
+
+def markdown(measured, rows, load):
+    lines = ["# Data-parallel scaling (benchmarks/bench_scale.py)", "",
+             f"Machine load while measuring (uptime): {load}", "",
+             "## Measured on this machine (2 cores; batch 2 of 128x128, 5 classes)", "",
+             "| width | ranks | images/s | step | Allreduce share of a step | Allreduce alone | gradient |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (width, ranks), m in sorted(measured.items()):
+        lines.append(f"| {width:g} | {ranks} | {m['images_per_second']:.1f} | "
+                     f"{m['step_seconds'] * 1e3:.0f} ms | {100 * m['allreduce_share']:.1f}% | "
+                     f"{m['allreduce_alone_seconds'] * 1e3:.1f} ms | "
+                     f"{m['gradient_bytes'] / 1e6:.1f} MB |")
+    lines += ["", f"## Modelled: ring allreduce, global batch {GLOBAL_BATCH} shared by P machines "
+              "like this one", "",
+              f"Compute per image: the 1-rank measurement above; allreduce: 2(P-1)/P x gradient "
+              f"bytes / bandwidth + 2(P-1) x {LATENCY_SECONDS * 1e6:.0f} us.", "",
+              "| width | network | " + " | ".join(f"P={p}" for p in (1,) + MACHINES)
+              + " | stops paying |",
+              "| --- | --- | " + " | ".join("---" for _ in (1,) + MACHINES) + " | --- |"]
+    for width in WIDTHS:
+        for gbit in NETWORKS_GBIT:
+            series = [r for r in rows if r["width"] == width and r["gbit"] == gbit]
+            cells = [f"{r['step_seconds'] * 1e3:,.0f} ms ({r['images_per_second']:.0f}/s, "
+                     f"{100 * r['efficiency']:.0f}%)" for r in series]
+            limit = stops_paying(rows, width, gbit)
+            lines.append(f"| {width:g} | {gbit} Gbit/s | " + " | ".join(cells)
+                         + f" | {'beyond 64' if limit is None else f'{limit} machines'} |")
+    lines += ["", "Cells: step time (images/s, parallel efficiency = compute / (P x step)). "
+              "\"Stops paying\": the machine count after which doubling it gains less than "
+              "1.5x images/s."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=float, default=0.0625, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per configuration")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.width, args.steps, args.out)
+        return
+    sys.path.insert(0, str(ROOT))
+    load = os.getloadavg()
+    runs = {}
+    steps = {0.0625: 40, 1.0: 3}
+    for _ in range(args.repeats):
+        for width in WIDTHS:
+            for ranks in (1, 2):        # alternating, so slow spells of the machine hit both
+                out = RESULTS / f".scale-{width:g}-{ranks}.json"
+                runs.setdefault((width, ranks), []).append(
+                    run_configuration(width, ranks, steps[width], out))
+                out.unlink()
+    measured = {}
+    for key, results in runs.items():
+        median = dict(results[0])
+        for field in ("images_per_second", "step_seconds", "allreduce_share",
+                      "allreduce_alone_seconds"):
+            median[field] = statistics.median(r[field] for r in results)
+        median["all_images_per_second"] = [r["images_per_second"] for r in results]
+        measured[key] = median
+    rows = model_table(measured)
+    load = f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, " + \
+        " ".join(f"{v:.2f}" for v in os.getloadavg()) + " after"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps({
+        "load": load, "measured": [dict(v, width=k[0], ranks=k[1]) for k, v in measured.items()],
+        "model": rows, "latency_seconds": LATENCY_SECONDS, "global_batch": GLOBAL_BATCH},
+        indent=1))
+    text = markdown(measured, rows, load)
+    (RESULTS / "scale.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
