@@ -4,6 +4,7 @@
         python benchmarks/bench_layers.py [--quick | --narrow | --all] [--only TEXT]
                                           [--repeats 5] [--threads 2] [--reference]
     python benchmarks/bench_layers.py --shared      # both libraries in ONE process (see below)
+    python benchmarks/bench_layers.py --threads 1 --cpu-time   # figures that hold on a busy machine
 
 Every library runs in a worker process of its own (bench_timing.Worker); the parent
 asks them in turn to time one case (npfcn, torch, npfcn, torch, ...), median of the
@@ -36,6 +37,7 @@ OpenBLAS kernel choice on some machines) and say so beside the figures.
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_timing as bt  # noqa: E402  (sets thread environment before numpy)
@@ -219,7 +221,7 @@ def make_case(library):
     return build
 
 
-def worker_main(library, threads, torch_too=False):
+def worker_main(library, threads, torch_too=False, cpu_time=False):
     """A worker: npfcn, npfcn-ref or torch; ``torch_too`` makes an npfcn worker that has
     also imported PyTorch and run one of its convolutions (the shared-process case)."""
     if library == "torch" or torch_too:
@@ -229,12 +231,13 @@ def worker_main(library, threads, torch_too=False):
         extra = {"torch": lambda request: {"s": _time_once(warm)}}
     else:
         extra = {}
-    extra["peak"] = lambda request: bt.sgemm_peak()
-    return bt.serve(make_case("npfcn" if library == "npfcn+torch" else library), threads, extra)
+    clock = time.process_time if cpu_time else time.perf_counter
+    extra["peak"] = lambda request: bt.sgemm_peak(clock=clock)
+    return bt.serve(make_case("npfcn" if library == "npfcn+torch" else library), threads, extra,
+                    clock)
 
 
 def _time_once(fn):
-    import time
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -242,12 +245,13 @@ def _time_once(fn):
 
 # --- the parent -------------------------------------------------------------------------------
 
-def start_workers(libraries, threads):
+def start_workers(libraries, threads, cpu_time=False):
     workers = {}
     try:
         for library in libraries:
             bt.progress(f"starting the {library} worker ...")
-            workers[library] = bt.Worker(SCRIPT, library, ["--threads", str(threads)])
+            workers[library] = bt.Worker(SCRIPT, library, ["--threads", str(threads)]
+                                         + (["--cpu-time"] if cpu_time else []))
     except Exception:
         for worker in workers.values():
             worker.close()
@@ -341,10 +345,14 @@ def main(argv=None):
                         help="also time the pure-NumPy reference path (its own process)")
     parser.add_argument("--only", default=None, help="only layers whose name contains this")
     parser.add_argument("--name", default=None, help="results file name (default: layers)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time each library's CPU time instead of the wall clock: with "
+                             "--threads 1 the figures hold on a busy machine")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, args.threads, torch_too=args.worker == "npfcn+torch")
+        return worker_main(args.worker, args.threads, torch_too=args.worker == "npfcn+torch",
+                           cpu_time=args.cpu_time)
     if args.shared:
         rows = shared_process(args.threads, args.repeats)
         info = bt.machine()
@@ -355,7 +363,7 @@ def main(argv=None):
                    ("spread", "spread")], {"machine": info})
         return 0
     libraries = ["npfcn", "torch"] + (["npfcn-ref"] if args.reference else [])
-    workers = start_workers(libraries, args.threads)
+    workers = start_workers(libraries, args.threads, args.cpu_time)
     try:
         peak = workers["npfcn"].ask(op="peak")
         bt.progress(f"sgemm peak: {peak['median_gflops']:.0f} GFLOP/s (median), "
@@ -369,11 +377,14 @@ def main(argv=None):
             worker.close()
     info = hello["machine"]
     columns = COLUMNS + ([("numpy_ref_ms", "numpy-ref ms")] if args.reference else [])
-    header = (f"Layers, float32, each library in its own process, median of {args.repeats} "
+    clock = "CPU time (process_time)" if args.cpu_time else "wall time"
+    header = (f"Layers, float32, each library in its own process, {clock}, median of {args.repeats} "
               f"alternated runs; sgemm peak {peak['median_gflops']:.0f} GFLOP/s at the start, "
               f"{peak_after['median_gflops']:.0f} at the end ({peak['size']}^3, same threads). "
               f"{bt.describe(info, threads)}")
     name = args.name or ("layers_narrow" if args.narrow else "layers_quick" if args.quick else "layers")
+    if args.cpu_time and not args.name:
+        name += f"_cpu_{args.threads}thread"
     bt.report(name, header, rows, columns, {"machine": info, "threads": threads,
                                             "sgemm_peak": peak, "sgemm_peak_after": peak_after,
                                             "repeats": args.repeats})
