@@ -163,10 +163,10 @@ GFLOP/s count direct-convolution arithmetic, so paths that multiply less (Winogr
 the machine's sgemm rate, measured in the same run. Peak memory is the resident peak (VmHWM)
 of a fresh process per library running two steps. Ratios are PyTorch time / npfcn time in
 the same run (above 1: npfcn is faster); absolute times are comparable only between runs on
-the same machine. Result files dated before 2026-12-07 were timed with both libraries in one
-process, taking turns, with a short pause before each run; their `limit/npfcn` column is the
-time of the bare GEMMs of an im2col design (or of a copy of the input, for memory-bound
-layers) over npfcn's time.
+the same machine. Result files with a `limit/npfcn` column come from the earlier harness,
+which timed both libraries in one process, taking turns, with a short pause before each run;
+that column is the time of the bare GEMMs of an im2col design (or of a copy of the input,
+for memory-bound layers) over npfcn's time.
 """
 
 def all_results():
