@@ -13,7 +13,7 @@
  *   weights   dw[o, c, i, j] += sum_{n, oy, ox} dy[n, o, oy, ox] * x[n, c, oy - PH + i, ox - PW + j]
  *
  * with x = 0 outside the image.  (The input gradient is a forward call on dy
- * with the flipped, transposed weights; see npfcn/direct.py.)  Only the output
+ * with the flipped, transposed weights; see npfcn/kernels/direct.py.)  Only the output
  * window [oy0, oy1) x [ox0, ox1) can see the image; outside it y is b (0 without a
  * bias: b may be NULL), and the
  * weight gradient skips it.  Python computes the window and checks every size.
@@ -483,7 +483,7 @@ NPFCN_ONLY_BIAS(float, f32)
 NPFCN_ONLY_BIAS(double, f64)
 /* The forward pass keeps 12 vector accumulators: in 64-byte vectors that is 12 of
  * AVX-512's 32 registers, but 24 of AVX2's 16 - the compiler spilled them to the
- * stack, and the AVX2 build ran at 2 GFLOP/s (measured on an AMD EPYC, 2026-12-01).
+ * stack, and the AVX2 build ran several times slower (docs/kernels.md has the figures).
  * So it is built twice: 64-byte vectors for CPUs with AVX-512, 32-byte vectors
  * (12 of AVX2's 16 registers) for the rest, and each call takes the one the CPU
  * suits (direct_conv_vector_bytes).  The scratch is sized for the wider: its

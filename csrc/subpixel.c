@@ -1,5 +1,5 @@
 /* Sub-pixel phases <-> image: the data movement of a transposed convolution
- * computed phase by phase (npfcn/subpixel.py has the whole method).
+ * computed phase by phase (npfcn/kernels/subpixel.py has the whole method).
  *
  * Why this exists: with a kernel that is a multiple of the stride (FCN's
  * upsampling: kernel 2s, stride s), every output pixel (oy, ox) belongs to

@@ -12,7 +12,7 @@
  * a 2x2 output tile Y of the cross-correlation of a 4x4 input tile d with a
  * 3x3 filter g is  Y = A^T [ (G g G^T) * (B^T d B) ] A  (elementwise *).
  * Summed over input channels, the 16 elementwise products become 16 matrix
- * products, done by BLAS in Python (npfcn/winograd.py):
+ * products, done by BLAS in Python (npfcn/kernels/winograd.py):
  *     M[xi] (O, T) = U[xi] (O, C) @ V[xi] (C, T),   xi = 4*r + s in 0..15
  * where U = G g G^T (weights), V = B^T d B (input tiles), T = number of tiles.
  * This file holds the cheap, memory-bound parts: the transforms and their
