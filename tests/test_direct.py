@@ -184,7 +184,8 @@ def test_which_convolutions_take_the_direct_path():
     stride1 = ((1, 1), (1, 1))
     with backend.using("c"):
         assert path_of((3, 3), *stride1, 3, 4) == "direct"          # conv1_1 at width 1/16
-        assert path_of((3, 3), *stride1, 32, 32) == "direct"        # conv5_x at width 1/16
+        assert path_of((3, 3), *stride1, 16, 32) == "direct"        # conv4_1 at width 1/16
+        assert path_of((3, 3), *stride1, 32, 32) == "winograd2"     # conv5_x: Winograd wins
         assert path_of((5, 5), *stride1, 32, 32) == "direct"
         assert path_of((3, 3), *stride1, 64, 64) != "direct"        # wider: Winograd / im2col
         assert path_of((3, 3), *stride1, 3, 64) != "direct"

@@ -10,7 +10,8 @@ op                 path: when                                                  c
 =================  ==========================================================  =====================
 conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      ``gemm.pointwise_conv``
                    ``direct``: stride 1, no dilation, kernel <= 5x5, at        ``direct.direct_conv``
-                   most 32 channels in and out (the narrow FCNs)
+                   most 32 channels in and out (the narrow FCNs); a 3x3
+                   layer with in x out > 512 that Winograd takes goes there
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
@@ -27,7 +28,9 @@ relu, im2col                                                                   `
 pass takes the same path from there: nothing is decided twice.
 
 Where the thresholds come from (fwd+bwd on 2 threads, ``benchmarks/bench_layers.py``):
-the direct loop beat Winograd and im2col up to 32 channels; Winograd loses to im2col
+the direct loop beat Winograd and im2col up to 16 -> 32 channels, but not at 32 -> 32
+(default run's conv4_x, 2 x 32 x 41 x 41, fwd+bwd on one core: Winograd F(4x4) 2.3-2.6 ms,
+direct 2.8 ms; conv5_x at 21x21: F(2x2) 0.9-1.0 ms, direct 1.3 ms); Winograd loses to im2col
 when the input has far fewer channels than the output (VGG's 3 -> 64: the
 transformed output, 16 x O per tile, dwarfs a product whose inner dimension is C)
 and on fewer than 64 tiles (512 -> 512 at 14x14: the 16 products are too thin for
@@ -40,6 +43,7 @@ from . import backend, direct, gemm, subpixel, winograd
 
 DIRECT_MAX_CHANNELS = 32       # in and out
 DIRECT_MAX_KERNEL = 5
+DIRECT_MAX_3X3_CHANNEL_PRODUCT = 512   # in x out; above it Winograd wins a 3x3 layer
 WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
 F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
 F4_MIN_TILES = 196             # 4x4 output tiles in the batch
@@ -75,9 +79,11 @@ def conv2d_path(x_shape, w_shape, g):
         return "pointwise"
     if (SH, SW, DH, DW) != (1, 1, 1, 1):
         return "bands"
-    if max(KH, KW) <= DIRECT_MAX_KERNEL and max(C, O) <= DIRECT_MAX_CHANNELS:
+    winograd = (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES
+    if max(KH, KW) <= DIRECT_MAX_KERNEL and max(C, O) <= DIRECT_MAX_CHANNELS \
+            and not (winograd and C * O > DIRECT_MAX_3X3_CHANNEL_PRODUCT):
         return "direct"
-    if (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES:
+    if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
                 and _tiles(N, OH, OW, 4) >= F4_MIN_TILES:
             return "winograd4"
