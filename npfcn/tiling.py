@@ -131,15 +131,78 @@ def fcn_geometry(model="fcn8s"):
     return TileGeometry(align=deepest, radius=max(-out.lo, out.hi))
 
 
+def encoder_decoder_geometry(model="segnet-basic", width=1.0):
+    """TileGeometry of the nets of ``npfcn.models.segnet`` (eval mode: batch norm is then a
+    fixed affine map per channel, the same in every tile).
+
+    SegNet / SegNet-Basic: an unpooled pixel depends on the pooled value above it
+    (a stride-2 transposed window) and, through the pool's indices, on the 2x2 window
+    of the map the pool saw (taken one pixel wider: which of its pixels won).
+    FCN-Basic / Bilinear-Basic: x2 transposed convolutions (kernel 4, padding 1) cropped
+    from the top left, plus 1x1 scores of each pool.  Plain: stride-1 convolutions.
+    """
+    from .models.segnet import layer_specs
+
+    convs = [spec for spec in layer_specs(model, 2, width) if spec[0] == "conv"]
+    kernel = {spec[1]: spec[4] for spec in convs}
+    window, deepest = _Window(1, 0, 0), 1
+    if model == "plain":
+        for name, k in kernel.items():
+            window = window.conv(k, 1, k // 2)
+        return TileGeometry(align=1, radius=max(-window.lo, window.hi))
+    if model in ("segnet", "segnet-basic"):
+        from .models.segnet import segnet_decoder_stages, segnet_stages
+
+        if model == "segnet":
+            encoder = [[name for name, _ in stage] for stage in segnet_stages(width)]
+            decoder = [[name for name, _ in layers] for _, layers in segnet_decoder_stages(width)]
+            classifier = "conv1_1_D"
+        else:
+            encoder = [[f"conv{i}"] for i in range(1, 5)]
+            decoder = [[f"conv_decode{i}"] for i in range(4, 0, -1)]
+            classifier = "conv_classifier"
+        seen = []                                      # the map each pool saw
+        for stage in encoder:
+            for name in stage:
+                window = window.conv(kernel[name], 1, kernel[name] // 2)
+            seen.append(window)
+            window = window.conv(2, 2)
+            deepest = max(deepest, window.stride)
+        for stage, before in zip(decoder, reversed(seen)):
+            window = window.transposed(2, 2).union(before.conv(3, 1, 1))
+            for name in stage:
+                window = window.conv(kernel[name], 1, kernel[name] // 2)
+        window = window.conv(kernel[classifier], 1, kernel[classifier] // 2)
+    else:                                              # fcn-basic, bilinear-basic
+        taps = []
+        for i in range(1, 5):
+            window = window.conv(kernel[f"conv{i}"], 1, kernel[f"conv{i}"] // 2).conv(2, 2)
+            taps.append(window)
+        deepest = window.stride
+        for i in range(4, 0, -1):
+            window = window.transposed(4, 2, 1)
+            if i > 1:
+                window = window.union(taps[i - 2])
+    if window.stride != 1:
+        raise ValueError(f"{model} does not end at the input's resolution")
+    return TileGeometry(align=deepest, radius=max(-window.lo, window.hi))
+
+
+_ENCODER_DECODER = ("segnet", "segnet-basic", "fcn-basic", "bilinear-basic", "plain")
+
+
 def geometry_of(model):
-    """The model's TileGeometry: FCNs from their architecture; other models may define
-    ``tile_geometry()``; None when unknown (such a model is always run on whole images)."""
+    """The model's TileGeometry: npfcn's models from their architecture; other models may
+    define ``tile_geometry()``; None when unknown (such a model is always run whole)."""
     custom = getattr(model, "tile_geometry", None)
     if callable(custom):
         return custom()
-    name = (getattr(model, "config", None) or {}).get("model")
+    config = getattr(model, "config", None) or {}
+    name = config.get("model")
     if name in ("fcn8s", "fcn16s", "fcn32s"):
         return fcn_geometry(name)
+    if name in _ENCODER_DECODER:
+        return encoder_decoder_geometry(name, config.get("width", 1.0))
     return None
 
 
@@ -162,6 +225,8 @@ def forward_bytes(model, n, height, width, flip=False):
     if callable(custom):
         return int(custom(n, height, width)) + _SCRATCH_BYTES
     config = getattr(model, "config", None) or {}
+    if config.get("model") in _ENCODER_DECODER:
+        return _encoder_decoder_bytes(model, config, n, height, width, flip)
     if config.get("model") not in ("fcn8s", "fcn16s", "fcn32s"):
         return None
     from .models.fcn import ARCHITECTURES
@@ -196,6 +261,34 @@ def forward_bytes(model, n, height, width, flip=False):
         * ((w - 1) * final.stride + final.kernel_size)
     head = (upsampled + classes * pixels * (3 + (2 if flip else 0))) * item + 8 * pixels
     return int(n * 1.25 * max(preprocessing, encoder, head) + _SCRATCH_BYTES)
+
+
+def _encoder_decoder_bytes(model, config, n, height, width, flip):
+    """An upper bound for the nets of ``npfcn.models.segnet``: every convolution's output
+    (at its level's size) and every pool's int64 indices alive at once, the scores and
+    the preprocessing copies, x1.5 (tests/test_tiling.py checks it against numpy's
+    traced allocations)."""
+    import re as _re
+
+    from .models.segnet import layer_specs
+
+    item = np.dtype(model.dtype).itemsize
+    pixels = height * width
+    total = 0
+    for spec in layer_specs(config["model"], model.num_classes, config.get("width", 1.0)):
+        if spec[0] != "conv":
+            continue
+        name, out = spec[1], spec[3]
+        digits = _re.findall(r"\d", name)
+        # conv{s}_{j}[_D], conv{i}, conv_decode{i} work on level s-1 (1/4 as many pixels a
+        # level), score_pool{i} on level i; the classifier and plain's convs on level 0
+        level = 0 if "classifier" in name or config["model"] == "plain" or not digits \
+            else int(digits[0]) - (0 if name.startswith("score") else 1)
+        total += out * -(-pixels // 4 ** level) * (item + (8 if level else 0))   # + indices
+    total += model.num_classes * pixels * (3 + (2 if flip else 0)) * item
+    total += 4 * 3 * pixels * 4 + 8 * pixels
+    # half as much again: batch norm's temporaries (a few maps of the largest size)
+    return int(n * 1.5 * total + _SCRATCH_BYTES)
 
 
 # --- the tiles ----------------------------------------------------------------------------

@@ -244,3 +244,60 @@ def test_memory_error_anywhere_is_one_line(checkpoint, tmp_path, capsys, monkeyp
     assert main(["eval", "--checkpoint", checkpoint, "-o", str(tmp_path / "eval")]) == 1
     line = error_line(capsys)
     assert "out of memory" in line and "9.00 GiB" in line
+
+
+# --- the encoder-decoder nets (npfcn.models.segnet) -------------------------------------------
+
+def random_bn_net(name):
+    """A float64 net of npfcn.models.segnet with random weights and BN statistics, in eval."""
+    model = build_model(name, num_classes=3, width=0.0625, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(2)
+    for key, value in model.params.items():
+        if key.endswith("running_var"):
+            value[...] = rng.uniform(0.5, 2.0, value.shape)
+        else:
+            fan_in = max(1, int(np.prod(value.shape[1:])))
+            value[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), value.shape)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["segnet-basic", "fcn-basic", "segnet"])
+def test_encoder_decoder_nets_tile_to_the_whole_image_scores(name):
+    """Seams across the columns of an image whose width is not on the alignment; the
+    changed outputs of a one-column perturbation stay within the radius."""
+    from npfcn.tiling import geometry_of
+
+    model = random_bn_net(name)
+    geometry = geometry_of(model)
+    picture = image(20, 2 * geometry.halo + 3 * geometry.align + 7, seed=3)
+    labels, scores = whole_scores(model, picture)
+    tiles = plan_tiles(*picture.shape[:2], geometry,
+                       columns_limited_to(geometry.align + 2 * geometry.halo))
+    assert len(tiles) >= 3
+    for tile in tiles:
+        np.testing.assert_allclose(tile_scores(model, picture, tile),
+                                   scores[:, :, tile.cy0:tile.cy1, tile.cx0:tile.cx1],
+                                   rtol=0, atol=SCORE_TOLERANCE)
+    x = preprocess(picture)[None].astype(np.float64)
+    column = picture.shape[1] // 2
+    bumped = x.copy()
+    bumped[..., column] += 10.0
+    changed = np.flatnonzero(np.abs(model.forward(bumped) - scores).max(axis=(0, 1, 2)) > 1e-12)
+    assert changed.min() >= column - geometry.radius and changed.max() <= column + geometry.radius
+
+
+@pytest.mark.parametrize("name,width", [("segnet-basic", 0.25), ("fcn-basic", 0.25),
+                                        ("segnet", 0.125), ("plain", 0.125)])
+def test_the_encoder_decoder_estimate_bounds_the_measured_peak(name, width):
+    model = build_model(name, num_classes=11, width=width).eval()
+    picture = image(180, 240)
+    whole = [Tile(0, 180, 0, 240, 0, 180, 0, 240)]
+    predict_tiled(model, picture, whole)
+    tracemalloc.start()
+    try:
+        predict_tiled(model, picture, whole)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = forward_bytes(model, 1, 180, 240) - (64 << 20)     # without the fixed allowance
+    assert peak <= estimate <= 4 * peak
