@@ -263,8 +263,9 @@ def random_bn_net(name):
 
 @pytest.mark.parametrize("name", ["segnet-basic", "fcn-basic", "segnet"])
 def test_encoder_decoder_nets_tile_to_the_whole_image_scores(name):
-    """Seams across the columns of an image whose width is not on the alignment; the
-    changed outputs of a one-column perturbation stay within the radius."""
+    """Seams across the columns of an image whose width is not on the alignment (and with
+    a halo two alignments short they show); the changed outputs of a one-column
+    perturbation stay within the radius."""
     from npfcn.tiling import geometry_of
 
     model = random_bn_net(name)
@@ -278,6 +279,12 @@ def test_encoder_decoder_nets_tile_to_the_whole_image_scores(name):
         np.testing.assert_allclose(tile_scores(model, picture, tile),
                                    scores[:, :, tile.cy0:tile.cy1, tile.cx0:tile.cx1],
                                    rtol=0, atol=SCORE_TOLERANCE)
+    short = TileGeometry(geometry.align, geometry.radius - 2 * geometry.align)
+    worst = max(np.abs(tile_scores(model, picture, t)
+                       - scores[:, :, t.cy0:t.cy1, t.cx0:t.cx1]).max()
+                for t in plan_tiles(*picture.shape[:2], short,
+                                    columns_limited_to(short.align + 2 * short.halo)))
+    assert worst > 1e-3                  # two alignments less overlap: the seams show
     x = preprocess(picture)[None].astype(np.float64)
     column = picture.shape[1] // 2
     bumped = x.copy()
