@@ -57,6 +57,34 @@ def memory_child(checkpoint, height, width):
     print(json.dumps({"forward_kib": own_peak_rss_kb() - before}))
 
 
+def forward_gmacs(model_name, width, num_classes, height, image_width):
+    """Multiply-adds (10^9) of the convolutions in one forward pass of one image."""
+    from npfcn import layers
+    from npfcn.models import build_model
+
+    total = 0
+    conv_forward, up_forward = layers.Conv2d.forward, layers.ConvTranspose2d.forward
+
+    def counted_conv(self, x):
+        nonlocal total
+        y = conv_forward(self, x)
+        total += y.size * self.params["weight"][0].size      # per output: Cin * KH * KW
+        return y
+
+    def counted_up(self, x):
+        nonlocal total
+        total += x.size * self.params["weight"][0].size      # per input: Cout * KH * KW
+        return up_forward(self, x)
+
+    layers.Conv2d.forward, layers.ConvTranspose2d.forward = counted_conv, counted_up
+    try:
+        model = build_model(model_name, num_classes=num_classes, width=width).eval()
+        model.forward(np.zeros((1, 3, height, image_width), np.float32))
+    finally:
+        layers.Conv2d.forward, layers.ConvTranspose2d.forward = conv_forward, up_forward
+    return total / 1e9
+
+
 def forward_memory_mib(checkpoint, height, width):
     argv = [sys.executable, os.path.abspath(__file__), "--memory-child", checkpoint,
             str(height), str(width)]
@@ -125,6 +153,34 @@ def curves(runs, labels, path):
     canvas.save(path)
 
 
+def synthetic_table(folder, names, labels):
+    """Validation scores (best epoch) of the synthetic runs, their time and cost per image."""
+    lines = ["| model | params | receptive field (px) | GMAC/image 48x48 | train s/epoch | "
+             "best val mIoU | pixel acc | mean acc |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, label in zip(names, labels):
+        path = os.path.join(folder, name, "metrics.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as handle:
+            history = json.load(handle)
+        config = history["config"]["model"]
+        epochs = history["epochs"]
+        best = max(epochs, key=lambda e: e["mean_iou"])
+        from npfcn.models import count_parameters
+        learned, _ = count_parameters(config["model"], config["num_classes"], config["width"])
+        gmacs = forward_gmacs(config["model"], config["width"], config["num_classes"], 48, 48)
+        seconds = np.median([e["train_seconds"] for e in epochs])
+        lines.append(f"| {label} | {learned:,} | {RECEPTIVE_FIELD.get(config['model'], '-')} | "
+                     f"{gmacs:.3f} | {seconds:.0f} | {100 * best['mean_iou']:.1f} | "
+                     f"{100 * best['pixel_accuracy']:.1f} | {100 * best['mean_accuracy']:.1f} |")
+    return "\n".join(lines)
+
+
+# Worked out by hand in docs/upsampling.md (the theoretical receptive field of one output).
+RECEPTIVE_FIELD = {"plain": 21, "segnet-basic": 196, "fcn-basic": 151, "bilinear-basic": 151,
+                   "fcn8s": 404}
+
+
 PAPER = {   # arXiv 1511.00561v3, Table 1 (median frequency balancing, CamVid test): G, C, mIoU, BF
     "bilinear-basic": (77.9, 61.1, 43.3, 20.83, "0.625 M"),
     "segnet-basic": (82.7, 62.0, 47.7, 35.78, "1.425 M"),
@@ -134,15 +190,16 @@ PAPER = {   # arXiv 1511.00561v3, Table 1 (median frequency balancing, CamVid te
 
 def tables(results):
     lines = ["| model | params | G | C | mIoU | BF | paper G / C / mIoU / BF (params) | "
-             "train min | best epoch | fwd MiB 90x120 | fwd MiB 360x480 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "train min | best epoch | GMAC/image 90x120 | fwd MiB 90x120 | fwd MiB 360x480 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         paper = PAPER.get(r["model"])
         paper_text = " / ".join(f"{v}" for v in paper[:4]) + f" ({paper[4]})" if paper else "-"
         lines.append(f"| {name} | {r['parameters']:,} | {100 * r['pixel_accuracy']:.1f} | "
                      f"{100 * r['mean_accuracy']:.1f} | {100 * r['mean_iou']:.1f} | "
                      f"{100 * r['boundary_f1']:.1f} | {paper_text} | {r['train_minutes']:.0f} | "
-                     f"{r['best_epoch']}/{r['epochs']} | {r.get('memory_small', 0):.0f} | "
+                     f"{r['best_epoch']}/{r['epochs']} | {r.get('gmacs_small', 0):.2f} | "
+                     f"{r.get('memory_small', 0):.0f} | "
                      f"{r.get('memory_full', 0):.0f} |")
     classes = list(next(iter(results.values()))["iou_per_class"])
     lines += ["", "| model | " + " | ".join(classes) + " |",
@@ -161,7 +218,12 @@ def main(argv=None):
     parser.add_argument("--data", default="camvid:" + os.environ.get(
         "NPFCN_CAMVID", os.path.join(os.path.dirname(os.path.dirname(DOCS)), "shared/data/camvid")))
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic", action="store_true",
+                        help="RUNS_FOLDER holds synthetic-shapes runs: table from their metrics.json")
     args = parser.parse_args(argv)
+    if args.synthetic:
+        print(synthetic_table(args.runs, args.names.split(","), args.labels.split(",")))
+        return 0
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]), int(args.memory_child[2]))
         return 0
@@ -171,11 +233,20 @@ def main(argv=None):
                if os.path.isfile(os.path.join(r, "best.npz"))]
     results = {}
     for name, label, run in present:
+        best = os.path.join(run, "best.npz")
+        cached = os.path.join(run, "test_scores.json")     # reused while best.npz is unchanged
+        if os.path.isfile(cached) and os.path.getmtime(cached) > os.path.getmtime(best):
+            with open(cached) as handle:
+                results[label] = json.load(handle)
+            continue
         print(f"evaluating {run} ...", file=sys.stderr, flush=True)
         results[label] = evaluate_run(run, args.data)
-        best = os.path.join(run, "best.npz")
         results[label]["memory_small"] = forward_memory_mib(best, 90, 120)
         results[label]["memory_full"] = forward_memory_mib(best, 360, 480)
+        results[label]["gmacs_small"] = forward_gmacs(results[label]["model"],
+                                                      results[label]["width"], 11, 90, 120)
+        with open(cached, "w") as handle:
+            json.dump(results[label], handle, indent=1)
     with open(os.path.join(args.runs, "report.json"), "w") as handle:
         json.dump(results, handle, indent=1)
     print(tables(results))
