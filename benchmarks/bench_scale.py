@@ -1,6 +1,8 @@
 """Data-parallel scaling: measured on this machine at 1 and 2 MPI ranks, modelled beyond.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_scale.py [--repeats 3]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_scale.py --default-run \
+        --baseline /path/to/another/npfcn [--epochs 1] [--repeats 3]
 
 Measured (each configuration in its own processes, alternating 1 and 2 ranks, medians):
 images/s of training steps of FCN-8s (the default run's batch: 2 images of 128x128,
@@ -13,6 +15,10 @@ Modelled (``ring_allreduce_seconds``): a ring allreduce of the gradient buffer o
 machines of this one, on 10, 25 and 100 Gbit/s networks, added to the measured compute
 of a step: the step time and images/s at 2-64 machines for a global batch shared
 between them.  Writes benchmarks/results/scale.json and scale.md.
+
+``--default-run``: the ``npfcn train`` default run shortened to ``--epochs``, alternating
+this npfcn's default (one rank per core) with ``--procs 1`` and another checkout's
+default (``--baseline``: before MPI, its replicas); writes results/default_run.json/.md.
 """
 import argparse
 import json
@@ -174,6 +180,51 @@ def markdown(measured, rows, load):
     return "\n".join(lines) + "\n"
 
 
+# -- the default run: 1 process, MPI ranks, and another checkout (today's replicas) ---------
+
+def default_runs(baseline, repeats, epochs):
+    """``npfcn train --epochs E`` (the default run, shortened) alternating: this npfcn by
+    default (one rank per core), this npfcn with --procs 1, and the checkout ``baseline``
+    by its own default; training images/s (metrics.json) and wall time, medians."""
+    import tempfile
+
+    kinds = [("ranks (default)", str(ROOT), []), ("one process", str(ROOT), ["--procs", "1"])]
+    if baseline:
+        kinds.append((f"{baseline} (default)", baseline, []))
+    results = {name: [] for name, _, _ in kinds}
+    with tempfile.TemporaryDirectory() as output:
+        for repeat in range(repeats):
+            for index, (name, path, extra) in enumerate(kinds):
+                env = dict(os.environ, PYTHONPATH=path)
+                run = f"r{repeat}-{index}"
+                load = os.getloadavg()[0]
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "npfcn", "train", "--epochs", str(epochs),
+                                "--output", output, "--name", run, *extra], env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wall = time.perf_counter() - started
+                metrics = json.loads((Path(output) / run / "metrics.json").read_text())
+                results[name].append({"images_per_second": metrics["epochs"][-1]["images_per_second"],
+                                      "wall_seconds": wall, "mean_iou": metrics["best"]["mean_iou"],
+                                      "load_before": load, "load_after": os.getloadavg()[0]})
+                print(name, results[name][-1], flush=True)
+    lines = [f"# The default run, {epochs} epoch(s), alternating ({repeats} each)", "",
+             "| run | training images/s (median; all) | wall (median) | load (1-min) |",
+             "| --- | --- | --- | --- |"]
+    for name, rows in results.items():
+        speeds = [r["images_per_second"] for r in rows]
+        loads = [r["load_before"] for r in rows]
+        lines.append(f"| {name} | {statistics.median(speeds):.1f}; "
+                     + ", ".join(f"{v:.1f}" for v in speeds)
+                     + f" | {statistics.median(r['wall_seconds'] for r in rows):.0f} s | "
+                     f"{min(loads):.1f}-{max(loads):.1f} |")
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "default_run.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "default_run.md").write_text(text)
+    print(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -181,9 +232,18 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per configuration")
+    parser.add_argument("--default-run", action="store_true",
+                        help="instead: the default npfcn train run, ranks against one process "
+                             "(and --baseline), shortened to --epochs")
+    parser.add_argument("--epochs", type=int, default=1, help="with --default-run (default 1)")
+    parser.add_argument("--baseline", help="with --default-run: another npfcn checkout to compare "
+                                           "(its folder goes on PYTHONPATH)")
     args = parser.parse_args()
     if args.worker:
         worker(args.width, args.steps, args.out)
+        return
+    if args.default_run:
+        default_runs(args.baseline, args.repeats, args.epochs)
         return
     sys.path.insert(0, str(ROOT))
     load = os.getloadavg()

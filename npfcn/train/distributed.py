@@ -169,15 +169,22 @@ class FlatGradients:
     numbers after them.  ``model.grads[name]`` become views into the buffer where the
     model lets them be replaced; ``gather``/``scatter`` copy any that could not."""
 
+    ALIGN = 16      # elements: each gradient starts on a 64-byte boundary (float32), as
+                    # freshly allocated arrays do, so the kernels see the same alignment
+
     def __init__(self, model, extra=0):
         shapes = {name: model.grads[name].shape for name in model.trainable}
-        total = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes.values())
-        self.buffer = np.zeros(total + extra, dtype=model.dtype)
-        self.views, offset = {}, 0
+        starts, offset = {}, 0
+        for name, shape in shapes.items():
+            starts[name] = offset
+            offset = -(-(offset + int(np.prod(shape, dtype=np.int64))) // self.ALIGN) * self.ALIGN
+        self.buffer = np.zeros(offset + extra + self.ALIGN, dtype=model.dtype)
+        shift = (-self.buffer.ctypes.data % 64) // self.buffer.itemsize
+        self.buffer = self.buffer[shift:shift + offset + extra]
+        self.views = {}
         for name, shape in shapes.items():
             size = int(np.prod(shape, dtype=np.int64))
-            self.views[name] = self.buffer[offset:offset + size].reshape(shape)
-            offset += size
+            self.views[name] = self.buffer[starts[name]:starts[name] + size].reshape(shape)
             try:
                 model.grads[name] = self.views[name]
             except (TypeError, ValueError, KeyError):
