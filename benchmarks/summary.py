@@ -52,8 +52,10 @@ def machine_line(doc):
                          (("python", "Python"), ("numpy", "NumPy"), ("torch", "PyTorch")) if key in m)
     threads = ", ".join(f"{lib} {count}" for lib, count in t.items())
     load = f"; load average {m['load']}" if m.get("load") else ""
-    peak = (f"; float32 sgemm peak {doc['sgemm_peak']:.0f} GFLOP/s"
-            if isinstance(doc.get("sgemm_peak"), (int, float)) else "")
+    peak = doc.get("sgemm_peak")
+    if isinstance(peak, dict):
+        peak = peak.get("median_gflops")
+    peak = f"; float32 sgemm peak {peak:.0f} GFLOP/s" if isinstance(peak, (int, float)) else ""
     return (f"{m['date']} on {m['cpu']} ({m['cores']} cores); BLAS {blas}{forced}; {versions}; "
             f"float32; threads {threads or '-'}{peak}{load}")
 
@@ -210,6 +212,26 @@ def verify_table(doc):
     return "\n".join(lines)
 
 
+def markdown_of(name):
+    """The Markdown the benchmark script wrote beside its JSON (results/NAME.md), or None."""
+    path = os.path.join(RESULTS, f"{name}.md")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def clock_note(name):
+    """How the times of a layer run were taken, from the header its script wrote."""
+    text = markdown_of(name) or ""
+    return " Times are each process's CPU time (`--cpu-time`)." if "CPU time" in text.split("\n")[0] else ""
+
+
+def demoted(markdown):
+    """A script's own Markdown inside this page: its headings moved below this page's."""
+    return "\n".join("###" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def other_section(name, doc):
     """Markdown for one result file outside the headline, by the shape of its content."""
     title = f"### `results/{name}.json`\n"
@@ -223,10 +245,13 @@ def other_section(name, doc):
                 f"{machine_line(doc)}:\n\n" + kernels_table(doc))
     if rows and "layer" in rows[0]:
         return (title + f"\nLayers, forward+backward (`benchmarks/bench_layers.py`, "
-                f"{doc.get('repeats', '?')} repeats), measured {machine_line(doc)}:\n\n"
-                + layer_table(doc))
+                f"{doc.get('repeats', '?')} repeats), measured {machine_line(doc)}."
+                f"{clock_note(name)}\n\n" + layer_table(doc))
     if rows and "config" in rows[0] and "ours_s" in rows[0]:
         return title + f"\nWhole network, measured {machine_line(doc)}:\n\n" + network_table(doc)
+    markdown = markdown_of(name)
+    if markdown is not None:        # a format this page does not know: the script's own text
+        return title + f"\nAs `results/{name}.md` has it:\n\n" + demoted(markdown)
     if rows:
         where = f", measured {machine_line(doc)}" if "machine" in doc else ""
         return title + f"\nAs recorded{where}:\n\n" + generic_table(rows)
@@ -263,7 +288,7 @@ def main():
     print(network_table(fcn) + "\n")
     print("**Layers** (forward+backward; the columns are explained under \"How they measure\"; "
           "the `w1/16` rows are the default training run's convolutions), measured "
-          f"{machine_line(layers)}:\n")
+          f"{machine_line(layers)}.{clock_note('layers')}\n")
     print(layer_table(*(load(n) for n in ("layers", "layers_narrow") if n in headline)) + "\n")
     print("**Targets** (PyTorch time / npfcn time in the same run):\n")
     print(target_table(layers, fcn) + "\n")
