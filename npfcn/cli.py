@@ -126,6 +126,7 @@ def cmd_train(args):
     from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
     from .train.distributed import join_world, launched_by_mpi
     from .train.launch import plan, run_ranks, saved_batch_size
+    from .models.registry import check_fits_in_memory
     from .train.setup import open_checked_datasets
 
     apply_threads(args)
@@ -149,9 +150,12 @@ def cmd_train(args):
         config = None if target is not None else TrainConfig(**given).validate()
         count = plan(procs, saved_batch_size(target) if config is None else config.batch_size)
         if count > 1:
-            # Bad data fails here, once, with its one-line error, before any rank starts.
-            if config is not None and config.data != "synthetic":
-                open_checked_datasets(config, sys.stderr)
+            # What can refuse the run refuses it here, once, with its one-line error,
+            # before any rank starts: bad data and a model too large for this machine.
+            if config is not None:
+                train_set, _ = open_checked_datasets(config, sys.stderr,
+                                                     read_all=config.data != "synthetic")
+                check_fits_in_memory(config.model, len(train_set.class_names), config.width)
             return run_ranks(count, getattr(args, "argv", None) or sys.argv[1:],
                              data_checked=config is not None)
     try:

@@ -37,3 +37,13 @@ def parameter_shapes(model="fcn8s", num_classes=21, width=1.0):
 def count_parameters(model="fcn8s", num_classes=21, width=1.0):
     """``(learned, fixed)`` parameter counts from the shapes alone."""
     return _module_for(model).count_parameters(str(model).lower(), num_classes, width)
+
+
+def check_fits_in_memory(model, num_classes, width, dtype=np.float32):
+    """Refuse a model too large for this machine's RAM before anything is allocated.
+
+    Only the FCNs can get that large (fc6/fc7 and the C x C upsampling kernels grow
+    with width and classes); the encoder-decoder nets stay far below any machine's RAM.
+    """
+    if _module_for(model) is fcn:
+        fcn.check_fits_in_memory(str(model).lower(), num_classes, width, dtype)
