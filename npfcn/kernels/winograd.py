@@ -49,7 +49,12 @@ from .workspace import workspace
 # slower with 112 tiles per band than with all 196).
 BAND_BYTES = 8 << 20
 MIN_BAND_TILES = 768
-MIN_PARALLEL_TILES = 128     # the thinnest band worth a core of its own
+# The thinnest band worth a core of its own.  A layer too small to give each thread
+# two bands runs as one band whose every step is split across the threads, meeting
+# at a barrier after each: 4 x 64 -> 64 at 32x32 (256 4x4 tiles) took 330-1400 ms
+# fwd+bwd that way on two cores that other programs kept busy, 22-23 ms in four
+# bands of 64 tiles (best runs 21 against 9.3-9.8 ms).
+MIN_PARALLEL_TILES = 64
 
 
 class Tiles:
