@@ -38,6 +38,9 @@ NETWORKS_GBIT = (10, 25, 100)
 MACHINES = (2, 4, 8, 16, 32, 64)
 LATENCY_SECONDS = 30e-6      # one message between machines over TCP (Ethernet), order of magnitude
 GLOBAL_BATCH = 64            # images per step shared by all machines in the model
+# Machines as fast as this one (its measured compute per image) and 8 times faster (a
+# 16-core node, say): the faster the machine, the sooner the network is what it waits for.
+SPEEDUPS = (1, 8)
 
 
 # -- one configuration (run as a separate process, under mpiexec for 2 ranks) -------------
@@ -124,28 +127,39 @@ def model_table(measured):
     rows = []
     for width in WIDTHS:
         one = measured[(width, 1)]
-        per_image = one["step_seconds"] / 2
         nbytes = one["gradient_bytes"]
-        for gbit in NETWORKS_GBIT:
-            for machines in (1,) + MACHINES:
-                compute = per_image * GLOBAL_BATCH / machines
-                allreduce = ring_allreduce_seconds(nbytes, machines, gbit)
-                step = compute + allreduce
-                rows.append({"width": width, "gbit": gbit, "machines": machines,
-                             "compute_seconds": compute, "allreduce_seconds": allreduce,
-                             "step_seconds": step, "images_per_second": GLOBAL_BATCH / step,
-                             "efficiency": per_image * GLOBAL_BATCH / (machines * step)})
+        for speedup in SPEEDUPS:
+            per_image = one["step_seconds"] / 2 / speedup
+            for gbit in NETWORKS_GBIT:
+                for machines in (1,) + MACHINES:
+                    compute = per_image * GLOBAL_BATCH / machines
+                    allreduce = ring_allreduce_seconds(nbytes, machines, gbit)
+                    step = compute + allreduce
+                    rows.append({"width": width, "speedup": speedup, "gbit": gbit,
+                                 "machines": machines, "compute_seconds": compute,
+                                 "allreduce_seconds": allreduce, "step_seconds": step,
+                                 "images_per_second": GLOBAL_BATCH / step,
+                                 "efficiency": per_image * GLOBAL_BATCH / (machines * step)})
     return rows
 
 
-def stops_paying(rows, width, gbit):
+def stops_paying(rows, width, speedup, gbit):
     """The machine count from which another doubling gains less than 1.5x images/s
     (None: every doubling up to 64 gains at least that)."""
-    series = [r for r in rows if r["width"] == width and r["gbit"] == gbit]
+    series = [r for r in rows if r["width"] == width and r["speedup"] == speedup
+              and r["gbit"] == gbit]
     for before, after in zip(series, series[1:]):
         if after["images_per_second"] < 1.5 * before["images_per_second"]:
             return before["machines"]
     return None
+
+
+def _seconds(value):
+    return f"{value:.1f} s" if value >= 10 else f"{value * 1e3:,.0f} ms"
+
+
+def _rate(value):
+    return f"{value:.0f}/s" if value >= 10 else f"{value:.2f}/s"
 
 
 def markdown(measured, rows, load):
@@ -163,20 +177,23 @@ def markdown(measured, rows, load):
               "like this one", "",
               f"Compute per image: the 1-rank measurement above; allreduce: 2(P-1)/P x gradient "
               f"bytes / bandwidth + 2(P-1) x {LATENCY_SECONDS * 1e6:.0f} us.", "",
-              "| width | network | " + " | ".join(f"P={p}" for p in (1,) + MACHINES)
+              "| width | machine | network | " + " | ".join(f"P={p}" for p in (1,) + MACHINES)
               + " | stops paying |",
-              "| --- | --- | " + " | ".join("---" for _ in (1,) + MACHINES) + " | --- |"]
+              "| --- | --- | --- | " + " | ".join("---" for _ in (1,) + MACHINES) + " | --- |"]
     for width in WIDTHS:
-        for gbit in NETWORKS_GBIT:
-            series = [r for r in rows if r["width"] == width and r["gbit"] == gbit]
-            cells = [f"{r['step_seconds'] * 1e3:,.0f} ms ({r['images_per_second']:.0f}/s, "
-                     f"{100 * r['efficiency']:.0f}%)" for r in series]
-            limit = stops_paying(rows, width, gbit)
-            lines.append(f"| {width:g} | {gbit} Gbit/s | " + " | ".join(cells)
-                         + f" | {'beyond 64' if limit is None else f'{limit} machines'} |")
+        for speedup in SPEEDUPS:
+            for gbit in NETWORKS_GBIT:
+                series = [r for r in rows if r["width"] == width and r["speedup"] == speedup
+                          and r["gbit"] == gbit]
+                cells = [f"{_seconds(r['step_seconds'])} ({_rate(r['images_per_second'])}, "
+                         f"{100 * r['efficiency']:.0f}%)" for r in series]
+                limit = stops_paying(rows, width, speedup, gbit)
+                machine = "this one" if speedup == 1 else f"{speedup}x faster"
+                lines.append(f"| {width:g} | {machine} | {gbit} Gbit/s | " + " | ".join(cells)
+                             + f" | {'beyond 64' if limit is None else f'after {limit}'} |")
     lines += ["", "Cells: step time (images/s, parallel efficiency = compute / (P x step)). "
               "\"Stops paying\": the machine count after which doubling it gains less than "
-              "1.5x images/s."]
+              "1.5x images/s. \"8x faster\": compute per image an eighth of this machine's."]
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +253,8 @@ def main():
                         help="instead: the default npfcn train run, ranks against one process "
                              "(and --baseline), shortened to --epochs")
     parser.add_argument("--epochs", type=int, default=1, help="with --default-run (default 1)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="redo the model from results/scale.json, measuring nothing")
     parser.add_argument("--baseline", help="with --default-run: another npfcn checkout to compare "
                                            "(its folder goes on PYTHONPATH)")
     args = parser.parse_args()
@@ -244,6 +263,16 @@ def main():
         return
     if args.default_run:
         default_runs(args.baseline, args.repeats, args.epochs)
+        return
+    if args.model_only:                 # the model again from the saved measurements
+        saved = json.loads((RESULTS / "scale.json").read_text())
+        measured = {(m["width"], m["ranks"]): m for m in saved["measured"]}
+        rows = model_table(measured)
+        saved["model"] = rows
+        (RESULTS / "scale.json").write_text(json.dumps(saved, indent=1))
+        text = markdown(measured, rows, saved["load"])
+        (RESULTS / "scale.md").write_text(text)
+        print(text)
         return
     sys.path.insert(0, str(ROOT))
     load = os.getloadavg()
