@@ -17,9 +17,11 @@ Every core has the signatures ``npfcn.kernels.dispatch`` expects:
 the weight gradient is ADDED into and ``relu_y`` is the output of a fused ReLU
 (its mask) or None; ``g = (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``.
 """
+import threading
+
 import numpy as np
 
-from . import bands, relu as relu_kernel
+from . import bands, relu as relu_kernel, threads
 from .workspace import workspace
 
 
@@ -128,10 +130,17 @@ def banded_conv(x, w, b, g, relu):
     K = C * KH * KW
     w2 = w.reshape(O, K)
     y = np.empty((N, O, OH * OW), dtype=x.dtype)
-    for r0, r1 in bands.band_ranges(OH, K * N * OW * x.itemsize):
+
+    def band(rows):
+        # Bands write disjoint rows of y and take their scratch from this thread's
+        # workspace, so npfcn.kernels.threads can run whole bands on each core (no
+        # barrier inside a band: see threads.py for why that matters on a busy machine).
+        r0, r1 = rows
         cols = workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
         bands.im2col_bands(x, g, (r0, r1), cols)
         _matmul_into(w2, cols, y, r0 * OW, r1 * OW)
+
+    threads.run(bands.band_ranges(OH, K * N * OW * x.itemsize), band)
     return add_bias_and_relu(y, b, relu).reshape(N, O, OH, OW)
 
 
@@ -145,15 +154,45 @@ def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
     w2 = w.reshape(O, K)
     dy3 = dy.reshape(N, O, OH * OW)
     dx = np.zeros((N, C, H, W), dtype=x.dtype)
-    for r0, r1 in bands.band_ranges(OH, K * N * OW * x.itemsize):
+    ranges = bands.band_ranges(OH, K * N * OW * x.itemsize)
+    partials, lock = {}, threading.Lock()
+
+    def band(rows, dw):
+        r0, r1 = rows
         cols = workspace.get("cols", (K, N * (r1 - r0) * OW), x.dtype)
         bands.im2col_bands(x, g, (r0, r1), cols)
         dy_band = _batch_columns(dy3, r0 * OW, r1 * OW, "dy")             # (O, N*band)
-        _add_outer(dw2, dy_band, cols)
+        _add_outer(dw if dw is not None else _thread_partial(partials, lock, dw2), dy_band, cols)
         dcols = workspace.get("dcols", cols.shape, x.dtype)
         np.matmul(w2.T, dy_band, out=dcols)
         bands.col2im_bands(dcols, dx, g, (r0, r1))
+
+    # Bands side by side on the threads (see banded_conv) when two bands apart never
+    # touch the same rows of dx and a weight-gradient copy per thread is small: even
+    # bands, then odd ones, each thread summing into its own copy of dw.
+    span = (g[0] - 1) * g[6] + 1                         # input rows one output row reads
+    step = ranges[0][1] - ranges[0][0]
+    if len(ranges) >= 4 and step * g[2] >= span and dw2.nbytes <= PARALLEL_DW_BYTES:
+        for phase in (ranges[0::2], ranges[1::2]):
+            threads.run(phase, lambda rows: band(rows, None), parallel=True)
+        for partial in partials.values():
+            dw2 += partial
+    else:
+        for rows in ranges:
+            band(rows, dw2)
     return dx, channel_sums(dy) if has_bias else None
+
+
+PARALLEL_DW_BYTES = 64 << 20     # largest weight gradient copied per thread (fc6's is 411 MB)
+
+
+def _thread_partial(partials, lock, like):
+    """This thread's zeroed copy of ``like`` in ``partials`` (made on first use)."""
+    key = threading.get_ident()
+    with lock:
+        if key not in partials:
+            partials[key] = np.zeros_like(like)
+        return partials[key]
 
 
 # --- transposed convolution ----------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Layers whose bands run side by side on the threads (npfcn.kernels.threads) equal the
+reference: the banded im2col convolution and the Winograd bands of a small layer.
+Bands are made small so that there are many (float64, 2 threads; tolerance 1e-12
+relative to the output's scale: float64 rounding of sums of ~800 terms)."""
+import numpy as np
+import pytest
+
+from npfcn import functional as F
+from npfcn import reference
+from npfcn.kernels import backend, bands, dispatch, gemm, winograd
+
+pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
+
+
+@pytest.fixture
+def two_threads():
+    lib = backend.lib()
+    before = backend.num_threads()
+    lib.npfcn_set_num_threads(2)
+    yield
+    lib.npfcn_set_num_threads(before)
+
+
+def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * max(1.0, np.abs(b).max()))
+
+
+def test_banded_convolution_in_parallel_bands(two_threads, monkeypatch):
+    row_bytes = 8 * 49 * 2 * 33 * 8                               # K * N * OW * itemsize
+    monkeypatch.setattr(bands, "BAND_BYTES", 8 * row_bytes)        # bands of 8 rows: 4 bands
+    calls = []
+    real_partial = gemm._thread_partial
+    monkeypatch.setattr(gemm, "_thread_partial", lambda *a: calls.append(1) or real_partial(*a))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 30, 33))
+    w = rng.standard_normal((6, 8, 7, 7))
+    b = rng.standard_normal(6)
+    g = (7, 7, 1, 1, 3, 3, 1, 1, 30, 33)
+    assert dispatch.conv2d_path(x.shape, w.shape, g) == "bands"
+    assert len(bands.band_ranges(30, row_bytes)) == 4
+    y, cache = F.conv2d_forward(x, w, b, padding=3)
+    y_ref, cache_ref = reference.conv2d_forward(x, w, b, padding=3)
+    close(y, y_ref)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(F.conv2d_backward(dy, cache), reference.conv2d_backward(dy, cache_ref)):
+        close(got, want)
+    assert calls            # the weight gradient was summed in per-thread copies
+
+
+def test_a_small_winograd_layer_in_parallel_bands(two_threads):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 16, 32, 32))
+    w = rng.standard_normal((16, 16, 3, 3))
+    assert len(winograd.tile_row_bands(4, 16, 16, 8, 8, 8, winograd.F4)) >= 4
+    for path in ("winograd4", "winograd2"):
+        forward, grads = dispatch.CONV2D[path]
+        g = (3, 3, 1, 1, 1, 1, 1, 1, 32, 32)
+        y = forward(x, w, None, g, False)
+        y_ref, cache_ref = reference.conv2d_forward(x, w, None, padding=1)
+        close(y, y_ref)
+        dy = rng.standard_normal(y.shape)
+        dw2 = np.zeros((16, 16 * 9))
+        dx, _ = grads(dy, x, w, False, g, None, dw2)
+        dx_ref, dw_ref, _ = reference.conv2d_backward(dy, cache_ref)
+        close(dx, dx_ref)
+        close(dw2.reshape(w.shape), dw_ref)
