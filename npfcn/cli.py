@@ -125,7 +125,7 @@ def apply_threads(args):
 def cmd_train(args):
     from .train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
     from .train.distributed import join_world, launched_by_mpi
-    from .train.launch import plan, run_ranks, saved_batch_size
+    from .train.launch import LaunchFailed, mark_started, plan, run_ranks, saved_batch_size
     from .models.registry import check_fits_in_memory
     from .train.setup import open_checked_datasets
 
@@ -156,8 +156,15 @@ def cmd_train(args):
                 train_set, _ = open_checked_datasets(config, sys.stderr,
                                                      read_all=config.data != "synthetic")
                 check_fits_in_memory(config.model, len(train_set.class_names), config.width)
-            return run_ranks(count, getattr(args, "argv", None) or sys.argv[1:],
-                             data_checked=config is not None)
+            try:
+                return run_ranks(count, getattr(args, "argv", None) or sys.argv[1:],
+                                 data_checked=config is not None)
+            except LaunchFailed as exc:
+                if procs:
+                    raise ValueError(f"{exc}; --procs 1 trains without MPI") from None
+                print(f"npfcn: {exc}; training in one process", file=sys.stderr)
+    elif join_world().is_root:
+        mark_started()
     try:
         if target is not None:
             train(resume=target, epochs=given.get("epochs"))

@@ -112,6 +112,21 @@ def test_the_launch_command_runs_this_npfcn_and_may_run_as_root(monkeypatch):
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
 
 
+def test_when_mpi_cannot_start_the_default_run_trains_in_one_process(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launch, "mpi_available", lambda: True)
+    monkeypatch.setattr(launch, "current_threads", lambda: 2)
+    broken = [sys.executable, "-c", "import sys; sys.exit(3)"]      # an MPI that cannot start
+    monkeypatch.setattr(launch, "launch_command", lambda count, argv: (broken, dict(os.environ)))
+    common = ["train", *TINY_FLAGS, "--epochs", "1", "--output", str(tmp_path)]
+    assert main(common + ["--name", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "could not start 2 processes (exit code 3); training in one process" in err
+    assert (tmp_path / "auto" / "last.npz").exists()
+    assert main(common + ["--name", "asked", "--procs", "2"]) == 1       # asked for: an error
+    assert "could not start 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "asked" / "last.npz").exists()
+
+
 def test_configs_saved_with_replicas_still_load():
     assert TrainConfig.from_dict({"replicas": 2, "epochs": 3}).epochs == 3
 

@@ -17,6 +17,13 @@ INSTALL_HINT = "pip install 'npfcn[mpi]'"
 # Set for the ranks by ``run_ranks`` after this process has read every item of the
 # dataset once: the ranks need not read it all again before they start.
 DATA_CHECKED = "NPFCN_DATA_CHECKED"
+# A file rank 0 creates once MPI has started (``mark_started``): without it a failed
+# launch is MPI that could not start, not a run that failed.
+STARTED_FILE = "NPFCN_STARTED_FILE"
+
+
+class LaunchFailed(RuntimeError):
+    """The MPI launcher ended before rank 0 started (MPI cannot run here)."""
 
 
 def current_threads():
@@ -132,32 +139,41 @@ def data_checked_by_launcher():
     return os.environ.get(DATA_CHECKED) == "1"
 
 
+def mark_started():
+    """In rank 0 of ranks started by ``run_ranks``: MPI is up (see STARTED_FILE)."""
+    path = os.environ.get(STARTED_FILE)
+    if path:
+        with open(path, "w", encoding="utf-8"):
+            pass
+
+
 def run_ranks(count, argv, stream=None, data_checked=False):
     """Run ``npfcn <argv>`` as ``count`` MPI ranks on this machine; returns their exit code.
+    Raises LaunchFailed when the ranks never started (MPI's own message went to stderr).
 
     The launcher runs in its own session, so a Ctrl-C at the terminal reaches only this
-    process (which the launcher does not outlive), which passes it on as SIGUSR1 (Open MPI forwards that signal to every
-    rank): the ranks finish the step, rank 0 saves, all stop.  A second Ctrl-C ends
-    them at once.
+    process (which the launcher does not outlive), and it passes it on as SIGUSR1 (Open
+    MPI forwards that signal to every rank): the ranks finish the step, rank 0 saves,
+    all stop.  A second Ctrl-C ends them at once.
     """
+    import tempfile
+
     stream = sys.stderr if stream is None else stream
     command, env = launch_command(count, argv)
     if data_checked:
         env[DATA_CHECKED] = "1"
-    process = subprocess.Popen(command, env=env, preexec_fn=_own_session_tied_to_parent)
-    interrupts = []
-
-    def forward(signum, frame):
-        interrupts.append(signum)
-        process.send_signal(signal.SIGUSR1 if len(interrupts) == 1 else signal.SIGTERM)
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, forward) if main_thread else None
+    folder = tempfile.mkdtemp(prefix="npfcn-launch-")
+    started = env[STARTED_FILE] = os.path.join(folder, "started")
     try:
-        code = process.wait()
+        code, interrupts = _wait_for(subprocess.Popen(command, env=env,
+                                                      preexec_fn=_own_session_tied_to_parent))
+        if code != 0 and not interrupts and not os.path.exists(started):
+            raise LaunchFailed(f"{os.path.basename(command[0])} could not start {count} "
+                               f"processes (exit code {code})")
     finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
+        if os.path.exists(started):
+            os.unlink(started)
+        os.rmdir(folder)
     if interrupts and code == 0:
         return 130          # stopped by Ctrl-C: rank 0 said where it saved
     if code not in (0, 1, 130):
@@ -167,6 +183,23 @@ def run_ranks(count, argv, stream=None, data_checked=False):
                      "is kept: continue the run with --resume\n")
         stream.flush()
     return code
+
+
+def _wait_for(process):
+    """(exit code, Ctrl-Cs received) of the launcher ``process``; Ctrl-C is passed on."""
+    interrupts = []
+
+    def forward(signum, frame):
+        interrupts.append(signum)
+        process.send_signal(signal.SIGUSR1 if len(interrupts) == 1 else signal.SIGTERM)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, forward) if main_thread else None
+    try:
+        return process.wait(), interrupts
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _own_session_tied_to_parent():
