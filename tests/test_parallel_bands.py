@@ -64,3 +64,12 @@ def test_a_small_winograd_layer_in_parallel_bands(two_threads):
         dx_ref, dw_ref, _ = reference.conv2d_backward(dy, cache_ref)
         close(dx, dx_ref)
         close(dw2.reshape(w.shape), dw_ref)
+
+
+def test_bands_are_cut_finer_only_when_each_stays_wide(two_threads):
+    # SegNet-Basic's 64 -> 64 7x7 at 45x60: 3 bands of ~16 MB become 4 (two per thread)
+    ranges = gemm._band_ranges(45, 64 * 49 * 60 * 4, 60)
+    assert len(ranges) == 4 and ranges[0][0] == 0 and ranges[-1][1] == 45
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    # fc6 on an 8x8 grid: bands of 2 rows would be 16 columns wide - kept whole
+    assert gemm._band_ranges(8, 25088 * 8 * 4, 8) == [(0, 8)]

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from . import bands, relu as relu_kernel, threads
+from . import backend, bands, relu as relu_kernel, threads
 from .workspace import workspace
 
 
@@ -140,8 +140,24 @@ def banded_conv(x, w, b, g, relu):
         bands.im2col_bands(x, g, (r0, r1), cols)
         _matmul_into(w2, cols, y, r0 * OW, r1 * OW)
 
-    threads.run(bands.band_ranges(OH, K * N * OW * x.itemsize), band)
+    threads.run(_band_ranges(OH, K * N * OW * x.itemsize, N * OW), band)
     return add_bias_and_relu(y, b, relu).reshape(N, O, OH, OW)
+
+
+MIN_PARALLEL_COLUMNS = 512      # the thinnest band worth a core of its own (GEMM columns)
+
+
+def _band_ranges(rows, row_bytes, row_columns):
+    """``bands.band_ranges``, cut finer when that gives every thread two bands of at
+    least MIN_PARALLEL_COLUMNS columns (SegNet-Basic's 64 -> 64 7x7 at 45x60 makes 3
+    bands of ~16 MB: one thread would sit idle)."""
+    ranges = bands.band_ranges(rows, row_bytes)
+    parts = 2 * backend.num_threads()
+    if 1 < len(ranges) < parts or (len(ranges) == 1 and parts > 1):
+        step = -(-rows // parts)
+        if step * row_columns >= MIN_PARALLEL_COLUMNS:
+            return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+    return ranges
 
 
 def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
@@ -154,7 +170,7 @@ def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
     w2 = w.reshape(O, K)
     dy3 = dy.reshape(N, O, OH * OW)
     dx = np.zeros((N, C, H, W), dtype=x.dtype)
-    ranges = bands.band_ranges(OH, K * N * OW * x.itemsize)
+    ranges = _band_ranges(OH, K * N * OW * x.itemsize, N * OW)
     partials, lock = {}, threading.Lock()
 
     def band(rows, dw):
