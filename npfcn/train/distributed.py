@@ -139,7 +139,24 @@ def join_world():
         from .launch import current_threads
 
         set_threads(max(1, current_threads() // _WORLD.local_size()))
+        _own_session()
     return _WORLD
+
+
+def _own_session():
+    """Put this rank in a session of its own, as a separately started program is.
+
+    Linux shares a busy CPU between sessions first ("autogroups") and only then between
+    the processes of a session: ranks left in their launcher's session would share one
+    program's CPU time, however many there are.  A rank is its process group's leader,
+    which may not start a session, so it first joins its parent's group."""
+    if not hasattr(os, "setsid"):
+        return
+    try:
+        os.setpgid(0, os.getpgid(os.getppid()))
+        os.setsid()
+    except OSError:
+        pass            # not allowed here: the ranks share their launcher's session
 
 
 def shard_bounds(batch, ranks):
