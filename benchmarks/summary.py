@@ -265,6 +265,11 @@ def with_picture(name, text):
     return text
 
 
+def result_date(doc):
+    """The date a result file was measured ("YYYY-MM-DD HH:MM UTC" sorts as text); "" if none."""
+    return str(doc.get("machine", {}).get("date") or doc.get("date") or "")
+
+
 def same_format(a, b):
     """True when two layer result files have the same columns (both from the
     process-per-library benchmark, or both from the older one)."""
@@ -292,8 +297,8 @@ def main():
     print(layer_table(*(load(n) for n in ("layers", "layers_narrow") if n in headline)) + "\n")
     print("**Targets** (PyTorch time / npfcn time in the same run):\n")
     print(target_table(layers, fcn) + "\n")
-    print("## Every other result file\n")
-    for name, doc in all_results():
+    print("## Every other result file, newest first\n")
+    for name, doc in sorted(all_results(), key=lambda item: result_date(item[1]), reverse=True):
         if name not in headline:
             print(with_picture(name, other_section(name, doc)) + "\n")
 
