@@ -240,10 +240,10 @@ def other_section(name, doc):
     if "early_peak_rss_mib" in doc:
         return title + "\nMemory soak (`benchmarks/soak.py`): " + soak_text(doc)
     rows = doc.get("rows") or []
-    if rows and "case" in rows[0]:
+    if rows and {"case", "op", "c_ms"} <= set(rows[0]):
         return (title + f"\nim2col/col2im (`benchmarks/bench_kernels.py`), measured "
                 f"{machine_line(doc)}:\n\n" + kernels_table(doc))
-    if rows and "layer" in rows[0]:
+    if rows and {"layer", "pass", "ours_ms", "torch_ms"} <= set(rows[0]):
         return (title + f"\nLayers, forward+backward (`benchmarks/bench_layers.py`, "
                 f"{doc.get('repeats', '?')} repeats), measured {machine_line(doc)}."
                 f"{clock_note(name)}\n\n" + layer_table(doc))
