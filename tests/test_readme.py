@@ -89,3 +89,14 @@ def test_layout_table_lists_every_module():
             continue
         unlisted.append(rel)
     assert not unlisted, f"modules missing from the README's layout table: {unlisted}"
+
+
+def test_benchmark_page_generator_runs():
+    # docs/benchmarks.md is printed by benchmarks/summary.py from benchmarks/results/; a
+    # result file in a shape the script misreads must fail here, not when someone
+    # regenerates the page.
+    script = ROOT / "benchmarks" / "summary.py"
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# Benchmarks") and "## How they measure" in result.stdout
