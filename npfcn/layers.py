@@ -362,10 +362,11 @@ class BatchNorm2d(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"batch norm over {self.num_features} channels got input of "
                              f"shape {x.shape}")
-        y, self._cache = batch_norm2d_forward(
+        y, cache = batch_norm2d_forward(
             x, self.params.get("weight"), self.params.get("bias"),
             self.buffers.get("running_mean"), self.buffers.get("running_var"),
             self.training, self.momentum, self.eps)
+        self._keep(cache)
         return y
 
     def backward(self, dy):

