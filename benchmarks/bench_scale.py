@@ -216,9 +216,11 @@ def default_runs(baseline, repeats, epochs):
                 run = f"r{repeat}-{index}"
                 load = os.getloadavg()[0]
                 started = time.perf_counter()
+                # cwd: the output folder, so that `python -m` finds npfcn on PYTHONPATH
+                # (the current folder comes first on sys.path).
                 subprocess.run([sys.executable, "-m", "npfcn", "train", "--epochs", str(epochs),
                                 "--output", output, "--name", run, *extra], env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               cwd=output, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wall = time.perf_counter() - started
                 metrics = json.loads((Path(output) / run / "metrics.json").read_text())
                 results[name].append({"images_per_second": metrics["epochs"][-1]["images_per_second"],
