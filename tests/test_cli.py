@@ -116,6 +116,20 @@ def test_resume_through_the_cli_extends_the_run(trained, tmp_path):
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
 
 
+def test_resume_through_latest_keeps_the_link_and_writes_into_the_run(trained, tmp_path):
+    # Resuming by OUTPUT/latest once wrote into "latest" itself and pointed the link at
+    # itself ("latest -> latest"), losing the way to the run.
+    runs, run = trained
+    copy = tmp_path / "runs"
+    (copy / "tiny").mkdir(parents=True)
+    for name in ("last.npz", "best.npz"):
+        (copy / "tiny" / name).write_bytes((run / name).read_bytes())
+    os.symlink("tiny", copy / "latest")
+    assert main(["train", "--resume", str(copy / "latest"), "--epochs", "2", "--procs", "1"]) == 0
+    assert os.readlink(copy / "latest") == "tiny"
+    assert load_checkpoint(copy / "tiny" / "last.npz").meta["epoch"] == 2
+
+
 def test_resume_refuses_changed_settings(trained, capsys):
     runs, run = trained
     assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 1

@@ -93,7 +93,9 @@ class Trainer:
         config = TrainConfig.from_dict({"lars": 0.0, "lovasz": 0.0, **saved})
         if epochs is not None:
             config.epochs = epochs
-        trainer = cls(config, stream=stream, run_dir=os.path.dirname(os.path.abspath(path)))
+        # The real folder, not the path it was reached by: resuming through OUTPUT/latest
+        # would otherwise write into "latest" and point the link at itself.
+        trainer = cls(config, stream=stream, run_dir=os.path.dirname(os.path.realpath(path)))
         load_into(checkpoint, trainer.model, trainer.optimizer)
         restore_progress(trainer, checkpoint.meta)
         return trainer
