@@ -40,7 +40,7 @@ def _check_readable(path):
         raise ValueError(f"cannot read image {path}: {error}") from None
 
 
-def _save_pictures(image, labels, mask_path, overlay_path, alpha):
+def _save_pictures(image, labels, mask_path, overlay_path, alpha, colormap=None):
     """Write the colourised mask and the overlay, a band of rows at a time.
 
     The overlay is written over ``image`` (the caller's copy is not needed any more):
@@ -50,11 +50,12 @@ def _save_pictures(image, labels, mask_path, overlay_path, alpha):
 
     picture = np.empty_like(image)
     for r in range(0, len(labels), _BAND_ROWS):
-        picture[r:r + _BAND_ROWS] = colorize(labels[r:r + _BAND_ROWS])
+        picture[r:r + _BAND_ROWS] = colorize(labels[r:r + _BAND_ROWS], colormap)
     save_png(mask_path, picture)
     del picture
     for r in range(0, len(labels), _BAND_ROWS):
-        image[r:r + _BAND_ROWS] = overlay(image[r:r + _BAND_ROWS], labels[r:r + _BAND_ROWS], alpha)
+        image[r:r + _BAND_ROWS] = overlay(image[r:r + _BAND_ROWS], labels[r:r + _BAND_ROWS], alpha,
+                                          colormap)
     save_png(overlay_path, image)
 
 
@@ -69,6 +70,8 @@ def predict_files(checkpoint_path, images, output, alpha=0.5, flip=False,
     model = load_model(checkpoint)
     preprocessing = checkpoint.meta.get("preprocessing", "unit")
     score_offset = checkpoint.meta.get("score_offset")
+    colours = checkpoint.meta.get("colormap")       # the training data's colours (CamVid's)
+    colormap = None if colours is None else np.asarray(colours, dtype=np.uint8)
     for path in images:
         _check_readable(path)
     os.makedirs(output, exist_ok=True)
@@ -84,6 +87,6 @@ def predict_files(checkpoint_path, images, output, alpha=0.5, flip=False,
         used.add(unique)
         mask_path = os.path.join(output, f"{unique}_mask.png")
         overlay_path = os.path.join(output, f"{unique}_overlay.png")
-        _save_pictures(image, labels, mask_path, overlay_path, alpha)
+        _save_pictures(image, labels, mask_path, overlay_path, alpha, colormap)
         del image, labels
         yield path, mask_path, overlay_path

@@ -40,10 +40,11 @@ def _check_rgb(image, name="image"):
     return image
 
 
-def overlay(image, mask, alpha=0.5):
+def overlay(image, mask, alpha=0.5, colormap=None):
     """Blend the colourised ``mask`` over ``image`` (H, W, 3) uint8 with weight ``alpha``.
 
     Background (class 0) pixels keep the plain image so the objects stand out.
+    ``colormap``: as for ``colorize``.
     """
     image = _check_rgb(image)
     mask = np.asarray(mask)
@@ -51,7 +52,7 @@ def overlay(image, mask, alpha=0.5):
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    colours = colorize(mask).astype(np.float64)
+    colours = colorize(mask, colormap).astype(np.float64)
     blended = (1 - alpha) * image + alpha * colours
     out = np.where((mask == 0)[..., None], image, np.rint(blended))
     return out.astype(np.uint8)

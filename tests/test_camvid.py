@@ -129,3 +129,22 @@ def test_eval_cli_on_a_camvid_split(tmp_path, capsys):
     # a bad split is one line naming it, no traceback
     assert main(["eval", "--checkpoint", str(path), "--split", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_training_keeps_camvid_colours_and_predict_draws_with_them(tmp_path):
+    from npfcn.cli import main
+    from npfcn.train import load_checkpoint
+
+    root = _fake(tmp_path)
+    assert main(["train", "--model", "segnet-basic", "--width", str(1 / 32), "--data",
+                 f"camvid:{root}", "--epochs", "1", "--batch-size", "2", "--procs", "1",
+                 "--output", str(tmp_path / "runs"), "--name", "r"]) == 0
+    meta = load_checkpoint(tmp_path / "runs" / "r" / "best.npz").meta
+    assert np.array_equal(np.asarray(meta["colormap"]), CAMVID_COLORMAP)
+    image = root / "test" / "a.png"
+    assert main(["predict", "--checkpoint", str(tmp_path / "runs" / "r"), str(image),
+                 "-o", str(tmp_path / "out")]) == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png").convert("RGB"))
+    camvid = {tuple(c) for c in CAMVID_COLORMAP.tolist()}
+    # every pixel carries one of CamVid's class colours (VOC's would differ)
+    assert {tuple(p) for p in mask.reshape(-1, 3).tolist()} <= camvid

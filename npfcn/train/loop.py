@@ -15,6 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..losses import prior_correction
 from ..progress import ProgressBar, format_duration
 from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
@@ -105,6 +107,7 @@ class Trainer:
         offset = self.score_offset
         return {"config": {"model": dict(self.model.config), "train": self.config.to_dict()},
                 "class_names": self.class_names, "preprocessing": self.config.preprocessing,
+                "colormap": _colours_of(self.train_set),
                 "score_offset": None if offset is None else offset.tolist(),
                 **progress_meta(self), "status": status}
 
@@ -318,3 +321,10 @@ def train(config=None, resume=None, epochs=None, stream=None):
         else:
             trainer = Trainer(config or TrainConfig(), stream=stream)
         return trainer.run()
+
+
+def _colours_of(dataset):
+    """The dataset's own class colours as lists (CamVid's), or None for the VOC palette:
+    kept in the checkpoint so that ``npfcn predict`` draws the classes as trained."""
+    colours = getattr(dataset, "colormap", None)
+    return None if colours is None else np.asarray(colours).astype(int).tolist()
