@@ -264,30 +264,41 @@ def forward_bytes(model, n, height, width, flip=False):
 
 
 def _encoder_decoder_bytes(model, config, n, height, width, flip):
-    """An upper bound for the nets of ``npfcn.models.segnet``: every convolution's output
-    (at its level's size) and every pool's int64 indices alive at once, the scores and
-    the preprocessing copies, x1.5 (tests/test_tiling.py checks it against numpy's
-    traced allocations)."""
+    """An upper bound for the nets of ``npfcn.models.segnet`` in eval mode, where a layer
+    keeps nothing for backward: the largest moment of one convolution's input and output,
+    with every pool's indices (int64, or the tap a skip adds back: fewer bytes) alive from
+    the pool to its decoder level; then the scores and the preprocessing copies; x1.5 for
+    batch norm's temporaries (tests/test_tiling.py checks it against numpy's traced peak)."""
     import re as _re
 
     from .models.segnet import layer_specs
 
     item = np.dtype(model.dtype).itemsize
     pixels = height * width
-    total = 0
+
+    def level_of(name):
+        # conv{s}_{j}[_D], conv{i}, conv_decode{i} work on level s-1 (1/4 as many pixels a
+        # level), score_pool{i} on level i; the classifier and plain's convs on level 0
+        digits = _re.findall(r"\d", name)
+        if "classifier" in name or config["model"] == "plain" or not digits:
+            return 0
+        return int(digits[0]) - (0 if name.startswith("score") else 1)
+
+    kept = {}                   # level -> bytes of the pool indices waiting for the decoder
+    previous, previous_level, largest = 3 * pixels * item, 0, 0
     for spec in layer_specs(config["model"], model.num_classes, config.get("width", 1.0)):
         if spec[0] != "conv":
             continue
-        name, out = spec[1], spec[3]
-        digits = _re.findall(r"\d", name)
-        # conv{s}_{j}[_D], conv{i}, conv_decode{i} work on level s-1 (1/4 as many pixels a
-        # level), score_pool{i} on level i; the classifier and plain's convs on level 0
-        level = 0 if "classifier" in name or config["model"] == "plain" or not digits \
-            else int(digits[0]) - (0 if name.startswith("score") else 1)
-        total += out * -(-pixels // 4 ** level) * (item + (8 if level else 0))   # + indices
-    total += model.num_classes * pixels * (3 + (2 if flip else 0)) * item
+        level, channels = level_of(spec[1]), spec[3]
+        if level > previous_level:            # a pool: its indices wait for the unpooling
+            kept[level] = previous // item // 4 * 8
+        elif level < previous_level:          # an unpooling used (and freed) them
+            kept.pop(previous_level, None)
+        out = channels * -(-pixels // 4 ** level) * item
+        largest = max(largest, previous + out + sum(kept.values()))
+        previous, previous_level = out, level
+    total = largest + model.num_classes * pixels * (3 + (2 if flip else 0)) * item
     total += 4 * 3 * pixels * 4 + 8 * pixels
-    # half as much again: batch norm's temporaries (a few maps of the largest size)
     return int(n * 1.5 * total + _SCRATCH_BYTES)
 
 
