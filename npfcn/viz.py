@@ -73,7 +73,7 @@ def save_png(path, array):
 
 # --- text and layout helpers ------------------------------------------------------------
 
-def _font(size=12):
+def load_font(size=12):
     """A scalable font when Pillow has FreeType, else its small built-in bitmap font."""
     try:
         return ImageFont.load_default(size=size)
@@ -81,7 +81,7 @@ def _font(size=12):
         return ImageFont.load_default()
 
 
-def _text_size(draw, text, font):
+def text_size(draw, text, font):
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
 
@@ -118,9 +118,9 @@ def image_grid(rows, titles=None, scale=None, pad=4, font_size=12):
     if per_cell and (len(titles) != len(rows) or any(len(t) > len(r) for t, r in zip(titles, rows))):
         raise ValueError("per-cell titles must have one list per row, no longer than the row")
 
-    font = _font(font_size)
+    font = load_font(font_size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_h = _text_size(probe, "Ag", font)[1] + 6 if titles is not None else 0
+    text_h = text_size(probe, "Ag", font)[1] + 6 if titles is not None else 0
     header = text_h if (titles is not None and not per_cell) else 0
     row_title = text_h if per_cell else 0
     w_cell, h_cell = cell_w * scale, cell_h * scale
@@ -131,7 +131,7 @@ def image_grid(rows, titles=None, scale=None, pad=4, font_size=12):
 
     def centred_text(x0, y0, text):
         text = str(text)
-        tw, _ = _text_size(draw, text, font)
+        tw, _ = text_size(draw, text, font)
         draw.text((x0 + max(0, (w_cell - tw) // 2), y0 + 2), text, fill=(0, 0, 0), font=font)
 
     if header:
@@ -183,9 +183,9 @@ def _panel(draw, box, series, title, y_range=None, font=None, x_label="epoch", l
     "top" or "bottom" right corner (where falling or rising curves leave room).
     """
     left, top, right, bottom = box
-    font = font or _font(12)
-    title_h = _text_size(draw, title, font)[1]
-    draw.text((left + (right - left - _text_size(draw, title, font)[0]) // 2, top), title,
+    font = font or load_font(12)
+    title_h = text_size(draw, title, font)[1]
+    draw.text((left + (right - left - text_size(draw, title, font)[0]) // 2, top), title,
               fill=(0, 0, 0), font=font)
     # plot area inside the box, leaving room for tick labels
     px0, py0, px1, py1 = left + 52, top + title_h + 10, right - 10, bottom - 36
@@ -210,7 +210,7 @@ def _panel(draw, box, series, title, y_range=None, font=None, x_label="epoch", l
         _, ty = to_px(x_lo, t)
         draw.line([(px0, ty), (px1, ty)], fill=grey)
         label = _format_tick(t, y_step)
-        tw, th = _text_size(draw, label, font)
+        tw, th = text_size(draw, label, font)
         draw.text((px0 - tw - 6, ty - th // 2 - 2), label, fill=black, font=font)
     x_ticks, x_step = _nice_ticks(x_lo, x_hi, count=6)
     if all(float(x).is_integer() for x in xs_all):
@@ -220,13 +220,13 @@ def _panel(draw, box, series, title, y_range=None, font=None, x_label="epoch", l
         tx, _ = to_px(t, y_lo)
         draw.line([(tx, py1), (tx, py1 + 4)], fill=black)
         label = _format_tick(t, x_step)
-        tw, _ = _text_size(draw, label, font)
+        tw, _ = text_size(draw, label, font)
         draw.text((tx - tw // 2, py1 + 6), label, fill=black, font=font)
     draw.rectangle([px0, py0, px1, py1], outline=black)
-    lw, _ = _text_size(draw, x_label, font)
+    lw, _ = text_size(draw, x_label, font)
     draw.text(((px0 + px1 - lw) // 2, bottom - 16), x_label, fill=black, font=font)
 
-    line_h = _text_size(draw, "Ag", font)[1] + 6
+    line_h = text_size(draw, "Ag", font)[1] + 6
     shown = sum(1 for _, _, ys, _ in series if any(y is not None for y in ys))
     legend_y = py0 + 4 if legend == "top" else py1 - 6 - shown * line_h
     for label, xs, ys, colour in series:
@@ -236,7 +236,7 @@ def _panel(draw, box, series, title, y_range=None, font=None, x_label="epoch", l
         for (x, y) in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if points:
-            lw, lh = _text_size(draw, label, font)
+            lw, lh = text_size(draw, label, font)
             draw.line([(px1 - lw - 30, legend_y + lh // 2 + 2), (px1 - lw - 12, legend_y + lh // 2 + 2)],
                       fill=colour, width=3)
             draw.text((px1 - lw - 6, legend_y), label, fill=black, font=font)
@@ -273,14 +273,14 @@ def plot_curves(history, path=None, title=None):
     pixel_acc = [_lookup(e, "val_pixel_accuracy", "pixel_accuracy", "val.pixel_accuracy",
                          "metrics.pixel_accuracy") for e in history]
 
-    font = _font(12)
+    font = load_font(12)
     panel_w, panel_h = 420, 300
     head = 24 if title else 0
     canvas = Image.new("RGB", (2 * panel_w, panel_h + head), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     if title:
-        big = _font(14)
-        tw, _ = _text_size(draw, title, big)
+        big = load_font(14)
+        tw, _ = text_size(draw, title, big)
         draw.text(((2 * panel_w - tw) // 2, 4), title, fill=(0, 0, 0), font=big)
     loss_series = [("train loss", epochs, train_loss, (31, 119, 180))]
     if any(v is not None for v in val_loss):
@@ -321,10 +321,10 @@ def confusion_matrix_image(hist, class_names=None, path=None, title=None, cell=4
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(rows > 0, hist / np.where(rows > 0, rows, 1), np.nan)
 
-    font = _font(max(9, min(13, cell // 3)))
+    font = load_font(max(9, min(13, cell // 3)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(_text_size(probe, n, font)[0] for n in class_names) + 10
-    label_h = _text_size(probe, "Ag", font)[1]
+    label_w = max(text_size(probe, n, font)[0] for n in class_names) + 10
+    label_h = text_size(probe, "Ag", font)[1]
     head = (label_h + 12) if title else 0
     left = label_w + label_h + 12                 # row labels + rotated "true class"
     top = head + label_w + label_h + 12           # rotated column labels + "predicted class"
@@ -333,7 +333,7 @@ def confusion_matrix_image(hist, class_names=None, path=None, title=None, cell=4
     draw = ImageDraw.Draw(canvas)
     black = (0, 0, 0)
     if title:
-        tw, _ = _text_size(draw, title, font)
+        tw, _ = text_size(draw, title, font)
         draw.text(((width - tw) // 2, 4), title, fill=black, font=font)
 
     low, high = np.array([247, 251, 255.0]), np.array([8, 48, 107.0])   # white -> dark blue
@@ -347,25 +347,25 @@ def confusion_matrix_image(hist, class_names=None, path=None, title=None, cell=4
             colour = tuple(int(round(c)) for c in low + (high - low) * value)
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour)
             text = f"{100 * value:.0f}"
-            tw, th = _text_size(draw, text, font)
+            tw, th = text_size(draw, text, font)
             draw.text((x0 + (cell - tw) // 2, y0 + (cell - th) // 2 - 2), text,
                       fill=(255, 255, 255) if value > 0.5 else black, font=font)
     draw.rectangle([left - 1, top - 1, left + k * cell, top + k * cell], outline=black)
 
     for i, name in enumerate(class_names):          # row labels (true classes)
-        tw, th = _text_size(draw, name, font)
+        tw, th = text_size(draw, name, font)
         draw.text((left - tw - 6, top + i * cell + (cell - th) // 2 - 2), name, fill=black, font=font)
     for j, name in enumerate(class_names):          # column labels, rotated to read upwards
-        tw, th = _text_size(draw, name, font)
+        tw, th = text_size(draw, name, font)
         strip = Image.new("RGB", (tw + 4, th + 6), (255, 255, 255))
         ImageDraw.Draw(strip).text((2, 0), name, fill=black, font=font)
         strip = strip.rotate(90, expand=True)
         canvas.paste(strip, (left + j * cell + (cell - strip.width) // 2, top - 6 - strip.height))
     axis = "predicted class"
-    tw, _ = _text_size(draw, axis, font)
+    tw, _ = text_size(draw, axis, font)
     draw.text((left + (k * cell - tw) // 2, head + 2), axis, fill=black, font=font)
     axis = "true class"
-    tw, th = _text_size(draw, axis, font)
+    tw, th = text_size(draw, axis, font)
     strip = Image.new("RGB", (tw + 4, th + 6), (255, 255, 255))
     ImageDraw.Draw(strip).text((2, 0), axis, fill=black, font=font)
     strip = strip.rotate(90, expand=True)

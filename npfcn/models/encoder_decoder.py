@@ -219,14 +219,8 @@ class EncoderDecoderNet:
     state_dict = FCN.state_dict           # every entry of params: BN statistics included
     load_state_dict = FCN.load_state_dict
 
-    def train(self, mode=True):
-        self.training = bool(mode)
-        for module in self._modules():
-            module.train(self.training)
-        return self
-
-    def eval(self):
-        return self.train(False)
+    train = FCN.train
+    eval = FCN.eval
 
 
 class _Slots(_NamedArrays):

@@ -3,9 +3,9 @@ laid out in rows of panels with titles.  Pillow only; saved with ``npfcn.viz.sav
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from ..viz import save_png
+from ..viz import load_font, save_png, text_size
 
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
 # Cell colours, named for what they mark.
@@ -13,18 +13,6 @@ HIGHLIGHT = (255, 214, 153)      # the part being looked at
 CURRENT = (166, 206, 227)        # the stamp or window of this step
 ZERO = (235, 235, 235)           # nothing landed here
 CREAM, ORANGE, YELLOW = (255, 240, 200), (255, 160, 60), (255, 230, 0)   # TP, FP, FN
-
-
-def font(size=13):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):       # older Pillow or no FreeType
-        return ImageFont.load_default()
-
-
-def _text_size(draw, text, fnt):
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
-    return right - left, bottom - top
 
 
 def number(value):
@@ -40,12 +28,12 @@ def grid(values, colours=None, title=None, cell=34, fmt=number):
     or None per cell (white).  Returns a PIL image."""
     values = np.asarray(values)
     h, w = values.shape
-    fnt, title_font = font(max(9, cell // 3)), font(13)
+    fnt, title_font = load_font(max(9, cell // 3)), load_font(13)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines = title.split("\n") if title else []
-    line_h = _text_size(probe, "Ag", title_font)[1] + 5
+    line_h = text_size(probe, "Ag", title_font)[1] + 5
     head = len(lines) * line_h + (4 if lines else 0)
-    title_w = max([_text_size(probe, t, title_font)[0] for t in lines], default=0)
+    title_w = max([text_size(probe, t, title_font)[0] for t in lines], default=0)
     width = max(w * cell, title_w) + 2
     image = Image.new("RGB", (width, head + h * cell + 2), WHITE)
     draw = ImageDraw.Draw(image)
@@ -57,17 +45,17 @@ def grid(values, colours=None, title=None, cell=34, fmt=number):
             colour = colours[i][j] if colours is not None and colours[i][j] is not None else WHITE
             draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=colour, outline=GREY)
             text = fmt(values[i, j])
-            tw, th = _text_size(draw, text, fnt)
+            tw, th = text_size(draw, text, fnt)
             draw.text((x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 2), text, fill=BLACK, font=fnt)
     return image
 
 
 def text_panel(lines, size=13):
     """A panel of plain text lines."""
-    fnt = font(size)
+    fnt = load_font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_h = _text_size(probe, "Ag", fnt)[1] + 6
-    width = max(_text_size(probe, t, fnt)[0] for t in lines) + 4
+    line_h = text_size(probe, "Ag", fnt)[1] + 6
+    width = max(text_size(probe, t, fnt)[0] for t in lines) + 4
     image = Image.new("RGB", (width, line_h * len(lines) + 4), WHITE)
     draw = ImageDraw.Draw(image)
     for k, text in enumerate(lines):

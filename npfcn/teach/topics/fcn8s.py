@@ -160,7 +160,7 @@ def _picture(rows, size, output):
     as the map's side (blue: the upsampling path)."""
     from PIL import Image, ImageDraw
 
-    fnt, line_h, bar_x, bar_w = draw.font(12), 20, 470, 260
+    fnt, line_h, bar_x, bar_w = draw.load_font(12), 20, 470, 260
     columns = ((0, "layer"), (140, "shape (C, H, W)"), (270, "params"), (400, "RF"))
     biggest = max(r[1][1] for r in rows)
     image = Image.new("RGB", (bar_x + bar_w + 20, line_h * (len(rows) + 1) + 6), draw.WHITE)
