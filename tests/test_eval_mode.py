@@ -10,26 +10,9 @@ import numpy as np
 import pytest
 
 from npfcn.layers import (Add, Conv2d, ConvReLU2d, ConvTranspose2d, Crop, Dropout, MaxPool2d,
-                          MaxUnpool2d, Module, ReLU)
+                          MaxUnpool2d, ReLU)
 from npfcn.models import FCN8s
-
-
-def modules_of(obj, seen=None):
-    """Every npfcn.layers.Module reachable from obj's attributes (dicts, lists, tuples)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    found = [obj] if isinstance(obj, Module) else []
-    children = vars(obj).values() if hasattr(obj, "__dict__") else ()
-    if isinstance(obj, dict):
-        children = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        children = obj
-    for child in children:
-        if isinstance(child, (Module, dict, list, tuple)) or hasattr(child, "forward"):
-            found += modules_of(child, seen)
-    return found
+from module_tree import modules_of
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ from npfcn import functional as F
 from npfcn.functional import col2im, conv_output_size, im2col
 from npfcn.kernels import backend, bands, pooling
 from npfcn.kernels.bands import col2im_bands, im2col_bands
-from npfcn.layers import Conv2d, ConvTranspose2d, Dropout, MaxPool2d, MaxUnpool2d, Module
+from npfcn.layers import Conv2d, ConvTranspose2d, Dropout, MaxPool2d, MaxUnpool2d
+from module_tree import modules_of
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -216,24 +217,6 @@ class workspace_of:
 
 
 workspaces = st.sampled_from([0, 1, 300])   # 0: the default; 1: one grid row per band
-
-
-def modules_of(obj, seen=None):
-    """Every npfcn.layers.Module reachable from obj's attributes (dicts, lists, tuples)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    found = [obj] if isinstance(obj, Module) else []
-    children = vars(obj).values() if hasattr(obj, "__dict__") else ()
-    if isinstance(obj, dict):
-        children = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        children = obj
-    for child in children:
-        if isinstance(child, (Module, dict, list, tuple)) or hasattr(child, "forward"):
-            found += modules_of(child, seen)
-    return found
 
 
 def _run_layer(layer, x, dy_seed):
