@@ -522,15 +522,18 @@ int64_t direct_conv_vector_bytes(int64_t request)
     return npfcn_direct_bytes;
 }
 
+/* width: the vector width in bytes this call wants (npfcn/kernels/direct.py chooses it
+ * per layer); 64 runs the AVX-512 build only where it is allowed (see above), anything
+ * else the 32-byte one. */
 #define NPFCN_DIRECT_FORWARD_DISPATCH(T, SUFFIX)                                          \
 void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
-        T *scratch)                                                                       \
+        T *scratch, int64_t width)                                                        \
 {                                                                                         \
-    (direct_conv_vector_bytes(0) == 64 ? direct_conv_forward_##SUFFIX##_64                 \
-                                       : direct_conv_forward_##SUFFIX##_32)(              \
+    (width == 64 && direct_conv_vector_bytes(0) == 64 ? direct_conv_forward_##SUFFIX##_64  \
+                                                      : direct_conv_forward_##SUFFIX##_32)(\
         x, x_mask, wb, bias, y, relu, N, C, H, W, O, KH, KW, PH, PW, OH, OW,              \
         oy0, oy1, ox0, ox1, scratch);                                                     \
 }

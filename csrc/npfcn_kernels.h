@@ -112,7 +112,7 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb,     
         const T *bias, T *y, int64_t relu, int64_t N, int64_t C,                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,     \
-        T *scratch);                                                                     \
+        T *scratch, int64_t width);                                                      \
 void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask, T *dw,\
         T *db, int64_t N,                                                                       \
         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, \
@@ -123,8 +123,9 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
 
 NPFCN_DECLARE_DIRECT(float, f32)
 NPFCN_DECLARE_DIRECT(double, f64)
-/* The direct forward pass's vector width in bytes (64: AVX-512, 32: the rest):
- * request 0 reports it, 32 or 64 chooses it where the CPU can run it. */
+/* The widest vector the direct forward pass may use, in bytes (64: AVX-512, 32: the
+ * rest): request 0 reports it, 32 or 64 chooses it where the CPU can run it.  Each call
+ * passes the width it wants (width), at most this one. */
 int64_t direct_conv_vector_bytes(int64_t request);
 
 /* ReLU (relu.c): n elements, contiguous. */

@@ -100,12 +100,16 @@ VECTOR_WIDTHS = _vector_widths()
 
 @contextlib.contextmanager
 def vector_width(width):
-    before = direct.vector_bytes()
+    """Every forward call in the block runs the build of this width (``forward_width``
+    would otherwise choose per layer)."""
+    before, choose = direct.vector_bytes(), direct.forward_width
     try:
         assert direct.vector_bytes(width) == width
+        direct.forward_width = lambda *args: width
         yield
     finally:
         direct.vector_bytes(before)
+        direct.forward_width = choose
 
 
 @given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]),
@@ -244,5 +248,27 @@ def test_vector_width_is_chosen_by_the_cpu_and_can_be_narrowed():
             assert (direct.vector_bytes(64) == 64) == avx512
         with pytest.raises(ValueError, match="vector width"):
             direct.vector_bytes(16)
+    finally:
+        direct.vector_bytes(before)
+
+
+def test_forward_width_follows_how_full_the_blocks_are_and_where_the_rows_live():
+    """Worked by hand from the rule in forward_width (64-byte blocks hold 48 floats,
+    32-byte blocks 24): where the CPU allows 64 bytes, a row of 96 outputs fills both
+    kinds of block and its few staged rows stay in L1 -> 64; a row of 30 fills 62 % of
+    a 48-wide block but 30/48 of two 24-wide ones too, and its 64*7 staged rows are
+    far beyond L1 -> 32; 21 outputs fill 44 % of a wide block, 88 % of a narrow one
+    -> 32.  Without AVX-512 it is always 32."""
+    assert direct.block_fill(30, 4, 64) == pytest.approx(30 / 48)
+    assert direct.block_fill(60, 4, 32) == pytest.approx(60 / 72)
+    assert direct.block_fill(21, 8, 32) == pytest.approx(21 / 24)
+    before = direct.vector_bytes()
+    try:
+        if direct.vector_bytes(64) == 64:
+            assert direct.forward_width(4, 3, 3, 96, 4) == 64
+            assert direct.forward_width(64, 7, 7, 30, 4) == 32
+            assert direct.forward_width(32, 3, 3, 21, 4) == 32
+        direct.vector_bytes(32)
+        assert direct.forward_width(4, 3, 3, 96, 4) == 32
     finally:
         direct.vector_bytes(before)

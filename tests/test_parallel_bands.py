@@ -73,3 +73,46 @@ def test_bands_are_cut_finer_only_when_each_stays_wide(two_threads):
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     # fc6 on an 8x8 grid: bands of 2 rows would be 16 columns wide - kept whole
     assert gemm._band_ranges(8, 25088 * 8 * 4, 8) == [(0, 8)]
+
+
+@pytest.mark.parametrize("channels, flipped", [(16, True), (8, False)])
+def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads, monkeypatch):
+    """From 16 input channels the bands path takes dx as a convolution of dy with the
+    turned kernel (padding KH-1-PH) instead of col2im; both equal the reference, and a
+    padding of 0 (a 'valid' convolution: dx padded by KH-1) too."""
+    monkeypatch.setattr(bands, "BAND_BYTES", 16 << 10)           # many bands, run in parallel
+    rng = np.random.default_rng(2)
+    for padding in (2, 0):
+        x = rng.standard_normal((2, channels, 13, 17))
+        w = rng.standard_normal((5, channels, 5, 5))
+        g = (5, 5, 1, 1, padding, padding, 1, 1, 13 + 2 * padding - 4, 17 + 2 * padding - 4)
+        assert (gemm.flipped_conv_for_dx(channels, g) is not None) == flipped
+        y_ref, cache_ref = reference.conv2d_forward(x, w, None, padding=padding)
+        dy = rng.standard_normal(y_ref.shape)
+        dw2 = np.zeros((5, channels * 25))
+        dx, _ = gemm.banded_conv_grads(dy, x, w, False, g, None, dw2)
+        dx_ref, dw_ref, _ = reference.conv2d_backward(dy, cache_ref)
+        close(dx, dx_ref)
+        close(dw2.reshape(w.shape), dw_ref)
+
+
+def test_large_kernels_with_full_rows_take_the_direct_loop(two_threads):
+    """A 7x7 layer whose rows fill the direct loop's blocks (60 outputs: 83 % of three
+    24-wide blocks) runs forward and dx there and dw by im2col + matmul; with bias and a
+    fused ReLU it equals the reference.  30 outputs (62 %) stay on bands."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 6, 9, 60))
+    w = rng.standard_normal((4, 6, 7, 7))
+    b = rng.standard_normal(4)
+    assert dispatch.conv2d_path(x.shape, w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 60)) == "direct_dw_gemm"
+    assert dispatch.conv2d_path((2, 6, 9, 30), w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 30)) == "bands"
+    y, cache = F.conv2d_forward(x, w, b, padding=3, relu=True)
+    assert cache[0] == "direct_dw_gemm"
+    y_ref, cache_ref = reference.conv2d_forward(x, w, b, padding=3)
+    y_ref = np.maximum(y_ref, 0)
+    close(y, y_ref)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy * (y_ref > 0), cache_ref)
+    for got, want in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        close(got, want)

@@ -24,6 +24,7 @@ of 100, conv1_1's output is 326x326 for a 128x128 image, and all but the middle
 import numpy as np
 
 from . import backend, boundary
+from .gemm import channel_sums, flipped_transposed, grad_bands, through_relu
 from .workspace import workspace
 
 CHANNEL_GROUP = 4   # output channels computed together in registers (NPFCN_OB in direct.c)
@@ -51,8 +52,9 @@ def grouped_weight(w):
 
 
 def vector_bytes(request=0):
-    """The vector width, in bytes, of the C forward pass: 64 (AVX-512) or 32 (AVX2 and
-    the rest; twelve 64-byte accumulators do not fit AVX2's sixteen registers).
+    """The widest vector, in bytes, the C forward pass may use: 64 (AVX-512) or 32 (AVX2
+    and the rest; twelve 64-byte accumulators do not fit AVX2's sixteen registers).
+    Each call then takes the width ``forward_width`` says, at most this one.
 
     request 0 only reports it; 32 or 64 chooses it where the CPU can run it (tests run
     both builds on a CPU that has AVX-512).  None without the C kernel.
@@ -62,6 +64,36 @@ def vector_bytes(request=0):
     if request not in (0, 32, 64):
         raise ValueError(f"vector width must be 0, 32 or 64 bytes, got {request!r}")
     return int(backend.lib().direct_conv_vector_bytes(request))
+
+
+L1_BYTES = 32 << 10
+WIDE_SPEED_IN_L1, WIDE_SPEED_BEYOND_L1 = 1.12, 0.85
+
+
+def forward_width(C, KH, KW, RX, itemsize):
+    """The vector width, in bytes, for a forward call whose output window is RX wide.
+
+    A block covers 3 vectors of outputs (48 floats in 64-byte vectors, 24 in 32-byte
+    ones) and a row's last block is computed whole, so a narrow row wastes more of a
+    wide block: 30 outputs fill 62 % of a 48-wide block, 83 % of two 24-wide ones.
+    And the wide build pays for its loads: every tap but the first reads at an
+    unaligned offset, a 64-byte load then always spans two cache lines, and once the
+    staged rows (C*KH of them) outgrow the L1 cache that costs more than the wider
+    arithmetic gains.  The two speeds per useful output are measured on Zen 4
+    (docs/kernels.md); the width with the larger product wins.
+    """
+    if vector_bytes() != 64:
+        return 32
+    stage_bytes = C * KH * (RX + KW - 1 + 3 * 64 // itemsize) * itemsize
+    wide = WIDE_SPEED_IN_L1 if stage_bytes <= L1_BYTES else WIDE_SPEED_BEYOND_L1
+    return 64 if block_fill(RX, itemsize, 64) * wide > block_fill(RX, itemsize, 32) else 32
+
+
+def block_fill(RX, itemsize, width=32):
+    """The share of the blocks of 3 vectors of ``width`` bytes that a row of RX outputs
+    fills (its last block is computed whole)."""
+    block = 3 * width // itemsize
+    return RX / (-(-RX // block) * block)
 
 
 def _lib(dtype, name):
@@ -107,9 +139,10 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
     P = boundary.pointer
+    width = forward_width(C, KH, KW, ox1 - ox0, x.itemsize)
     _lib(x.dtype, "forward")(P(x), P(x_mask), P(wg), P(bias), P(y), int(bool(relu)),
                              N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                             P(scratch))
+                             P(scratch), width)
     return y
 
 
@@ -128,12 +161,6 @@ def _outside_window_sums(dy, dy_mask, rect):
         row, col = (0, 0) if oy0 > 0 or ox0 > 0 else (OH - 1, 0) if oy1 < OH else (0, OW - 1)
         outside = np.where(dy_mask[0, :, row, col] > 0, outside, 0).astype(dy.dtype)
     return outside
-
-
-def flipped_transposed(w):
-    """w: (O, C, KH, KW) -> (C, O, KH, KW) rotated by 180 degrees: the weights whose
-    forward convolution is the input gradient of a convolution with w."""
-    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
 def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None):
@@ -174,3 +201,14 @@ def direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
     db = np.zeros(w.shape[0], dtype=x.dtype) if has_bias else None
     dx = correlate_grads(dy, x, w, (g[4], g[5]), dw2, dy_mask=relu_y, db=db)
     return dx, db
+
+
+def direct_conv_gemm_weight_grads(dy, x, w, has_bias, g, relu_y, dw2):
+    """(dx, db) with dx from the direct forward pass and dw2 += dy cols^T by im2col +
+    matmul in bands (``gemm.grad_bands``): for large kernels, where direct.c's weight
+    gradient (dot products of long rows, built for 3x3) is the slower of the two."""
+    dy = through_relu(dy, relu_y)
+    KH, KW, PH, PW = g[0], g[1], g[4], g[5]
+    grad_bands(dy, x, g, dw2)
+    dx = correlate(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))
+    return dx, channel_sums(dy) if has_bias else None

@@ -16,6 +16,9 @@ conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      `
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
                    and >= 64 2x2 output tiles
+                   ``direct_dw_gemm``: stride 1, no dilation, kernel > 5x5,    ``direct.direct_conv``
+                   rows that fill the direct loop's blocks (SegNet-Basic's     (dw: ``gemm.grad_bands``)
+                   7x7 layers at 45x60 and larger)
                    ``bands``: everything else (im2col in bands + matmul)       ``gemm.banded_conv``
 conv_transpose2d   ``subpixel``: kernel a multiple of the stride, no           ``subpixel.subpixel_transposed_conv``
                    dilation (FCN's upsampling)
@@ -38,6 +41,13 @@ BLAS and the weight transform is not paid back).  F(4x4) does 0.56x F(2x2)'s
 multiplications but in products with a quarter of the columns and 2.25x larger
 transformed weights: faster for the 64-128 channel layers at 56x56 and above,
 slower for 256 channels and more.
+
+SegNet-Basic's 7x7 layers (64 -> 64, batch 4) have more channels than the direct
+loop was written for, but its forward pass still beats im2col + matmul once the rows
+fill its blocks: 171-217 GFLOP/s against 124-141 at 45x60 to 180x240, and 115 against
+143 at 23x30, where 30 outputs fill 62 % of two 24-wide blocks (Zen 4, 2 threads, under
+load; docs/kernels.md).  Its weight gradient (dot products of long rows, fast for 3x3)
+is not, so that path takes the weight gradient from im2col + matmul.
 """
 from . import backend, direct, gemm, subpixel, winograd
 
@@ -47,11 +57,13 @@ DIRECT_MAX_3X3_CHANNEL_PRODUCT = 512   # in x out; above it Winograd wins a 3x3 
 WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
 F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
 F4_MIN_TILES = 196             # 4x4 output tiles in the batch
+LARGE_KERNEL_MIN_FILL = 0.8    # share of the direct loop's blocks a row must fill
 
 # path -> (forward core, backward core); the signatures are given in npfcn.kernels.gemm.
 CONV2D = {
     "pointwise": (gemm.pointwise_conv, gemm.pointwise_conv_grads),
     "direct": (direct.direct_conv, direct.direct_conv_grads),
+    "direct_dw_gemm": (direct.direct_conv, direct.direct_conv_gemm_weight_grads),
     "winograd4": (winograd.f4_conv, winograd.f4_conv_grads),
     "winograd2": (winograd.f2_conv, winograd.f2_conv_grads),
     "bands": (gemm.banded_conv, gemm.banded_conv_grads),
@@ -83,6 +95,8 @@ def conv2d_path(x_shape, w_shape, g):
     if max(KH, KW) <= DIRECT_MAX_KERNEL and max(C, O) <= DIRECT_MAX_CHANNELS \
             and not (winograd and C * O > DIRECT_MAX_3X3_CHANNEL_PRODUCT):
         return "direct"
+    if max(KH, KW) > DIRECT_MAX_KERNEL and direct.block_fill(OW, 4) >= LARGE_KERNEL_MIN_FILL:
+        return "direct_dw_gemm"
     if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
                 and _tiles(N, OH, OW, 4) >= F4_MIN_TILES:
