@@ -344,6 +344,37 @@ NPFCN_INLINE void dw3_##SUFFIX(const T *const g[NPFCN_OB], const T *restrict x, 
     sums[3][1] = lanes_sum_##SUFFIX(a31); sums[3][2] = lanes_sum_##SUFFIX(a32);           \
 }
 
+/* The same for 7x7 kernels (SegNet-Basic): 3 gradient rows x 7 shifts in 21
+ * accumulators, each x vector loaded once and used by 3 multiply-adds, each g
+ * vector by 7 (10 loads per 21 multiply-adds, where a dot product per weight
+ * needs 2 per 1).  21 accumulators + 3 g + 1 x vectors need AVX-512's 32
+ * registers: on AVX2 (16) they spill, so Python calls this only where the CPU has
+ * AVX-512 (npfcn/kernels/direct.py).  Reads x up to x[n + 5]. */
+#define NPFCN_DW7_OB 3
+#define NPFCN_DW7_TAP(VEC, SUFFIX, J)                                                     \
+    { const VEC xj = loadw_##SUFFIX(x + k + J);                                           \
+      a0[J] += u0 * xj; a1[J] += u1 * xj; a2[J] += u2 * xj; }
+#define NPFCN_DW7(T, SUFFIX, VEC, VL)                                                     \
+NPFCN_INLINE void dw7_##SUFFIX(const T *const g[NPFCN_DW7_OB], const T *restrict x,      \
+                               int64_t n, double sums[NPFCN_DW7_OB][7])                   \
+{                                                                                         \
+    VEC a0[7] = {{0}}, a1[7] = {{0}}, a2[7] = {{0}};                                      \
+    const T *restrict g0 = g[0], *restrict g1 = g[1], *restrict g2 = g[2];               \
+    for (int64_t k = 0; k < n; k += VL) {                                                 \
+        const VEC u0 = loadw_##SUFFIX(g0 + k), u1 = loadw_##SUFFIX(g1 + k);               \
+        const VEC u2 = loadw_##SUFFIX(g2 + k);                                            \
+        NPFCN_DW7_TAP(VEC, SUFFIX, 0) NPFCN_DW7_TAP(VEC, SUFFIX, 1)                       \
+        NPFCN_DW7_TAP(VEC, SUFFIX, 2) NPFCN_DW7_TAP(VEC, SUFFIX, 3)                       \
+        NPFCN_DW7_TAP(VEC, SUFFIX, 4) NPFCN_DW7_TAP(VEC, SUFFIX, 5)                       \
+        NPFCN_DW7_TAP(VEC, SUFFIX, 6)                                                     \
+    }                                                                                     \
+    for (int j = 0; j < 7; ++j) {                                                         \
+        sums[0][j] = lanes_sum_##SUFFIX(a0[j]);                                           \
+        sums[1][j] = lanes_sum_##SUFFIX(a1[j]);                                           \
+        sums[2][j] = lanes_sum_##SUFFIX(a2[j]);                                           \
+    }                                                                                     \
+}
+
 /* The weight gradient works on blocks of output rows (enough for dots of
  * NPFCN_DW_MIN_DOT elements), with the
  * staged input rows and dy's rows all GW = round_up(RX + KW - 1, VL) apart and
@@ -394,6 +425,7 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
 {                                                                                         \
     const int64_t RX = ox1 - ox0, RY = oy1 - oy0, GW = dw_row_##SUFFIX(RX, KW);           \
     const int64_t wsize = O * C * KH * KW, threads = npfcn_num_threads();                 \
+    const int wide_registers = NPFCN_HAS_AVX512();      /* dw7's 25 vectors fit */        \
     const int64_t stage_len = dw_stage_len_##SUFFIX(C, KH, KW, RX);                       \
     const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                    \
     const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                           \
@@ -447,6 +479,21 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                             for (int64_t q = 0; q < nob; ++q)                             \
                                 for (int64_t j = 0; j < 3; ++j)                           \
                                     partial[(((o + q) * C + c) * KH + i) * 3 + j] += sums[q][j]; \
+                        }                                                                 \
+                }                                                                         \
+            } else if (KW == 7 && wide_registers) {  /* SegNet-Basic's 7x7 */          \
+                for (int64_t o = 0; o < O; o += NPFCN_DW7_OB) {                           \
+                    const int64_t nob = O - o < NPFCN_DW7_OB ? O - o : NPFCN_DW7_OB;      \
+                    const T *gq[NPFCN_DW7_OB];                                            \
+                    for (int64_t q = 0; q < NPFCN_DW7_OB; ++q)                            \
+                        gq[q] = g + (o + (q < nob ? q : 0)) * rows * GW;                  \
+                    for (int64_t c = 0; c < C; ++c)                                       \
+                        for (int64_t i = 0; i < KH; ++i) {                                \
+                            double sums[NPFCN_DW7_OB][7];                                 \
+                            dw7_##SUFFIX(gq, stage + (c * rows_in + i) * GW, rows * GW, sums); \
+                            for (int64_t q = 0; q < nob; ++q)                             \
+                                for (int64_t j = 0; j < 7; ++j)                           \
+                                    partial[(((o + q) * C + c) * KH + i) * 7 + j] += sums[q][j]; \
                         }                                                                 \
                 }                                                                         \
             } else {                                                                      \
@@ -546,6 +593,8 @@ NPFCN_DOT(float, f32, npfcn_vf32w, 8)
 NPFCN_DOT(double, f64, npfcn_vf64w, 4)
 NPFCN_DW3(float, f32, npfcn_vf32w, 8)
 NPFCN_DW3(double, f64, npfcn_vf64w, 4)
+NPFCN_DW7(float, f32, npfcn_vf32w, 8)
+NPFCN_DW7(double, f64, npfcn_vf64w, 4)
 NPFCN_DIRECT_SCRATCH(float, f32, 16)
 NPFCN_DIRECT_SCRATCH(double, f64, 8)
 NPFCN_DIRECT_WEIGHT_GRAD(float, f32, npfcn_vf32w, 8, 16)

@@ -7,7 +7,7 @@ import pytest
 
 from npfcn import functional as F
 from npfcn import reference
-from npfcn.kernels import backend, bands, dispatch, gemm, winograd
+from npfcn.kernels import backend, bands, direct, dispatch, gemm, winograd
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
 
@@ -96,23 +96,31 @@ def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads,
         close(dw2.reshape(w.shape), dw_ref)
 
 
-def test_large_kernels_with_full_rows_take_the_direct_loop(two_threads):
+@pytest.mark.parametrize("width", sorted({32, direct.vector_bytes() or 32}))
+def test_large_kernels_with_full_rows_take_the_direct_loop(width, two_threads):
     """A 7x7 layer whose rows fill the direct loop's blocks (60 outputs: 83 % of three
-    24-wide blocks) runs forward and dx there and dw by im2col + matmul; with bias and a
-    fused ReLU it equals the reference.  30 outputs (62 %) stay on bands."""
+    24-wide blocks) runs forward and dx there, dw in direct.c's 7-wide loop (AVX-512:
+    width 64; 4 output channels = a block of 3 and a remainder of 1) or by im2col +
+    matmul (width 32); with bias and a fused ReLU it equals the reference.  30 outputs
+    (62 %) stay on bands."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 9, 60))
     w = rng.standard_normal((4, 6, 7, 7))
     b = rng.standard_normal(4)
-    assert dispatch.conv2d_path(x.shape, w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 60)) == "direct_dw_gemm"
+    assert dispatch.conv2d_path(x.shape, w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 60)) == "direct_large"
     assert dispatch.conv2d_path((2, 6, 9, 30), w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 30)) == "bands"
-    y, cache = F.conv2d_forward(x, w, b, padding=3, relu=True)
-    assert cache[0] == "direct_dw_gemm"
+    before = direct.vector_bytes()
+    try:
+        assert direct.vector_bytes(width) == width
+        y, cache = F.conv2d_forward(x, w, b, padding=3, relu=True)
+        assert cache[0] == "direct_large"
+        dy = rng.standard_normal(y.shape)
+        dx, dw, db = F.conv2d_backward(dy, cache)
+    finally:
+        direct.vector_bytes(before)
     y_ref, cache_ref = reference.conv2d_forward(x, w, b, padding=3)
     y_ref = np.maximum(y_ref, 0)
     close(y, y_ref)
-    dy = rng.standard_normal(y.shape)
-    dx, dw, db = F.conv2d_backward(dy, cache)
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy * (y_ref > 0), cache_ref)
     for got, want in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
         close(got, want)

@@ -203,10 +203,14 @@ def direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
     return dx, db
 
 
-def direct_conv_gemm_weight_grads(dy, x, w, has_bias, g, relu_y, dw2):
-    """(dx, db) with dx from the direct forward pass and dw2 += dy cols^T by im2col +
-    matmul in bands (``gemm.grad_bands``): for large kernels, where direct.c's weight
-    gradient (dot products of long rows, built for 3x3) is the slower of the two."""
+def large_kernel_grads(dy, x, w, has_bias, g, relu_y, dw2):
+    """(dx, db) for kernels larger than 5x5 (``dispatch``'s path ``direct_large``): dx
+    from the direct forward pass; the weight gradient from direct.c where it has a
+    register-blocked loop for the kernel (7 wide, with AVX-512's 32 vector registers:
+    dw7 there), else by im2col + matmul in bands (``gemm.grad_bands``), which beats
+    direct.c's one dot product per weight."""
+    if g[1] == 7 and vector_bytes() == 64:
+        return direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2)
     dy = through_relu(dy, relu_y)
     KH, KW, PH, PW = g[0], g[1], g[4], g[5]
     grad_bands(dy, x, g, dw2)

@@ -16,8 +16,8 @@ conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      `
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
                    and >= 64 2x2 output tiles
-                   ``direct_dw_gemm``: stride 1, no dilation, kernel > 5x5,    ``direct.direct_conv``
-                   rows that fill the direct loop's blocks (SegNet-Basic's     (dw: ``gemm.grad_bands``)
+                   ``direct_large``: stride 1, no dilation, kernel > 5x5,      ``direct.direct_conv``
+                   rows that fill the direct loop's blocks (SegNet-Basic's
                    7x7 layers at 45x60 and larger)
                    ``bands``: everything else (im2col in bands + matmul)       ``gemm.banded_conv``
 conv_transpose2d   ``subpixel``: kernel a multiple of the stride, no           ``subpixel.subpixel_transposed_conv``
@@ -46,8 +46,9 @@ SegNet-Basic's 7x7 layers (64 -> 64, batch 4) have more channels than the direct
 loop was written for, but its forward pass still beats im2col + matmul once the rows
 fill its blocks: 171-217 GFLOP/s against 124-141 at 45x60 to 180x240, and 115 against
 143 at 23x30, where 30 outputs fill 62 % of two 24-wide blocks (Zen 4, 2 threads, under
-load; docs/kernels.md).  Its weight gradient (dot products of long rows, fast for 3x3)
-is not, so that path takes the weight gradient from im2col + matmul.
+load; docs/kernels.md).  Its weight gradient has a register-blocked loop for 7-wide
+kernels on AVX-512 (153-185 GFLOP/s against 106-131 by im2col + matmul); other large
+kernels, and CPUs without AVX-512, take the weight gradient from im2col + matmul.
 """
 from . import backend, direct, gemm, subpixel, winograd
 
@@ -63,7 +64,7 @@ LARGE_KERNEL_MIN_FILL = 0.8    # share of the direct loop's blocks a row must fi
 CONV2D = {
     "pointwise": (gemm.pointwise_conv, gemm.pointwise_conv_grads),
     "direct": (direct.direct_conv, direct.direct_conv_grads),
-    "direct_dw_gemm": (direct.direct_conv, direct.direct_conv_gemm_weight_grads),
+    "direct_large": (direct.direct_conv, direct.large_kernel_grads),
     "winograd4": (winograd.f4_conv, winograd.f4_conv_grads),
     "winograd2": (winograd.f2_conv, winograd.f2_conv_grads),
     "bands": (gemm.banded_conv, gemm.banded_conv_grads),
@@ -96,7 +97,7 @@ def conv2d_path(x_shape, w_shape, g):
             and not (winograd and C * O > DIRECT_MAX_3X3_CHANNEL_PRODUCT):
         return "direct"
     if max(KH, KW) > DIRECT_MAX_KERNEL and direct.block_fill(OW, 4) >= LARGE_KERNEL_MIN_FILL:
-        return "direct_dw_gemm"
+        return "direct_large"
     if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
                 and _tiles(N, OH, OW, 4) >= F4_MIN_TILES:
