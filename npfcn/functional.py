@@ -169,9 +169,11 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False):
     return y, (path, y.shape, x.dtype, (x, w, b is not None, g, y if relu else None))
 
 
-def conv2d_backward(dy, cache, dw_into=None):
+def conv2d_backward(dy, cache, dw_into=None, input_gradient=True):
     """dy: (N, O, OH, OW) -> (dx: (N, C, H, W), dw: (O, C, KH, KW), db: (O,) or None).
 
+    With ``input_gradient`` False, dx is None and the fast paths skip it where they
+    can (a network's first layer: nothing needs the gradient of the image).
     With ``dw_into`` (a C-contiguous (O, C, KH, KW) array of x's dtype) the weight
     gradient is ADDED into it and it is returned as dw: a layer accumulating its
     gradient saves a temporary the size of the weight and one pass over it.
@@ -182,12 +184,12 @@ def conv2d_backward(dy, cache, dw_into=None):
         if relu_cache is not None:
             dy = reference.relu_backward(dy, relu_cache)
         dx, dw, db = reference.conv2d_backward(dy, conv_cache)
-        return dx, _added_into(dw, dw_into), db
+        return dx if input_gradient else None, _added_into(dw, dw_into), db
     x, w, has_bias, g, relu_y = inner
     dw2 = _gradient_target(dw_into, w)
     _, backward = dispatch.CONV2D[path]
-    dx, db = backward(dy, x, w, has_bias, g, relu_y, dw2)
-    return dx, dw2.reshape(w.shape), db
+    dx, db = backward(dy, x, w, has_bias, g, relu_y, dw2, input_gradient)
+    return dx if input_gradient else None, dw2.reshape(w.shape), db
 
 
 # --- transposed convolution ----------------------------------------------------------

@@ -107,6 +107,7 @@ class Conv2d(Module):
             self._add_param("bias", rng.uniform(-bound, bound, out_channels))
 
     relu = False    # ConvReLU2d: a ReLU fused after the convolution
+    input_gradient = True   # False: backward returns None (a network's first layer)
 
     def forward(self, x):
         y, cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
@@ -116,7 +117,8 @@ class Conv2d(Module):
 
     def backward(self, dy):
         # The weight gradient is added straight into grads["weight"] (no temporary).
-        dx, _, db = F.conv2d_backward(dy, self._take_cache(), dw_into=self.grads["weight"])
+        dx, _, db = F.conv2d_backward(dy, self._take_cache(), dw_into=self.grads["weight"],
+                                      input_gradient=self.input_gradient)
         if "bias" in self.params:
             self._accumulate("bias", db)
         return dx

@@ -15,6 +15,7 @@ from npfcn.losses import CrossEntropyLoss
 from npfcn.models import (FCN8s, FCN16s, FCN32s, build_model, count_parameters,
                           parameter_shapes, upsampling_names)
 from npfcn.models.fcn import ARCHITECTURES, MODEL_NAMES      # the FCNs (SegNet & co.: test_segnet.py)
+from npfcn.models.registry import MODEL_NAMES as ALL_MODEL_NAMES
 from npfcn.optim import SGD
 
 TINY = 1 / 64          # every VGG/fc channel count scaled to 1..64: a full forward takes ms
@@ -630,3 +631,30 @@ def test_forward_and_backward_match_pytorch(torch, name):
         np.testing.assert_allclose(model.grads[key], expected_grad, rtol=1e-9,
                                    atol=1e-10 * max(np.abs(expected_grad).max(), 1e-300),
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("name", ALL_MODEL_NAMES)
+def test_training_skips_the_gradient_of_the_image(name):
+    """With ``input_gradient`` off, backward returns None and every parameter gradient
+    is bit for bit what it is with dx computed (dx is the last thing backward makes, in
+    the layer that reads the image: 3 input channels).  The trainer turns it off."""
+    from npfcn.models import build_model
+
+    fcn = name in MODEL_NAMES
+    width = 1 / 16 if fcn or name == "segnet" else 1 / 8
+    x = np.random.default_rng(0).standard_normal((2, 3, 37, 41)).astype(np.float32)
+    grads = []
+    for flag in (True, False):
+        model = build_model(name, num_classes=5, width=width, seed=1,
+                            **({"dropout": 0.0} if fcn else {})).train()
+        assert model._first_conv().params["weight"].shape[1] == 3
+        model.input_gradient = flag
+        assert model.input_gradient is flag
+        scores = model.forward(x)
+        model.zero_grad()
+        dx = model.backward(np.ones_like(scores))
+        assert (dx is None) == (not flag) and (dx is None or dx.shape == x.shape)
+        grads.append({k: v.copy() for k, v in model.grads.items()})
+    for key in grads[0]:
+        np.testing.assert_array_equal(grads[0][key], grads[1][key], err_msg=key)
+

@@ -429,3 +429,10 @@ def test_a_run_saved_before_lars_existed_resumes_without_it(tmp_path, uninterrup
     trainer = Trainer.resume(path, stream=io.StringIO())
     assert trainer.config.lars == 0.0 and trainer.optimizer.layerwise == frozenset()
     assert TrainConfig().lars > 0                       # while new runs use it
+
+
+def test_the_trainer_turns_the_gradient_of_the_image_off(tmp_path):
+    """Nothing in training needs dx of the image (test_models checks the gradients are
+    the same without it)."""
+    trainer = Trainer(tiny_config(tmp_path, "no-dx"), stream=io.StringIO())
+    assert trainer.model.input_gradient is False

@@ -163,7 +163,7 @@ def _outside_window_sums(dy, dy_mask, rect):
     return outside
 
 
-def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None):
+def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None, input_gradient=True):
     """Gradients of ``correlate``: returns dx and ADDS the weight gradient into dw2.
 
     dy: (N, O, OH, OW); x, w, padding as in forward; dw2: an array of O*C*KH*KW
@@ -184,6 +184,8 @@ def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None):
                                  P(scratch))
     if db is not None and N > 0 and (oy0, oy1, ox0, ox1) != (0, OH, 0, OW):
         db += _outside_window_sums(dy, dy_mask, (oy0, oy1, ox0, ox1))
+    if not input_gradient:
+        return None
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
     # dy with the flipped weights and padding KH-1-PH (negative: a crop).
     return correlate(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW), x_mask=dy_mask)
@@ -196,23 +198,24 @@ def direct_conv(x, w, b, g, relu):
     return correlate(x, w, (g[4], g[5]), bias=b, relu=relu)
 
 
-def direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """(dx, db): the fused ReLU's mask is read as dy is staged, db summed alongside."""
     db = np.zeros(w.shape[0], dtype=x.dtype) if has_bias else None
-    dx = correlate_grads(dy, x, w, (g[4], g[5]), dw2, dy_mask=relu_y, db=db)
+    dx = correlate_grads(dy, x, w, (g[4], g[5]), dw2, dy_mask=relu_y, db=db,
+                         input_gradient=input_gradient)
     return dx, db
 
 
-def large_kernel_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def large_kernel_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """(dx, db) for kernels larger than 5x5 (``dispatch``'s path ``direct_large``): dx
     from the direct forward pass; the weight gradient from direct.c where it has a
     register-blocked loop for the kernel (7 wide, with AVX-512's 32 vector registers:
     dw7 there), else by im2col + matmul in bands (``gemm.grad_bands``), which beats
     direct.c's one dot product per weight."""
     if g[1] == 7 and vector_bytes() == 64:
-        return direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2)
+        return direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient)
     dy = through_relu(dy, relu_y)
     KH, KW, PH, PW = g[0], g[1], g[4], g[5]
     grad_bands(dy, x, g, dw2)
-    dx = correlate(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW))
+    dx = correlate(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW)) if input_gradient else None
     return dx, channel_sums(dy) if has_bias else None

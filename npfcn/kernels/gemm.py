@@ -12,10 +12,12 @@ batch in one product.
 * ``banded_transposed_conv``: transposed convolutions the sub-pixel path leaves.
 
 Every core has the signatures ``npfcn.kernels.dispatch`` expects:
-``core(x, w, b, g, relu) -> y`` and ``core_grads(dy, x, w, has_bias, g, relu_y, dw2)
--> (dx, db)`` for convolution, where ``dw2`` is the (rows, cols) view of the array
-the weight gradient is ADDED into and ``relu_y`` is the output of a fused ReLU
-(its mask) or None; ``g = (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``.
+``core(x, w, b, g, relu) -> y`` and ``core_grads(dy, x, w, has_bias, g, relu_y, dw2,
+input_gradient=True) -> (dx, db)`` for convolution, where ``dw2`` is the (rows, cols)
+view of the array the weight gradient is ADDED into, ``relu_y`` is the output of a
+fused ReLU (its mask) or None, and with ``input_gradient`` False dx may be skipped
+(None; a network's first layer: nothing needs the gradient of the image);
+``g = (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``.
 """
 import threading
 
@@ -110,7 +112,7 @@ def pointwise_conv(x, w, b, g, relu):
     return add_bias_and_relu(y, b, relu).reshape(N, O, H, W)
 
 
-def pointwise_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def pointwise_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """dx = w^T dy[n]; dw2 += dy[n] x[n]^T over the batch; returns (dx, db or None)."""
     dy = through_relu(dy, relu_y)
     N, C, H, W = x.shape
@@ -118,7 +120,7 @@ def pointwise_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
     dy3, x3 = dy.reshape(N, O, H * W), x.reshape(N, C, H * W)
     for n in range(N):
         _add_outer(dw2, dy3[n], x3[n])
-    dx = np.matmul(w.reshape(O, C).T, dy3).reshape(N, C, H, W)
+    dx = np.matmul(w.reshape(O, C).T, dy3).reshape(N, C, H, W) if input_gradient else None
     return dx, channel_sums(dy) if has_bias else None
 
 
@@ -160,12 +162,15 @@ def _band_ranges(rows, row_bytes, row_columns):
     return ranges
 
 
-def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """dx as a convolution of dy (``flipped_conv_for_dx``) where that applies, else
     dcols = w^T dy and dx += col2im(dcols) per band; dw2 += dy cols^T per band."""
     dy = through_relu(dy, relu_y)
     flipped = flipped_conv_for_dx(x.shape[1], g)
-    if flipped:
+    if not input_gradient:
+        dx = None
+        grad_bands(dy, x, g, dw2)
+    elif flipped:
         dx = banded_conv(dy, flipped_transposed(w), None, flipped, False)
         grad_bands(dy, x, g, dw2)
     else:

@@ -212,7 +212,9 @@ def f2_conv(x, w, b, g, relu):
     return add_bias_and_relu(conv3x3(x, w, (g[4], g[5]), F2), b, relu)
 
 
-def f2_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def f2_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
+    """(dx, db); dx is computed even without ``input_gradient`` (conv3x3_grads gets dw
+    and dx from the same transformed tiles)."""
     dy = through_relu(dy, relu_y)
     return conv3x3_grads(dy, x, w, (g[4], g[5]), dw2, F2), channel_sums(dy) if has_bias else None
 
@@ -222,6 +224,7 @@ def f4_conv(x, w, b, g, relu):
     return add_bias_and_relu(conv3x3(x, w, (g[4], g[5]), F4), b, relu)
 
 
-def f4_conv_grads(dy, x, w, has_bias, g, relu_y, dw2):
+def f4_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
+    """As ``f2_conv_grads``, with F(4x4, 3x3)."""
     dy = through_relu(dy, relu_y)
     return conv3x3_grads(dy, x, w, (g[4], g[5]), dw2, F4), channel_sums(dy) if has_bias else None

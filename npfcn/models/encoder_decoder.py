@@ -124,7 +124,8 @@ class EncoderDecoderNet:
     ``grads`` views, train/eval, state dicts (FCN's checks, BN statistics included).
 
     forward(x: (N, 3, H, W), any H, W >= 1) -> scores (N, num_classes, H, W)
-    backward(dscores: (N, num_classes, H, W)) -> dx (N, 3, H, W), adding into ``grads``.
+    backward(dscores: (N, num_classes, H, W)) -> dx (N, 3, H, W) (None without
+    ``input_gradient``), adding into ``grads``.
     In training mode every BN needs more than one value per channel: N*h*w > 1 at the
     deepest level.
     """
@@ -210,6 +211,22 @@ class EncoderDecoderNet:
         dscores = np.ascontiguousarray(dscores, dtype=self.dtype)
         self._output_shape = None
         return self._backward(dscores)
+
+    @property
+    def input_gradient(self):
+        """Whether backward computes dx, the gradient of the image (default True; backward
+        returns None without it).  Training turns it off: nothing there needs dx, and it
+        costs as much as the first layer's forward pass (PyTorch skips it too, for an
+        input that does not require a gradient)."""
+        return self._first_conv().input_gradient
+
+    @input_gradient.setter
+    def input_gradient(self, value):
+        self._first_conv().input_gradient = bool(value)
+
+    def _first_conv(self):
+        """The convolution that reads the image: the first in the layer table."""
+        return next(m for m in self._layers.values() if isinstance(m, Conv2d))
 
     # --- state --------------------------------------------------------------------
     def _modules(self):

@@ -282,7 +282,8 @@ class FCN:
         return scores
 
     def backward(self, dscores):
-        """dscores: (N, num_classes, H, W) -> dx: (N, 3, H, W); adds into ``grads``."""
+        """dscores: (N, num_classes, H, W) -> dx: (N, 3, H, W) (None without
+        ``input_gradient``); adds into ``grads``."""
         if self._output_shape is None:
             raise ValueError("backward() called before forward() (or twice after one forward)")
         dscores = as_float_tensor(dscores, "gradient of the scores", ndim=4, dtype=self.dtype)
@@ -302,6 +303,21 @@ class FCN:
             d = layers[skip.upsample].backward(d)
         tap_grads["fc7"] = layers["score_fr"].backward(d)
         return self.encoder.backward(tap_grads)
+
+    @property
+    def input_gradient(self):
+        """Whether backward computes dx, the gradient of the image (default True; backward
+        returns None without it).  Training turns it off: nothing there needs dx, and it
+        costs as much as the first layer's forward pass (PyTorch skips it too, for an
+        input that does not require a gradient)."""
+        return self._first_conv().input_gradient
+
+    @input_gradient.setter
+    def input_gradient(self, value):
+        self._first_conv().input_gradient = bool(value)
+
+    def _first_conv(self):
+        return self.encoder.convs["conv1_1"]
 
     # --- state --------------------------------------------------------------------
     def _modules(self):

@@ -56,6 +56,7 @@ class Trainer:
         self.num_classes = len(self.class_names)
         self.transform = build_transform(config)
         self.model = initialise(build_model(config, self.num_classes), config, self.train_set)
+        self.model.input_gradient = False      # training never needs the image's gradient
         self.optimizer = build_optimizer(config, self.model)
         self.data_rng = data_rng(config.seed)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
