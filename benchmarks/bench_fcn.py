@@ -46,6 +46,7 @@ def npfcn_step(cfg):
     from npfcn.optim import SGD
     model = FCN8s(num_classes=cfg["num_classes"], width=cfg["width"], seed=0)
     model.train()
+    model.input_gradient = False       # as npfcn train, and as PyTorch for an image input
     loss_fn = CrossEntropyLoss(ignore_index=255)
     opt = SGD(model, lr=1e-4, momentum=0.9, weight_decay=5e-4)
     x, y = make_batch(cfg)

@@ -47,6 +47,7 @@ def npfcn_step(batch, h, w):
     from npfcn.models import SegNetBasic
     from npfcn.optim import SGD
     model = SegNetBasic(NUM_CLASSES, seed=0).train()
+    model.input_gradient = False       # as npfcn train, and as PyTorch for an image input
     loss_fn = CrossEntropyLoss()
     opt = SGD(model, lr=0.1, momentum=0.9)
     rng = np.random.default_rng(0)
@@ -64,6 +65,7 @@ def npfcn_step(batch, h, w):
 def npfcn_conv(batch, cin, h, w):
     from npfcn.layers import Conv2d
     conv = Conv2d(cin, 64, 7, padding=3, bias=False, rng=0)
+    conv.input_gradient = cin != 3      # conv1's dx is never needed (as on the torch side)
     x = np.random.default_rng(0).standard_normal((batch, cin, h, w), dtype=np.float32)
     dy = np.ones((batch, 64, h, w), np.float32)
 
