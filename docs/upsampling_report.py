@@ -1,12 +1,13 @@
 """The tables and pictures of docs/upsampling.md, from trained runs (see that file for the
 commands that train them).
 
-    python docs/upsampling_report.py RUNS_FOLDER [--data camvid:DIR] [--names a,b,...]
+    python docs/upsampling_report.py RUNS_FOLDER [--data camvid:DIR] [--names a,b,...] [--seeds 0,1]
 
-For each run folder RUNS_FOLDER/<name> (best.npz, metrics.json): test-set scores at the
-scale it was trained at (``npfcn.evaluate`` with the boundary F1), parameters, training
-time, peak memory of one forward pass (a fresh process per model); then writes
-RUNS_FOLDER/report.json, the Markdown tables on stdout, and the pictures
+For each run folder RUNS_FOLDER/<name>-s<seed> (best.npz, metrics.json): test-set scores
+at the scale it was trained at (``npfcn.evaluate`` with the boundary F1), parameters,
+training time, and for the first seed the peak memory of one forward pass (a fresh
+process per model); then writes RUNS_FOLDER/report.json, the Markdown tables (mean over
+the seeds, each seed in brackets) on stdout, and the pictures (first seed's runs)
 docs/upsampling_camvid.png (test images, truth, every model's prediction, legend) and
 docs/upsampling_curves.png (validation mean IoU and training loss per epoch).
 """
@@ -100,7 +101,7 @@ def picture(runs, labels, data, path, indices=(0, 60, 120, 200)):
     from npfcn.data.camvid import CAMVID_CLASSES, CAMVID_COLORMAP
     from npfcn.data.transforms import preprocess
     from npfcn.evaluate import predict_labels
-    from npfcn.viz import _font, colorize, image_grid
+    from npfcn.viz import colorize, image_grid, load_font
 
     models, scale = [], 1.0
     for run in runs:
@@ -118,7 +119,7 @@ def picture(runs, labels, data, path, indices=(0, 60, 120, 200)):
         rows.append(row)
     grid = Image.fromarray(image_grid(rows, titles=["test image", "truth"] + labels, scale=2))
     # A legend below: one swatch per class (void is drawn in the VOC void colour).
-    font = _font(13)
+    font = load_font(13)
     legend_h = 30
     canvas = Image.new("RGB", (grid.width, grid.height + legend_h), (255, 255, 255))
     canvas.paste(grid, (0, 0))
@@ -135,7 +136,7 @@ def picture(runs, labels, data, path, indices=(0, 60, 120, 200)):
 def curves(runs, labels, path):
     from PIL import Image, ImageDraw
 
-    from npfcn.viz import _font, _panel
+    from npfcn.viz import _panel, load_font
 
     histories = []
     for run in runs:
@@ -143,7 +144,7 @@ def curves(runs, labels, path):
             histories.append(json.load(handle)["epochs"])
     canvas = Image.new("RGB", (900, 340), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = _font(12)
+    font = load_font(12)
     miou = [(label, [e["epoch"] for e in h], [e["mean_iou"] for e in h], COLOURS[i % len(COLOURS)])
             for i, (label, h) in enumerate(zip(labels, histories))]
     loss = [(label, [e["epoch"] for e in h], [e["train_loss"] for e in h], COLOURS[i % len(COLOURS)])
@@ -188,26 +189,57 @@ PAPER = {   # arXiv 1511.00561v3, Table 1 (median frequency balancing, CamVid te
 }
 
 
+def _seeds_cell(values, digits=1):
+    """'mean (seed 0, seed 1, ...)' of percentages."""
+    text = f"{100 * np.mean(values):.{digits}f}"
+    if len(values) > 1:
+        text += " (" + ", ".join(f"{100 * v:.{digits}f}" for v in values) + ")"
+    return text
+
+
 def tables(results):
+    """results: {label: [scores of each seed's run]} -> the Markdown tables."""
     lines = ["| model | params | G | C | mIoU | BF | paper G / C / mIoU / BF (params) | "
-             "train min | best epoch | GMAC/image 90x120 | fwd MiB 90x120 | fwd MiB 360x480 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results.items():
+             "min / epoch | best epoch | GMAC / image 90x120 | fwd MiB 360x480 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, runs in results.items():
+        r = runs[0]
         paper = PAPER.get(r["model"])
         paper_text = " / ".join(f"{v}" for v in paper[:4]) + f" ({paper[4]})" if paper else "-"
-        lines.append(f"| {name} | {r['parameters']:,} | {100 * r['pixel_accuracy']:.1f} | "
-                     f"{100 * r['mean_accuracy']:.1f} | {100 * r['mean_iou']:.1f} | "
-                     f"{100 * r['boundary_f1']:.1f} | {paper_text} | {r['train_minutes']:.0f} | "
-                     f"{r['best_epoch']}/{r['epochs']} | {r.get('gmacs_small', 0):.2f} | "
-                     f"{r.get('memory_small', 0):.0f} | "
-                     f"{r.get('memory_full', 0):.0f} |")
-    classes = list(next(iter(results.values()))["iou_per_class"])
+        cells = [_seeds_cell([run[key] for run in runs])
+                 for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "boundary_f1")]
+        minutes = ", ".join(f"{run['train_minutes'] / run['epochs']:.1f}" for run in runs)
+        best = ", ".join(f"{run['best_epoch']}" for run in runs)
+        lines.append(f"| {name} | {r['parameters']:,} | " + " | ".join(cells) +
+                     f" | {paper_text} | {minutes} | {best} of {r['epochs']} | "
+                     f"{r.get('gmacs_small', 0):.2f} | {r.get('memory_full', 0):.0f} |")
+    classes = list(next(iter(results.values()))[0]["iou_per_class"])
     lines += ["", "| model | " + " | ".join(classes) + " |",
               "| --- | " + " | ".join("---" for _ in classes) + " |"]
-    for name, r in results.items():
-        cells = [("-" if v is None else f"{100 * v:.1f}") for v in r["iou_per_class"].values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, runs in results.items():
+        cells = []
+        for c in classes:
+            values = [run["iou_per_class"][c] for run in runs if run["iou_per_class"][c] is not None]
+            cells.append(f"{100 * np.mean(values):.1f}" if values else "-")
+        lines.append(f"| {name} (mean of {len(runs)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def scores_of(run, data, measure_memory):
+    """Test scores of one run, cached in run/test_scores.json while best.npz is unchanged."""
+    best = os.path.join(run, "best.npz")
+    cached = os.path.join(run, "test_scores.json")
+    if os.path.isfile(cached) and os.path.getmtime(cached) > os.path.getmtime(best):
+        with open(cached) as handle:
+            return json.load(handle)
+    print(f"evaluating {run} ...", file=sys.stderr, flush=True)
+    result = evaluate_run(run, data)
+    result["gmacs_small"] = forward_gmacs(result["model"], result["width"], 11, 90, 120)
+    if measure_memory:
+        result["memory_full"] = forward_memory_mib(best, 360, 480)
+    with open(cached, "w") as handle:
+        json.dump(result, handle, indent=1)
+    return result
 
 
 def main(argv=None):
@@ -215,6 +247,8 @@ def main(argv=None):
     parser.add_argument("runs", nargs="?")
     parser.add_argument("--names", default="segnet-basic,fcn-basic,bilinear-basic,fcn8s-narrow")
     parser.add_argument("--labels", default="SegNet-Basic,FCN-Basic,bilinear,FCN-8s narrow")
+    parser.add_argument("--seeds", default="0,1",
+                        help="the runs of a model are RUNS_FOLDER/<name>-s<seed> (default 0,1)")
     parser.add_argument("--data", default="camvid:" + os.environ.get(
         "NPFCN_CAMVID", os.path.join(os.path.dirname(os.path.dirname(DOCS)), "shared/data/camvid")))
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
@@ -227,32 +261,20 @@ def main(argv=None):
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]), int(args.memory_child[2]))
         return 0
-    names, labels = args.names.split(","), args.labels.split(",")
-    runs = [os.path.join(args.runs, n) for n in names]
-    present = [(n, l, r) for n, l, r in zip(names, labels, runs)
-               if os.path.isfile(os.path.join(r, "best.npz"))]
-    results = {}
-    for name, label, run in present:
-        best = os.path.join(run, "best.npz")
-        cached = os.path.join(run, "test_scores.json")     # reused while best.npz is unchanged
-        if os.path.isfile(cached) and os.path.getmtime(cached) > os.path.getmtime(best):
-            with open(cached) as handle:
-                results[label] = json.load(handle)
-            continue
-        print(f"evaluating {run} ...", file=sys.stderr, flush=True)
-        results[label] = evaluate_run(run, args.data)
-        results[label]["memory_small"] = forward_memory_mib(best, 90, 120)
-        results[label]["memory_full"] = forward_memory_mib(best, 360, 480)
-        results[label]["gmacs_small"] = forward_gmacs(results[label]["model"],
-                                                      results[label]["width"], 11, 90, 120)
-        with open(cached, "w") as handle:
-            json.dump(results[label], handle, indent=1)
+    results, first_runs = {}, []
+    for name, label in zip(args.names.split(","), args.labels.split(",")):
+        runs = [os.path.join(args.runs, f"{name}-s{seed}") for seed in args.seeds.split(",")]
+        runs = [run for run in runs if os.path.isfile(os.path.join(run, "best.npz"))]
+        if runs:
+            results[label] = [scores_of(run, args.data, i == 0) for i, run in enumerate(runs)]
+            results[label][0].setdefault("memory_full", 0)
+            first_runs.append((label, runs[0]))
     with open(os.path.join(args.runs, "report.json"), "w") as handle:
         json.dump(results, handle, indent=1)
     print(tables(results))
-    runs_present, labels_present = [r for _, _, r in present], [l for _, l, _ in present]
-    picture(runs_present, labels_present, args.data, os.path.join(DOCS, "upsampling_camvid.png"))
-    curves(runs_present, labels_present, os.path.join(DOCS, "upsampling_curves.png"))
+    labels, runs = [l for l, _ in first_runs], [r for _, r in first_runs]
+    picture(runs, labels, args.data, os.path.join(DOCS, "upsampling_camvid.png"))
+    curves(runs, labels, os.path.join(DOCS, "upsampling_curves.png"))
     return 0
 
 
