@@ -377,20 +377,22 @@ NPFCN_INLINE void dw7_##SUFFIX(const T *const g[NPFCN_DW7_OB], const T *restrict
 
 /* The weight gradient works on blocks of output rows (enough for dots of
  * NPFCN_DW_MIN_DOT elements), with the
- * staged input rows and dy's rows all GW = round_up(RX + KW - 1, VL) apart and
- * zero past their data.  Then, flattened, dy's block g and input plane c line
- * up so that
- *     dw[o, c, i, j] += dot(g[o], xs[c] + i*GW + j, rows*GW)
+ * staged input rows and dy's rows all GW = RX + KW - 1 apart and zero past their
+ * data.  Then, flattened, dy's block g and input plane c line up so that
+ *     dw[o, c, i, j] += dot(g[o], xs[c] + i*GW + j, n),  n = round_up(rows*GW, VL)
  * ONE long dot product per weight and block: g is zero wherever an output lies
- * outside the window, so the pairs that wrap into the next row add nothing.
+ * outside the window (and from rows*GW to n), so the pairs that wrap into the next
+ * row add nothing.  GW is not rounded up to the vector length: a 30-wide row
+ * would then take 48 places, 30 of them useful, against 30 of 36.
  * Scratch per thread, in elements of T (direct_conv_scratch): the staged block
- * (C planes of rows+KH-1 rows, plus VL zeros the last shifted read runs into),
- * dy's block (O planes of rows) and the partial sums (doubles). */
+ * (C planes of rows+KH-1 rows, plus KW+VL zeros the last shifted reads run into),
+ * dy's block (O planes of GP = round_up(block rows * GW, VL) values) and the
+ * partial sums (doubles). */
 #define NPFCN_DW_MIN_DOT 2048   /* block rows: dots at least this long (or the image) */
 #define NPFCN_DIRECT_SCRATCH(T, SUFFIX, VL)                                               \
 static int64_t dw_row_##SUFFIX(int64_t RX, int64_t KW)                                    \
 {                                                                                         \
-    return ((RX > 0 ? RX : 0) + KW - 1 + VL - 1) / VL * VL;                               \
+    return (RX > 0 ? RX : 0) + KW - 1;                                                    \
 }                                                                                         \
 static int64_t dw_block_rows_##SUFFIX(int64_t RX, int64_t KW)                             \
 {                                                                                         \
@@ -400,7 +402,12 @@ static int64_t dw_block_rows_##SUFFIX(int64_t RX, int64_t KW)                   
 static int64_t dw_stage_len_##SUFFIX(int64_t C, int64_t KH, int64_t KW, int64_t RX)       \
 {                                                                                         \
     return npfcn_round8(C * (dw_block_rows_##SUFFIX(RX, KW) + KH - 1)                     \
-                        * dw_row_##SUFFIX(RX, KW) + VL, sizeof(T));                       \
+                        * dw_row_##SUFFIX(RX, KW) + KW + VL, sizeof(T));                  \
+}                                                                                         \
+static int64_t dw_plane_##SUFFIX(int64_t RX, int64_t KW)     /* GP */                     \
+{                                                                                         \
+    const int64_t n = dw_block_rows_##SUFFIX(RX, KW) * dw_row_##SUFFIX(RX, KW);           \
+    return (n + VL - 1) / VL * VL;                                                        \
 }                                                                                         \
 int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O,         \
                                      int64_t KH, int64_t KW, int64_t RX)                  \
@@ -408,12 +415,11 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
     if (!weight_grad)                                                                     \
         return npfcn_round8(C * KH * ((RX > 0 ? RX : 0) + KW - 1 + (NPFCN_VECTORS * VL)), sizeof(T)); \
     return dw_stage_len_##SUFFIX(C, KH, KW, RX)                                           \
-         + npfcn_round8(O * dw_block_rows_##SUFFIX(RX, KW) * dw_row_##SUFFIX(RX, KW),     \
-                        sizeof(T))                                                        \
+         + npfcn_round8(O * dw_plane_##SUFFIX(RX, KW), sizeof(T))                          \
          + (O * C * KH * KW + O) * (int64_t)(sizeof(double) / sizeof(T));                 \
 }
 
-/* VL: the layout's vector length (rows GW apart, rounded to it, as the scratch);
+/* VL: the layout's vector length (dots and dy's planes rounded to it, as the scratch);
  * VEC, of LANES elements (LANES divides VL): the vectors of the bias sums. */
 #define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, LANES, VL)                               \
 NPFCN_CLONES                                                                              \
@@ -428,7 +434,8 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
     const int wide_registers = NPFCN_HAS_AVX512();      /* dw7's 25 vectors fit */        \
     const int64_t stage_len = dw_stage_len_##SUFFIX(C, KH, KW, RX);                       \
     const int64_t BR = dw_block_rows_##SUFFIX(RX, KW);                                    \
-    const int64_t g_len = npfcn_round8(O * BR * GW, sizeof(T));                           \
+    const int64_t GP = dw_plane_##SUFFIX(RX, KW);                                         \
+    const int64_t g_len = npfcn_round8(O * GP, sizeof(T));                                \
     const int64_t slice = direct_conv_scratch_##SUFFIX(1, C, O, KH, KW, RX);              \
     for (int64_t t = 0; t < threads; ++t)   /* dw's partial sums, then db's */            \
         memset(scratch + t * slice + stage_len + g_len, 0, (size_t)(wsize + O) * sizeof(double)); \
@@ -442,16 +449,18 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
             const int64_t first = oy0 + (task % row_blocks) * BR;                         \
             const int64_t rows = oy1 - first < BR ? oy1 - first : BR;                     \
             const int64_t rows_in = rows + KH - 1;                                        \
+            const int64_t n_dot = (rows * GW + VL - 1) / VL * VL;                         \
             T *stage = scratch + (int64_t)npfcn_thread_id() * slice;                      \
             T *g = stage + stage_len;                                                     \
             double *partial = (double *)(g + g_len);                                      \
             /* input rows first-PH .. first-PH+rows_in-1; plane c at c*rows_in*GW */      \
             stage_rows_##SUFFIX(x + n * C * H * W, NULL, stage, C, H, W, rows_in, first,  \
                                 PH, PW, ox0, GW);                                         \
-            memset(stage + C * rows_in * GW, 0, VL * sizeof(T));                          \
-            for (int64_t o = 0; o < O; ++o)                                               \
+            memset(stage + C * rows_in * GW, 0, (size_t)(KW + VL) * sizeof(T));          \
+            for (int64_t o = 0; o < O; ++o) {                                             \
+                memset(g + o * GP + rows * GW, 0, (size_t)(GP - rows * GW) * sizeof(T));  \
                 for (int64_t r = 0; r < rows; ++r) {                                      \
-                    T *gr = g + (o * rows + r) * GW;                                      \
+                    T *gr = g + o * GP + r * GW;                                          \
                     const int64_t at = ((n * O + o) * OH + first + r) * OW + ox0;         \
                     copy_masked_##SUFFIX(gr, dy + at, dy_mask ? dy_mask + at : NULL, RX);  \
                     memset(gr + RX, 0, (size_t)(GW - RX) * sizeof(T));                    \
@@ -459,23 +468,26 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                         /* in vector lanes (a scalar sum would wait 4 cycles per add: no \
                          * -ffast-math to reorder it), then the lanes in double */        \
                         VEC lane_sums = {0};                                              \
-                        for (int64_t k = 0; k < GW; k += LANES)                           \
+                        int64_t k = 0;                                                    \
+                        for (; k + LANES <= RX; k += LANES)                               \
                             lane_sums += loadw_##SUFFIX(gr + k);                          \
                         T lanes[LANES];                                                   \
                         memcpy(lanes, &lane_sums, sizeof lanes);                          \
                         for (int v = 0; v < LANES; ++v) partial[wsize + o] += lanes[v];   \
+                        for (; k < RX; ++k) partial[wsize + o] += gr[k];                  \
                     }                                                                     \
                 }                                                                         \
+            }                                                                             \
             if (KW == 3) {          /* VGG's 3x3: 4 channels x 3 shifts at once */        \
                 for (int64_t o = 0; o < O; o += NPFCN_OB) {                               \
                     const int64_t nob = O - o < NPFCN_OB ? O - o : NPFCN_OB;              \
                     const T *gq[NPFCN_OB];  /* past O: a real row again, sums dropped */  \
                     for (int64_t q = 0; q < NPFCN_OB; ++q)                                \
-                        gq[q] = g + (o + (q < nob ? q : 0)) * rows * GW;                  \
+                        gq[q] = g + (o + (q < nob ? q : 0)) * GP;                         \
                     for (int64_t c = 0; c < C; ++c)                                       \
                         for (int64_t i = 0; i < KH; ++i) {                                \
                             double sums[NPFCN_OB][3];                                     \
-                            dw3_##SUFFIX(gq, stage + (c * rows_in + i) * GW, rows * GW, sums); \
+                            dw3_##SUFFIX(gq, stage + (c * rows_in + i) * GW, n_dot, sums);  \
                             for (int64_t q = 0; q < nob; ++q)                             \
                                 for (int64_t j = 0; j < 3; ++j)                           \
                                     partial[(((o + q) * C + c) * KH + i) * 3 + j] += sums[q][j]; \
@@ -486,11 +498,11 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                     const int64_t nob = O - o < NPFCN_DW7_OB ? O - o : NPFCN_DW7_OB;      \
                     const T *gq[NPFCN_DW7_OB];                                            \
                     for (int64_t q = 0; q < NPFCN_DW7_OB; ++q)                            \
-                        gq[q] = g + (o + (q < nob ? q : 0)) * rows * GW;                  \
+                        gq[q] = g + (o + (q < nob ? q : 0)) * GP;                         \
                     for (int64_t c = 0; c < C; ++c)                                       \
                         for (int64_t i = 0; i < KH; ++i) {                                \
                             double sums[NPFCN_DW7_OB][7];                                 \
-                            dw7_##SUFFIX(gq, stage + (c * rows_in + i) * GW, rows * GW, sums); \
+                            dw7_##SUFFIX(gq, stage + (c * rows_in + i) * GW, n_dot, sums);  \
                             for (int64_t q = 0; q < nob; ++q)                             \
                                 for (int64_t j = 0; j < 7; ++j)                           \
                                     partial[(((o + q) * C + c) * KH + i) * 7 + j] += sums[q][j]; \
@@ -502,8 +514,8 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                         for (int64_t i = 0; i < KH; ++i)                                  \
                             for (int64_t j = 0; j < KW; ++j)                              \
                                 partial[((o * C + c) * KH + i) * KW + j] += dot_##SUFFIX( \
-                                    g + o * rows * GW, stage + (c * rows_in + i) * GW + j,\
-                                    rows * GW);                                           \
+                                    g + o * GP, stage + (c * rows_in + i) * GW + j,       \
+                                    n_dot);                                               \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
