@@ -268,6 +268,128 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
     }                                                                                     \
 }
 
+/* Stage the rows of the flat layout (see flat_rows_max) for output rows oy .. oy+R-1. */
+#define NPFCN_STAGE_FLAT(T, SUFFIX)                                                       \
+static void stage_flat_##SUFFIX(const T *xn, const T *maskn, T *stage, int64_t C,         \
+                                int64_t H, int64_t W, int64_t KH, int64_t oy, int64_t R,  \
+                                int64_t PH, int64_t PW, int64_t ox0, int64_t WP,          \
+                                int64_t SW)                                               \
+{                                                                                         \
+    const int64_t first = ox0 - PW;     /* input column of position 0 of each row */     \
+    int64_t s_lo = first < 0 ? -first : 0;                                                \
+    int64_t s_hi = W - first < WP ? W - first : WP;                                       \
+    if (s_lo > WP) s_lo = WP;                                                             \
+    if (s_hi < s_lo) s_hi = s_lo;                                                         \
+    for (int64_t c = 0; c < C; ++c)                                                       \
+        for (int64_t i = 0; i < KH; ++i) {                                                \
+            T *row = stage + (c * KH + i) * SW;                                           \
+            for (int64_t r = 0; r < R; ++r) {                                             \
+                T *seg = row + r * WP;                                                    \
+                const int64_t iy = oy - PH + i + r;                                       \
+                if (iy < 0 || iy >= H || s_lo == s_hi) {                                  \
+                    memset(seg, 0, (size_t)WP * sizeof(T));                               \
+                    continue;                                                             \
+                }                                                                         \
+                memset(seg, 0, (size_t)s_lo * sizeof(T));                                 \
+                const int64_t at = (c * H + iy) * W + (s_lo + first);                     \
+                copy_masked_##SUFFIX(seg + s_lo, xn + at, maskn ? maskn + at : NULL,      \
+                                     s_hi - s_lo);                                        \
+                memset(seg + s_hi, 0, (size_t)(WP - s_hi) * sizeof(T));                   \
+            }                                                                             \
+            memset(row + R * WP, 0, (size_t)(SW - R * WP) * sizeof(T));                   \
+        }                                                                                 \
+}
+
+/* The forward pass in the flat layout: the same sums as direct_conv_forward, each
+ * block's 3*VL outputs computed into a buffer and copied to the parts of y that are
+ * outputs (positions q with q % WP < RX), through the ReLU when fused. */
+#define NPFCN_DIRECT_FORWARD_FLAT(T, SUFFIX, NAME, TARGET, VL)                            \
+TARGET                                                                                    \
+static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,                 \
+        T *y, int64_t relu, int64_t N, int64_t C,                                         \
+        int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
+        int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
+        T *scratch)                                                                       \
+{                                                                                         \
+    const int64_t RX = ox1 - ox0, RY = oy1 - oy0, WP = RX + KW - 1;                       \
+    const int64_t BL = NPFCN_VECTORS * VL, taps_c = C * KH;                               \
+    const int64_t blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                                 \
+    const int64_t R_max = flat_rows_max(C, KH, WP, sizeof(T));                            \
+    const int64_t slice = direct_conv_scratch_##SUFFIX(0, C, O, KH, KW, RX);              \
+    /* at least two bands per thread where the rows allow it */                           \
+    const int64_t want = 2 * npfcn_num_threads();                                         \
+    int64_t R = RY > 0 ? RY : 1;                                                          \
+    if (R > R_max) R = R_max;                                                             \
+    if (N > 0 && N * ((RY + R - 1) / R) < want && RY > 1) {                               \
+        const int64_t per_image = (want + N - 1) / N;                                     \
+        const int64_t rows = (RY + per_image - 1) / per_image;                            \
+        if (rows < R) R = rows > 0 ? rows : 1;                                            \
+    }                                                                                     \
+    const int64_t SW = flat_stage_row(R, WP, KW, BL);                                     \
+    for (int64_t n = 0; n < N; ++n)      /* rows that see no input: just the bias */      \
+        for (int64_t oy = 0; oy < OH; ++oy)                                               \
+            if (oy < oy0 || oy >= oy1 || RX <= 0)                                         \
+                for (int64_t o = 0; o < O; ++o)                                           \
+                    fill_##SUFFIX(y + ((n * O + o) * OH + oy) * OW,                       \
+                                  only_bias_##SUFFIX(bias, o, relu), OW);                 \
+    if (RX <= 0 || RY <= 0)                                                               \
+        return;                                                                           \
+    const int64_t bands = (RY + R - 1) / R, tasks = N * bands;                            \
+    int64_t task;                                                                         \
+    _Pragma("omp parallel for schedule(static) if(N * O * OH * OW > 8192)")              \
+    for (task = 0; task < tasks; ++task) {                                                \
+        const int64_t n = task / bands, b0 = oy0 + (task % bands) * R;                    \
+        const int64_t rows = oy1 - b0 < R ? oy1 - b0 : R, span = rows * WP;               \
+        T *stage = scratch + (int64_t)npfcn_thread_id() * slice;                          \
+        T *buffer = stage + taps_c * SW;                                                  \
+        stage_flat_##SUFFIX(x + n * C * H * W, x_mask ? x_mask + n * C * H * W : NULL,    \
+                            stage, C, H, W, KH, b0, rows, PH, PW, ox0, WP, SW);           \
+        for (int64_t b = 0; b < blocks; ++b) {                                            \
+            const int64_t nob = O - b * NPFCN_OB < NPFCN_OB ? O - b * NPFCN_OB : NPFCN_OB;\
+            T bq[NPFCN_OB];                                                               \
+            T *out[NPFCN_OB];                                                             \
+            for (int64_t o = 0; o < NPFCN_OB; ++o) {                                      \
+                bq[o] = bias && o < nob ? bias[b * NPFCN_OB + o] : 0;                     \
+                out[o] = buffer + o * BL;                                                 \
+            }                                                                             \
+            for (int64_t o = 0; o < nob; ++o) {          /* columns that see no input */  \
+                const T edge = only_bias_##SUFFIX(bias, b * NPFCN_OB + o, relu);          \
+                for (int64_t r = 0; r < rows; ++r) {                                      \
+                    T *yrow = y + ((n * O + b * NPFCN_OB + o) * OH + b0 + r) * OW;        \
+                    fill_##SUFFIX(yrow, edge, ox0);                                       \
+                    fill_##SUFFIX(yrow + ox1, edge, OW - ox1);                            \
+                }                                                                         \
+            }                                                                             \
+            const T *wblock = wb + b * taps_c * KW * NPFCN_OB;                            \
+            for (int64_t q0 = 0; q0 < span; q0 += BL) {                                   \
+                if (KW == 3)        /* a constant: the tap loop unrolls */                \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, 3, SW, q0, out, nob, BL); \
+                else                                                                      \
+                    direct_block_##SUFFIX##_##VL(stage, wblock, bq, taps_c, KW, SW, q0, out, nob, BL); \
+                const int64_t q1 = q0 + BL < span ? q0 + BL : span;                       \
+                for (int64_t q = q0; q < q1;) {      /* the outputs among q0 .. q1-1 */   \
+                    const int64_t r = q / WP, col = q % WP;                               \
+                    const int64_t end = q1 - q < WP - col ? q1 : q + WP - col;            \
+                    if (col < RX) {                                                       \
+                        const int64_t count = (end - q < RX - col ? end - q : RX - col);  \
+                        for (int64_t o = 0; o < nob; ++o) {                               \
+                            T *dst = y + ((n * O + b * NPFCN_OB + o) * OH + b0 + r) * OW  \
+                                     + ox0 + col;                                         \
+                            const T *src = out[o] + (q - q0);                             \
+                            if (relu)                                                     \
+                                for (int64_t v = 0; v < count; ++v)                       \
+                                    dst[v] = relu_##SUFFIX(src[v]);                       \
+                            else                                                          \
+                                memcpy(dst, src, (size_t)count * sizeof(T));              \
+                        }                                                                 \
+                    }                                                                     \
+                    q = end;                                                              \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+}
+
 /* Elements of T a thread's scratch slice holds, rounded up to whole doubles. */
 static int64_t npfcn_round8(int64_t elements, int64_t size)
 {
@@ -388,6 +510,28 @@ NPFCN_INLINE void dw7_##SUFFIX(const T *const g[NPFCN_DW7_OB], const T *restrict
  * (C planes of rows+KH-1 rows, plus KW+VL zeros the last shifted reads run into),
  * dy's block (O planes of GP = round_up(block rows * GW, VL) values) and the
  * partial sums (doubles). */
+/* The flat layout of the forward pass (direct_conv_forward_flat): a band of R output
+ * rows is one sequence of R*WP positions, WP = RX + KW - 1 (each row followed by the
+ * KW-1 positions a wider image would have), and blocks of 3*VL outputs run along it
+ * across row ends.  Staged row (c*KH + i) holds input rows oy-PH+i .. oy-PH+i+R-1 side
+ * by side, WP values each (zeros outside the image), so that output position q reads
+ * staged row (c*KH + i) at q + j for tap (c, i, j), as the row layout does for one
+ * row.  What this buys: a row's last block is no longer computed for a whole block
+ * of outputs; 30-wide rows filled 62 % of 24-wide blocks, and fill 83 % of the flat
+ * sequence (30 of 36).  R: as many rows as keep the stage near FLAT_STAGE_BYTES. */
+#define NPFCN_FLAT_STAGE_BYTES (256 << 10)
+static int64_t flat_rows_max(int64_t C, int64_t KH, int64_t WP, int64_t size)
+{
+    const int64_t per_row = C * KH * WP * size;
+    const int64_t rows = per_row > 0 ? NPFCN_FLAT_STAGE_BYTES / per_row : 1;
+    return rows > 1 ? rows : 1;
+}
+
+static int64_t flat_stage_row(int64_t R, int64_t WP, int64_t KW, int64_t block)
+{
+    return R * WP + block + KW;     /* the last block's reads, up to q + KW - 1 + block */
+}
+
 #define NPFCN_DW_MIN_DOT 2048   /* block rows: dots at least this long (or the image) */
 #define NPFCN_DIRECT_SCRATCH(T, SUFFIX, VL)                                               \
 static int64_t dw_row_##SUFFIX(int64_t RX, int64_t KW)                                    \
@@ -412,8 +556,12 @@ static int64_t dw_plane_##SUFFIX(int64_t RX, int64_t KW)     /* GP */           
 int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O,         \
                                      int64_t KH, int64_t KW, int64_t RX)                  \
 {                                                                                         \
-    if (!weight_grad)                                                                     \
-        return npfcn_round8(C * KH * ((RX > 0 ? RX : 0) + KW - 1 + (NPFCN_VECTORS * VL)), sizeof(T)); \
+    if (!weight_grad) {     /* the flat layout's stage and block buffer (>= the row one's) */ \
+        const int64_t WP = (RX > 0 ? RX : 0) + KW - 1;                                    \
+        const int64_t R = flat_rows_max(C, KH, WP, sizeof(T));                            \
+        return npfcn_round8(C * KH * flat_stage_row(R, WP, KW, NPFCN_VECTORS * VL)        \
+                            + NPFCN_OB * NPFCN_VECTORS * VL, sizeof(T));                  \
+    }                                                                                     \
     return dw_stage_len_##SUFFIX(C, KH, KW, RX)                                           \
          + npfcn_round8(O * dw_plane_##SUFFIX(RX, KW), sizeof(T))                          \
          + (O * C * KH * KW + O) * (int64_t)(sizeof(double) / sizeof(T));                 \
@@ -538,6 +686,8 @@ NPFCN_COPY_MASKED(float, f32)
 NPFCN_COPY_MASKED(double, f64)
 NPFCN_STAGE_ROWS(float, f32)
 NPFCN_STAGE_ROWS(double, f64)
+NPFCN_STAGE_FLAT(float, f32)
+NPFCN_STAGE_FLAT(double, f64)
 NPFCN_ONLY_BIAS(float, f32)
 NPFCN_ONLY_BIAS(double, f64)
 /* The forward pass keeps 12 vector accumulators: in 64-byte vectors that is 12 of
@@ -566,6 +716,10 @@ NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_64, NPFCN_AVX512, 16)
 NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_64, NPFCN_AVX512, 8)
 NPFCN_DIRECT_FORWARD(float, f32, direct_conv_forward_f32_32, NPFCN_CLONES, 8)
 NPFCN_DIRECT_FORWARD(double, f64, direct_conv_forward_f64_32, NPFCN_CLONES, 4)
+NPFCN_DIRECT_FORWARD_FLAT(float, f32, direct_conv_forward_flat_f32_64, NPFCN_AVX512, 16)
+NPFCN_DIRECT_FORWARD_FLAT(double, f64, direct_conv_forward_flat_f64_64, NPFCN_AVX512, 8)
+NPFCN_DIRECT_FORWARD_FLAT(float, f32, direct_conv_forward_flat_f32_32, NPFCN_CLONES, 8)
+NPFCN_DIRECT_FORWARD_FLAT(double, f64, direct_conv_forward_flat_f64_32, NPFCN_CLONES, 4)
 /* The forward pass's vector width in bytes: 0 until the first call picks 64 where the
  * CPU has AVX-512, else 32.  direct_conv_vector_bytes(32 or 64) sets it (64 only where
  * the CPU can run it), so that tests run both builds on a CPU that has both;
@@ -583,16 +737,17 @@ int64_t direct_conv_vector_bytes(int64_t request)
 
 /* width: the vector width in bytes this call wants (npfcn/kernels/direct.py chooses it
  * per layer); 64 runs the AVX-512 build only where it is allowed (see above), anything
- * else the 32-byte one. */
+ * else the 32-byte one.  flat: the flat layout (direct_conv_forward_flat) or rows. */
 #define NPFCN_DIRECT_FORWARD_DISPATCH(T, SUFFIX)                                          \
 void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb, const T *bias, \
         T *y, int64_t relu, int64_t N, int64_t C,                                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,      \
-        T *scratch, int64_t width)                                                        \
+        T *scratch, int64_t width, int64_t flat)                                          \
 {                                                                                         \
-    (width == 64 && direct_conv_vector_bytes(0) == 64 ? direct_conv_forward_##SUFFIX##_64  \
-                                                      : direct_conv_forward_##SUFFIX##_32)(\
+    const int wide = width == 64 && direct_conv_vector_bytes(0) == 64;                    \
+    (flat ? (wide ? direct_conv_forward_flat_##SUFFIX##_64 : direct_conv_forward_flat_##SUFFIX##_32) \
+          : (wide ? direct_conv_forward_##SUFFIX##_64 : direct_conv_forward_##SUFFIX##_32))(\
         x, x_mask, wb, bias, y, relu, N, C, H, W, O, KH, KW, PH, PW, OH, OW,              \
         oy0, oy1, ox0, ox1, scratch);                                                     \
 }

@@ -112,7 +112,7 @@ void direct_conv_forward_##SUFFIX(const T *x, const T *x_mask, const T *wb,     
         const T *bias, T *y, int64_t relu, int64_t N, int64_t C,                         \
         int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, int64_t PW, \
         int64_t OH, int64_t OW, int64_t oy0, int64_t oy1, int64_t ox0, int64_t ox1,     \
-        T *scratch, int64_t width);                                                      \
+        T *scratch, int64_t width, int64_t flat);                                        \
 void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask, T *dw,\
         T *db, int64_t N,                                                                       \
         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t PH, \

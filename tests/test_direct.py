@@ -99,26 +99,27 @@ VECTOR_WIDTHS = _vector_widths()
 
 
 @contextlib.contextmanager
-def vector_width(width):
-    """Every forward call in the block runs the build of this width (``forward_width``
-    would otherwise choose per layer)."""
-    before, choose = direct.vector_bytes(), direct.forward_width
+def vector_width(width, flat=False):
+    """Every forward call in the block runs the build of this width in this layout
+    (``forward_layout`` would otherwise choose per layer)."""
+    before, choose = direct.vector_bytes(), direct.forward_layout
     try:
         assert direct.vector_bytes(width) == width
-        direct.forward_width = lambda *args: width
+        direct.forward_layout = lambda *args: (width, flat)
         yield
     finally:
         direct.vector_bytes(before)
-        direct.forward_width = choose
+        direct.forward_layout = choose
 
 
 @given(case=cases(), dtype=st.sampled_from([np.float64, np.float32]),
-       width=st.sampled_from(VECTOR_WIDTHS))
-def test_matches_the_im2col_reference(case, dtype, width):
-    """Every build of the forward pass this CPU can run (the input gradient is one too)."""
+       width=st.sampled_from(VECTOR_WIDTHS), flat=st.booleans())
+def test_matches_the_im2col_reference(case, dtype, width, flat):
+    """Every build of the forward pass this CPU can run, in both layouts (the input
+    gradient is one too)."""
     x, w = make(case, dtype)
     y0, dy, dx0, dw0 = reference_conv(x, w, case["padding"])
-    with vector_width(width):
+    with vector_width(width, flat):
         y1, dx1, dw1 = direct_conv(x, w, case["padding"], dy)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     assert y1.shape == y0.shape and dx1.shape == dx0.shape
@@ -252,23 +253,24 @@ def test_vector_width_is_chosen_by_the_cpu_and_can_be_narrowed():
         direct.vector_bytes(before)
 
 
-def test_forward_width_follows_how_full_the_blocks_are_and_where_the_rows_live():
-    """Worked by hand from the rule in forward_width (64-byte blocks hold 48 floats,
-    32-byte blocks 24): where the CPU allows 64 bytes, a row of 96 outputs fills both
-    kinds of block and its few staged rows stay in L1 -> 64; a row of 30 fills 62 % of
-    a 48-wide block but 30/48 of two 24-wide ones too, and its 64*7 staged rows are
-    far beyond L1 -> 32; 21 outputs fill 44 % of a wide block, 88 % of a narrow one
-    -> 32.  Without AVX-512 it is always 32."""
+def test_forward_layout_follows_how_full_the_blocks_are_and_where_the_rows_live():
+    """Worked by hand from the rule in forward_layout (64-byte blocks hold 48 floats,
+    32-byte blocks 24): rows only for rows that fill >= 95 % of 24-wide blocks in a
+    layer of >= 128 channel pairs; there, with AVX-512, 64 bytes when the fill of
+    48-wide blocks times 1.12 (staged rows in L1) or 0.85 (beyond) is the larger."""
     assert direct.block_fill(30, 4, 64) == pytest.approx(30 / 48)
     assert direct.block_fill(60, 4, 32) == pytest.approx(60 / 72)
     assert direct.block_fill(21, 8, 32) == pytest.approx(21 / 24)
+    assert direct.forward_layout(64, 64, 7, 7, 30, 4) == (32, True)      # 62 % full
+    assert direct.forward_layout(4, 4, 3, 3, 96, 4) == (32, True)        # 16 channel pairs
     before = direct.vector_bytes()
     try:
         if direct.vector_bytes(64) == 64:
-            assert direct.forward_width(4, 3, 3, 96, 4) == 64
-            assert direct.forward_width(64, 7, 7, 30, 4) == 32
-            assert direct.forward_width(32, 3, 3, 21, 4) == 32
+            # 240 fills both kinds of block; 64*7 rows of ~300 floats are far beyond L1
+            assert direct.forward_layout(64, 64, 7, 7, 240, 4) == (32, False)
+            # 96 fills both; 16*3 rows of 146 floats = 28 KB stay in L1 -> 64 bytes
+            assert direct.forward_layout(16, 16, 3, 3, 96, 4) == (64, False)
         direct.vector_bytes(32)
-        assert direct.forward_width(4, 3, 3, 96, 4) == 32
+        assert direct.forward_layout(16, 16, 3, 3, 96, 4) == (32, False)
     finally:
         direct.vector_bytes(before)

@@ -54,7 +54,7 @@ def grouped_weight(w):
 def vector_bytes(request=0):
     """The widest vector, in bytes, the C forward pass may use: 64 (AVX-512) or 32 (AVX2
     and the rest; twelve 64-byte accumulators do not fit AVX2's sixteen registers).
-    Each call then takes the width ``forward_width`` says, at most this one.
+    Each call then takes the width ``forward_layout`` says, at most this one.
 
     request 0 only reports it; 32 or 64 chooses it where the CPU can run it (tests run
     both builds on a CPU that has AVX-512).  None without the C kernel.
@@ -68,25 +68,37 @@ def vector_bytes(request=0):
 
 L1_BYTES = 32 << 10
 WIDE_SPEED_IN_L1, WIDE_SPEED_BEYOND_L1 = 1.12, 0.85
+ROWS_MIN_FILL = 0.95            # the row layout's blocks must be this full ...
+ROWS_MIN_CHANNEL_PAIRS = 128    # ... and the layer this wide (in x out) to beat flat
 
 
-def forward_width(C, KH, KW, RX, itemsize):
-    """The vector width, in bytes, for a forward call whose output window is RX wide.
+def forward_layout(C, O, KH, KW, RX, itemsize):
+    """(vector width in bytes, flat) for a forward call whose output window is RX wide.
 
-    A block covers 3 vectors of outputs (48 floats in 64-byte vectors, 24 in 32-byte
-    ones) and a row's last block is computed whole, so a narrow row wastes more of a
-    wide block: 30 outputs fill 62 % of a 48-wide block, 83 % of two 24-wide ones.
-    And the wide build pays for its loads: every tap but the first reads at an
-    unaligned offset, a 64-byte load then always spans two cache lines, and once the
-    staged rows (C*KH of them) outgrow the L1 cache that costs more than the wider
-    arithmetic gains.  The two speeds per useful output are measured on Zen 4
-    (docs/kernels.md); the width with the larger product wins.
+    Two layouts (csrc/direct.c).  Rows: each output row is a task, computed in blocks
+    of 3 vectors (48 floats in 64-byte vectors, 24 in 32-byte ones), the last block
+    whole: 30 outputs fill 62 % of a 48-wide block.  Flat: a band of rows is one
+    sequence, its blocks run across row ends (30 of every 36 positions are outputs),
+    and a task is a band, not a row.  Flat beat rows on every narrow layer measured
+    (16 -> 16 @82: 141 against 102 GFLOP/s; 4 -> 4 @328: 92 against 78) and on rows
+    that fill their blocks badly (64 -> 64 7x7 @23x30: 137 against 114); rows won on
+    wide layers whose rows fill their blocks (64 -> 64 7x7 @90x120: 193 against 176;
+    3 -> 64 7x7 @180x240: 156 against 145), where staging a band costs more than the
+    waste it saves (Zen 4, docs/kernels.md).
+
+    The width, in the row layout: a wide block wastes more of a short row, and the wide
+    build pays for its loads: every tap but the first reads at an unaligned offset, a
+    64-byte load then spans two cache lines, and once the staged rows (C*KH of them)
+    outgrow the L1 cache that costs more than the wider arithmetic gains; the two speeds
+    per useful output (WIDE_SPEED_*) are Zen 4's.  The flat layout's staged band is
+    always beyond L1, and there 32 bytes was as fast or faster.
     """
-    if vector_bytes() != 64:
-        return 32
+    rows = block_fill(RX, itemsize, 32) >= ROWS_MIN_FILL and C * O >= ROWS_MIN_CHANNEL_PAIRS
+    if not rows or vector_bytes() != 64:
+        return 32, not rows
     stage_bytes = C * KH * (RX + KW - 1 + 3 * 64 // itemsize) * itemsize
     wide = WIDE_SPEED_IN_L1 if stage_bytes <= L1_BYTES else WIDE_SPEED_BEYOND_L1
-    return 64 if block_fill(RX, itemsize, 64) * wide > block_fill(RX, itemsize, 32) else 32
+    return (64 if block_fill(RX, itemsize, 64) * wide > block_fill(RX, itemsize, 32) else 32), False
 
 
 def block_fill(RX, itemsize, width=32):
@@ -139,10 +151,10 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
     scratch = _scratch("direct_stage", False, C, O, KH, KW, ox1 - ox0, x.dtype)
     P = boundary.pointer
-    width = forward_width(C, KH, KW, ox1 - ox0, x.itemsize)
+    width, flat = forward_layout(C, O, KH, KW, ox1 - ox0, x.itemsize)
     _lib(x.dtype, "forward")(P(x), P(x_mask), P(wg), P(bias), P(y), int(bool(relu)),
                              N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                             P(scratch), width)
+                             P(scratch), width, int(flat))
     return y
 
 
