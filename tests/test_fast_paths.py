@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from npfcn import functional as F, reference as R
-from npfcn.kernels import backend, bands, dispatch
+from npfcn.kernels import backend, bands, dispatch, gemm
 from npfcn.kernels.bands import col2im_bands, im2col_bands
 
 pytestmark = pytest.mark.skipif(not backend.c_available(), reason="C kernel not built")
@@ -243,13 +243,19 @@ def test_weight_gradient_is_added_into_dw_into(transposed, block_bytes, conv_pat
 
 
 def test_big_weight_gradient_in_column_blocks(monkeypatch, rng):
-    """A weight gradient larger than a band is summed a band of columns at a time."""
+    """A weight gradient too large to copy per thread (fc6's) is added into dw a band
+    of columns at a time."""
     monkeypatch.setattr(bands, "BAND_BYTES", 256)
+    monkeypatch.setattr(gemm, "PARALLEL_DW_BYTES", 256)
+    calls = []
+    real = gemm._add_outer
+    monkeypatch.setattr(gemm, "_add_outer", lambda *a: calls.append(1) or real(*a))
     x = rng.standard_normal((1, 16, 5, 5))
-    w = rng.standard_normal((40, 16, 3, 3))          # dw: 40 x 144, far more than 256 bytes
+    w = rng.standard_normal((80, 16, 3, 3))          # dw: 80 x 144, far more than 256 bytes
     y, cache = F.conv2d_forward(x, w, None, 1, 0)
     assert cache[0] == "bands"
     dy = rng.standard_normal(y.shape)
     dw = F.conv2d_backward(dy, cache)[1]
     _, cache_ref = reference(F.conv2d_forward, x, w, None, 1, 0)
     close(dw, reference(F.conv2d_backward, dy, cache_ref)[1], np.float64)
+    assert calls

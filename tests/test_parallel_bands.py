@@ -33,8 +33,8 @@ def test_banded_convolution_in_parallel_bands(two_threads, monkeypatch):
     monkeypatch.setattr(gemm, "_thread_partial", lambda *a: calls.append(1) or real_partial(*a))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 30, 33))
-    w = rng.standard_normal((6, 8, 7, 7))
-    b = rng.standard_normal(6)
+    w = rng.standard_normal((65, 8, 7, 7))             # > 64 channels: not the direct loop
+    b = rng.standard_normal(65)
     g = (7, 7, 1, 1, 3, 3, 1, 1, 30, 33)
     assert dispatch.conv2d_path(x.shape, w.shape, g) == "bands"
     assert len(bands.band_ranges(30, row_bytes)) == 4
@@ -98,17 +98,16 @@ def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads,
 
 @pytest.mark.parametrize("width", sorted({32, direct.vector_bytes() or 32}))
 def test_large_kernels_with_full_rows_take_the_direct_loop(width, two_threads):
-    """A 7x7 layer whose rows fill the direct loop's blocks (60 outputs: 83 % of three
-    24-wide blocks) runs forward and dx there, dw in direct.c's 7-wide loop (AVX-512:
-    width 64; 4 output channels = a block of 3 and a remainder of 1) or by im2col +
-    matmul (width 32); with bias and a fused ReLU it equals the reference.  30 outputs
-    (62 %) stay on bands."""
+    """A 7x7 layer of at most 64 channels runs forward and dx in the direct loop, dw in
+    direct.c's 7-wide loop (AVX-512: width 64; 4 output channels = a block of 3 and a
+    remainder of 1) or by im2col + matmul (width 32); with bias and a fused ReLU it
+    equals the reference.  fc6's 7x7 (more channels) stays on bands."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 6, 9, 60))
     w = rng.standard_normal((4, 6, 7, 7))
     b = rng.standard_normal(4)
     assert dispatch.conv2d_path(x.shape, w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 60)) == "direct_large"
-    assert dispatch.conv2d_path((2, 6, 9, 30), w.shape, (7, 7, 1, 1, 3, 3, 1, 1, 9, 30)) == "bands"
+    assert dispatch.conv2d_path((2, 32, 9, 9), (256, 32, 7, 7), (7, 7, 1, 1, 0, 0, 1, 1, 3, 3)) == "bands"
     before = direct.vector_bytes()
     try:
         assert direct.vector_bytes(width) == width

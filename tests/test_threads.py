@@ -80,13 +80,14 @@ def test_one_thread_runs_in_the_caller():
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
 def test_parallel_winograd_equals_the_one_thread_result(two_threads, dtype, tol):
-    """2 x 40 channels on 64x64: 512 tiles of 4x4, split into bands on two threads."""
+    """2 x 80 channels on 64x64: 512 tiles of 4x4 (enough x channels for Winograd over
+    the direct loop), split into bands on two threads."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 40, 64, 64)).astype(dtype)
-    w = rng.standard_normal((40, 40, 3, 3)).astype(dtype)
-    dy = rng.standard_normal((2, 40, 64, 64)).astype(dtype)
+    x = rng.standard_normal((2, 80, 64, 64)).astype(dtype)
+    w = rng.standard_normal((80, 80, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 80, 64, 64)).astype(dtype)
     with backend.using("c"):
-        plan = winograd.tile_row_bands(2, 40, 40, 16, 16, x.itemsize, winograd.F4)
+        plan = winograd.tile_row_bands(2, 80, 80, 16, 16, x.itemsize, winograd.F4)
         assert len(plan) >= 4                       # the parallel path is taken
         y2, cache = F.conv2d_forward(x, w, None, 1, 1)
         assert cache[0] == "winograd4"

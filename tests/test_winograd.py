@@ -212,12 +212,12 @@ def test_the_python_gate_refuses_bad_arrays(bad):
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
 def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
-    """Conv2d forward and backward against torch.nn.functional.conv2d, 40 -> 40 channels
+    """Conv2d forward and backward against torch.nn.functional.conv2d, 80 -> 80 channels
     on 2 x 15x17 (2 x 8 x 9 = 144 tiles, so the layer takes the Winograd path)."""
     rng = np.random.default_rng(7)
-    layer = Conv2d(40, 40, 3, padding=1, dtype=dtype, rng=8)
-    x = rng.standard_normal((2, 40, 15, 17)).astype(dtype)
-    assert path(x.shape, 40, (1, 1)) == "winograd2"
+    layer = Conv2d(80, 80, 3, padding=1, dtype=dtype, rng=8)
+    x = rng.standard_normal((2, 80, 15, 17)).astype(dtype)
+    assert path(x.shape, 80, (1, 1)) == "winograd2"
     with backend.using("c"):
         layer.zero_grad()
         y = layer.forward(x)
@@ -238,8 +238,8 @@ def test_layer_matches_torch_on_the_winograd_path(torch, dtype, tol):
     (1, 128, 256, 56, "F4"),      # conv3_1
     (1, 256, 256, 56, "F2"),      # wider: F(4x4)'s weights and thin products lose
     (1, 512, 512, 28, "F2"),
-    (1, 64, 64, 52, "F2"),        # 13 x 13 = 169 tiles of 4x4: too few
-    (4, 64, 64, 28, "F4"),        # 4 x 49 = 196: enough
+    (1, 128, 128, 52, "F2"),      # 13 x 13 = 169 tiles of 4x4: too few
+    (4, 128, 128, 28, "F4"),      # 4 x 49 = 196: enough
 ])
 def test_which_tile_size_is_chosen(N, C, O, size, expected):
     assert path((N, C, size, size), O, (1, 1)) == {"F2": "winograd2", "F4": "winograd4"}[expected]

@@ -10,15 +10,14 @@ op                 path: when                                                  c
 =================  ==========================================================  =====================
 conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      ``gemm.pointwise_conv``
                    ``direct``: stride 1, no dilation, kernel <= 5x5, at        ``direct.direct_conv``
-                   most 32 channels in and out (the narrow FCNs); a 3x3
-                   layer with in x out > 512 that Winograd takes goes there
+                   most 64 channels in and out (the narrow FCNs), unless a
+                   3x3 layer has enough 4x4 tiles x channels for Winograd
+                   ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
+                   (SegNet-Basic's 7x7 layers)
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
                    and >= 64 2x2 output tiles
-                   ``direct_large``: stride 1, no dilation, kernel > 5x5,      ``direct.direct_conv``
-                   rows that fill the direct loop's blocks (SegNet-Basic's
-                   7x7 layers at 45x60 and larger)
                    ``bands``: everything else (im2col in bands + matmul)       ``gemm.banded_conv``
 conv_transpose2d   ``subpixel``: kernel a multiple of the stride, no           ``subpixel.subpixel_transposed_conv``
                    dilation (FCN's upsampling)
@@ -30,10 +29,15 @@ relu, im2col                                                                   `
 ``npfcn.functional`` records the chosen path in the op's cache, and its backward
 pass takes the same path from there: nothing is decided twice.
 
-Where the thresholds come from (fwd+bwd on 2 threads, ``benchmarks/bench_layers.py``):
-the direct loop beat Winograd and im2col up to 16 -> 32 channels, but not at 32 -> 32
-(default run's conv4_x, 2 x 32 x 41 x 41, fwd+bwd on one core: Winograd F(4x4) 2.3-2.6 ms,
-direct 2.8 ms; conv5_x at 21x21: F(2x2) 0.9-1.0 ms, direct 1.3 ms); Winograd loses to im2col
+Where the thresholds come from (fwd+bwd on 2 threads, each path timed alone, Zen 4;
+docs/kernels.md).  With its flat layout (csrc/direct.c) the direct loop beats Winograd
+on 3x3 layers of up to 64 channels until Winograd's products get big: 32 -> 32 at 2 x
+21x21 0.52 ms against 0.81 (F2), at 2 x 41x41 1.28 against 1.67 (F4), at 2 x 82x82
+4.7 against 6.9; 64 -> 64 at 4 x 32x32 7.1 against 8.3; but F(4x4) wins 32 -> 32 at
+2 x 163x163 (16.3 against 20.2 ms), 64 -> 64 at 2 x 82x82 (12.3 against 16.3) and at
+224x224 (41 against 61); 64 -> 64 at 4 x 45x60 is a draw.  So the line is drawn at
+WINOGRAD_OVER_DIRECT 4x4 tiles x channels: 882 x 32 = 28k stays direct, 882 x 64 = 56k
+goes to Winograd.  Winograd loses to im2col
 when the input has far fewer channels than the output (VGG's 3 -> 64: the
 transformed output, 16 x O per tile, dwarfs a product whose inner dimension is C)
 and on fewer than 64 tiles (512 -> 512 at 14x14: the 16 products are too thin for
@@ -42,23 +46,20 @@ multiplications but in products with a quarter of the columns and 2.25x larger
 transformed weights: faster for the 64-128 channel layers at 56x56 and above,
 slower for 256 channels and more.
 
-SegNet-Basic's 7x7 layers (64 -> 64, batch 4) have more channels than the direct
-loop was written for, but its forward pass still beats im2col + matmul once the rows
-fill its blocks: 171-217 GFLOP/s against 124-141 at 45x60 to 180x240, and 115 against
-143 at 23x30, where 30 outputs fill 62 % of two 24-wide blocks (Zen 4, 2 threads, under
-load; docs/kernels.md).  Its weight gradient has a register-blocked loop for 7-wide
+SegNet-Basic's 7x7 layers (64 -> 64, batch 4): the direct loop's forward pass ran
+137-217 GFLOP/s against 110-141 for im2col + matmul from 23x30 to 180x240 (Zen 4, 2
+threads, under load; docs/kernels.md).  Its weight gradient has a register-blocked loop for 7-wide
 kernels on AVX-512 (153-185 GFLOP/s against 106-131 by im2col + matmul); other large
 kernels, and CPUs without AVX-512, take the weight gradient from im2col + matmul.
 """
 from . import backend, direct, gemm, subpixel, winograd
 
-DIRECT_MAX_CHANNELS = 32       # in and out
-DIRECT_MAX_KERNEL = 5
-DIRECT_MAX_3X3_CHANNEL_PRODUCT = 512   # in x out; above it Winograd wins a 3x3 layer
+DIRECT_MAX_CHANNELS = 64       # in and out
+DIRECT_MAX_KERNEL = 5          # larger kernels: direct_large
+WINOGRAD_OVER_DIRECT = 40000   # 4x4 tiles in the batch x max(in, out) channels
 WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
 F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
 F4_MIN_TILES = 196             # 4x4 output tiles in the batch
-LARGE_KERNEL_MIN_FILL = 0.8    # share of the direct loop's blocks a row must fill
 
 # path -> (forward core, backward core); the signatures are given in npfcn.kernels.gemm.
 CONV2D = {
@@ -93,11 +94,11 @@ def conv2d_path(x_shape, w_shape, g):
     if (SH, SW, DH, DW) != (1, 1, 1, 1):
         return "bands"
     winograd = (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES
-    if max(KH, KW) <= DIRECT_MAX_KERNEL and max(C, O) <= DIRECT_MAX_CHANNELS \
-            and not (winograd and C * O > DIRECT_MAX_3X3_CHANNEL_PRODUCT):
-        return "direct"
-    if max(KH, KW) > DIRECT_MAX_KERNEL and direct.block_fill(OW, 4) >= LARGE_KERNEL_MIN_FILL:
-        return "direct_large"
+    if max(C, O) <= DIRECT_MAX_CHANNELS:
+        if max(KH, KW) > DIRECT_MAX_KERNEL:
+            return "direct_large"
+        if not (winograd and _tiles(N, OH, OW, 4) * max(C, O) >= WINOGRAD_OVER_DIRECT):
+            return "direct"
     if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
                 and _tiles(N, OH, OW, 4) >= F4_MIN_TILES:
