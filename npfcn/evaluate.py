@@ -136,20 +136,25 @@ def _fits_as_batch(model, items, flip, max_memory):
 
 
 def sample_grid(model, dataset, indices, preprocessing="unit", score_offset=None):
-    """Rows of (image, truth, prediction) pictures for ``dataset[i]``, i in ``indices``.
+    """Rows of (image, truth, prediction) pictures for ``dataset[i]``, i in ``indices``,
+    with a colour key of the classes they show when the dataset names its classes.
 
     Returns an (H, W, 3) uint8 picture built by ``npfcn.viz.image_grid``.
     """
     from .data.transforms import preprocess
-    from .viz import colorize, image_grid
+    from .viz import colorize, image_grid, with_legend
 
-    rows = []
+    rows, shown = [], set()
+    colours = getattr(dataset, "colormap", None)     # the dataset's own colours, if any
     for i in indices:
         image, mask = dataset[i]
         labels, _ = predict_labels(model, preprocess(image, preprocessing)[None], score_offset)
-        colours = getattr(dataset, "colormap", None)     # the dataset's own colours, if any
-        rows.append([image, colorize(mask, colours), colorize(labels[0].astype(np.uint8), colours)])
-    return image_grid(rows, titles=["image", "truth", "prediction"])
+        predicted = labels[0].astype(np.uint8)
+        shown.update(np.unique(mask).tolist(), np.unique(predicted).tolist())
+        rows.append([image, colorize(mask, colours), colorize(predicted, colours)])
+    grid = image_grid(rows, titles=["image", "truth", "prediction"])
+    names = getattr(dataset, "class_names", None)
+    return grid if names is None else with_legend(grid, names, colours, classes=shown)
 
 
 def format_table(metrics, class_names=None):

@@ -61,7 +61,9 @@ def _save_pictures(image, labels, mask_path, overlay_path, alpha, colormap=None)
 
 def predict_files(checkpoint_path, images, output, alpha=0.5, flip=False,
                   max_memory=DEFAULT_MAX_MEMORY):
-    """Segment every file in ``images``; yields (input, mask png, overlay png) per file.
+    """Segment every file in ``images``; yields (input, mask png, overlay png) per file,
+    after writing ``output``/legend.png (the colour of each class) when the checkpoint
+    names its classes.
 
     Every input is opened before the first prediction, so a missing or unreadable
     file is reported before any work is done; one image is in memory at a time.
@@ -75,6 +77,10 @@ def predict_files(checkpoint_path, images, output, alpha=0.5, flip=False,
     for path in images:
         _check_readable(path)
     os.makedirs(output, exist_ok=True)
+    names = checkpoint.meta.get("class_names")
+    if names:       # one colour key for every mask and overlay of the folder
+        from .viz import legend, save_png
+        save_png(os.path.join(output, "legend.png"), legend(names, colormap))
     used = set()
     for path in images:
         image = read_image(path)

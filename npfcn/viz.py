@@ -149,6 +149,42 @@ def image_grid(rows, titles=None, scale=None, pad=4, font_size=12):
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 
+def legend(class_names, colormap=None, width=600, classes=None, font_size=12):
+    """A colour key: a swatch and the name of each class, in rows no wider than ``width``.
+
+    class_names: the names of classes 0..K-1; colormap: as for ``colorize`` (None: VOC's);
+    classes: the class ids to show (None: all; 255 shows "void").  Returns (H, W, 3) uint8.
+    """
+    table = colorize(np.arange(256, dtype=np.uint8)[None], colormap)[0]
+    ids = range(len(class_names)) if classes is None else sorted(set(int(c) for c in classes))
+    entries = [(("void" if c == VOID_LABEL else str(class_names[c]) if c < len(class_names)
+                 else f"class {c}"), tuple(int(v) for v in table[c])) for c in ids]
+    font = load_font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = text_size(probe, "Ag", font)[1] + 10
+    box = line_h - 8
+    placed, x, y = [], 6, 4
+    for name, colour in entries:
+        w = box + 6 + text_size(probe, name, font)[0] + 14
+        if x > 6 and x + w > width:
+            x, y = 6, y + line_h
+        placed.append((x, y, name, colour))
+        x += w
+    canvas = Image.new("RGB", (max(1, width), y + line_h + 2 if entries else 1), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, name, colour in placed:
+        draw.rectangle([x, y + 3, x + box, y + 3 + box], fill=colour, outline=(0, 0, 0))
+        draw.text((x + box + 6, y + 2), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def with_legend(picture, class_names, colormap=None, classes=None):
+    """``picture`` (H, W, 3) with ``legend`` below it, as wide as the picture."""
+    picture = _check_rgb(np.asarray(picture), "picture")
+    key = legend(class_names, colormap, width=picture.shape[1], classes=classes)
+    return np.concatenate([picture, key[:, :picture.shape[1]]], axis=0)
+
+
 # --- training curves --------------------------------------------------------------------
 
 def _nice_ticks(lo, hi, count=5):

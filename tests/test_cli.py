@@ -73,6 +73,14 @@ def test_predict_any_size_and_format(trained, tmp_path, capsys):
         for kind in ("mask", "overlay"):
             with Image.open(out / f"{stem}_{kind}.png") as result:
                 assert result.size == (w, h)
+    # one colour key for the folder: every class's colour (the synthetic data's 5: VOC's
+    # first five, the background black) appears in it
+    from npfcn.viz import colorize
+    assert f"colour key: {out / 'legend.png'}" in capsys.readouterr().out
+    with Image.open(out / "legend.png") as key:
+        pixels = {tuple(p) for p in np.asarray(key.convert("RGB")).reshape(-1, 3)}
+    for colour in colorize(np.arange(5, dtype=np.uint8)[None])[0]:
+        assert tuple(colour) in pixels
 
 
 def test_predict_applies_the_checkpoints_correction_and_flip(trained, tmp_path):

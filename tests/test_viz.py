@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npfcn.viz import (VOID_COLOUR, colorize, confusion_matrix_image, image_grid, overlay,
-                       plot_curves, save_png)
+from npfcn.viz import (VOID_COLOUR, colorize, confusion_matrix_image, image_grid, legend,
+                       overlay, plot_curves, save_png, with_legend)
 
 
 def test_colorize_uses_the_voc_palette_and_a_void_colour():
@@ -99,3 +99,53 @@ def test_confusion_matrix_image_shades_by_row_share(tmp_path):
         confusion_matrix_image(np.zeros((2, 3)), ["a", "b"])
     with pytest.raises(ValueError, match="class names"):
         confusion_matrix_image(np.eye(2), ["a"])
+
+
+def _colours(picture):
+    return {tuple(int(v) for v in p) for p in picture.reshape(-1, 3)}
+
+
+def test_legend_shows_the_chosen_classes_in_their_colours():
+    names, colours = ["road", "sky", "car"], [[255, 0, 0], [0, 0, 255], [0, 255, 0]]
+    everything = legend(names, colours, width=400)
+    assert everything.dtype == np.uint8 and everything.shape[1] == 400
+    assert {(255, 0, 0), (0, 0, 255), (0, 255, 0)} <= _colours(everything)
+    some = legend(names, colours, width=400, classes=[1, 255])
+    assert (0, 0, 255) in _colours(some) and VOID_COLOUR in _colours(some)
+    assert (255, 0, 0) not in _colours(some) and (0, 255, 0) not in _colours(some)
+    # a narrow key wraps into more rows
+    assert legend(names * 4, colours * 4, width=120).shape[0] > everything.shape[0]
+
+
+def test_with_legend_puts_the_key_under_the_picture(rng):
+    picture = rng.integers(0, 256, (30, 200, 3), dtype=np.uint8)
+    both = with_legend(picture, ["a", "b"], [[10, 20, 30], [40, 50, 60]])
+    assert both.shape[1] == 200 and both.shape[0] > 30
+    np.testing.assert_array_equal(both[:30], picture)
+    assert {(10, 20, 30), (40, 50, 60)} <= _colours(both[30:])
+
+
+def test_samples_picture_has_a_key_of_the_classes_it_shows():
+    """samples.png (evaluate.sample_grid) is the image / truth / prediction grid with a
+    colour key below it naming exactly the classes in those masks."""
+    from npfcn.data import SyntheticShapes
+    from npfcn.evaluate import predict_labels, sample_grid
+    from npfcn.data.transforms import preprocess
+    from npfcn.models import build_model
+
+    data = SyntheticShapes(size=2, image_size=32, seed=0)
+    model = build_model("fcn8s", num_classes=5, width=1 / 32).eval()
+    picture = sample_grid(model, data, range(2))
+    rows, shown = [], set()
+    for i in range(2):
+        image, mask = data[i]
+        labels = predict_labels(model, preprocess(image)[None], None)[0][0].astype(np.uint8)
+        shown |= set(np.unique(mask).tolist()) | set(np.unique(labels).tolist())
+        rows.append([image, colorize(mask), colorize(labels)])
+    grid = image_grid(rows, titles=["image", "truth", "prediction"])
+    assert picture.shape[0] > grid.shape[0] and picture.shape[1] == grid.shape[1]
+    np.testing.assert_array_equal(picture[:grid.shape[0]], grid)
+    key = picture[grid.shape[0]:]
+    palette = colorize(np.arange(5, dtype=np.uint8)[None])[0]
+    for c in range(5):
+        assert (tuple(int(v) for v in palette[c]) in _colours(key)) == (c in shown or c == 0)

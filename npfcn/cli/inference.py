@@ -145,6 +145,9 @@ def cmd_predict(args):
     for source, mask_path, overlay_path in predict_files(path, args.images, args.output, args.alpha,
                                                          flip=args.flip, max_memory=args.max_memory):
         print(f"{source} -> {mask_path}, {overlay_path}")
+    key = os.path.join(args.output, "legend.png")
+    if os.path.isfile(key):
+        print(f"colour key: {key}")
     return 0
 
 
