@@ -156,25 +156,26 @@ def curves(runs, labels, path):
 
 def synthetic_table(folder, names, labels):
     """Validation scores (best epoch) of the synthetic runs, their time and cost per image."""
-    lines = ["| model | params | receptive field (px) | GMAC/image 48x48 | train s/epoch | "
-             "best val mIoU | pixel acc | mean acc |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for name, label in zip(names, labels):
         path = os.path.join(folder, name, "metrics.json")
         if not os.path.isfile(path):
             continue
         with open(path) as handle:
             history = json.load(handle)
-        config = history["config"]["model"]
+        config, size = history["config"]["model"], history["config"]["train"]["image_size"]
         epochs = history["epochs"]
         best = max(epochs, key=lambda e: e["mean_iou"])
         from npfcn.models import count_parameters
         learned, _ = count_parameters(config["model"], config["num_classes"], config["width"])
-        gmacs = forward_gmacs(config["model"], config["width"], config["num_classes"], 48, 48)
+        gmacs = forward_gmacs(config["model"], config["width"], config["num_classes"], size, size)
         seconds = np.median([e["train_seconds"] for e in epochs])
-        lines.append(f"| {label} | {learned:,} | {RECEPTIVE_FIELD.get(config['model'], '-')} | "
-                     f"{gmacs:.3f} | {seconds:.0f} | {100 * best['mean_iou']:.1f} | "
-                     f"{100 * best['pixel_accuracy']:.1f} | {100 * best['mean_accuracy']:.1f} |")
-    return "\n".join(lines)
+        rows.append(f"| {label} | {learned:,} | {RECEPTIVE_FIELD.get(config['model'], '-')} | "
+                    f"{gmacs:.3f} | {seconds:.0f} | {100 * best['mean_iou']:.1f} | "
+                    f"{100 * best['pixel_accuracy']:.1f} | {100 * best['mean_accuracy']:.1f} |")
+    return "\n".join([f"| model | params | receptive field (px) | GMAC / image {size}x{size} | "
+                      "train s / epoch | best val mIoU | pixel acc | mean acc |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"] + rows)
 
 
 # Worked out by hand in docs/upsampling.md (the theoretical receptive field of one output).
