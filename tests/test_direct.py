@@ -192,12 +192,12 @@ def test_which_convolutions_take_the_direct_path():
         assert path_of((3, 3), *stride1, 16, 32) == "direct"        # conv4_1 at width 1/16
         assert path_of((3, 3), *stride1, 32, 32) == "direct"        # 25 tiles x 32: small
         assert path_of((5, 5), *stride1, 32, 32) == "direct"
-        assert path_of((3, 3), *stride1, 64, 64) == "direct"
+        assert path_of((3, 3), *stride1, 64, 64) != "direct"        # wider: Winograd
         assert path_of((3, 3), *stride1, 3, 64) == "direct"         # VGG's conv1_1
-        assert path_of((3, 3), *stride1, 65, 65) != "direct"        # wider: Winograd / im2col
+        assert path_of((5, 5), *stride1, 64, 64) == "direct"        # no Winograd for 5x5
         assert path_of((7, 7), *stride1, 32, 32) == "direct_large"  # SegNet-Basic's 7x7
         assert path_of((7, 7), *stride1, 32, 256) == "bands"        # fc6: im2col + GEMM
-        # 4x4 tiles x channels: 2 x 21 x 21 x 32 = 28k stays direct, x 64 = 56k Winograd
+        # 4x4 tiles x channels: 2 x 21 x 21 x 32 = 28k stays direct; 64 channels Winograd
         g82 = (3, 3, 1, 1, 1, 1, 1, 1, 82, 82)
         assert dispatch.conv2d_path((2, 32, 82, 82), (32, 32, 3, 3), g82) == "direct"
         assert dispatch.conv2d_path((2, 64, 82, 82), (64, 64, 3, 3), g82) == "winograd4"

@@ -77,8 +77,9 @@ def test_bands_are_cut_finer_only_when_each_stays_wide(two_threads):
 
 @pytest.mark.parametrize("channels, flipped", [(16, True), (8, False)])
 def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads, monkeypatch):
-    """From 16 input channels the bands path takes dx as a convolution of dy with the
-    turned kernel (padding KH-1-PH) instead of col2im; both equal the reference, and a
+    """From 16 input channels (and no more output ones: fc6's 512 -> 4096 keeps col2im)
+    the bands path takes dx as a convolution of dy with the turned kernel (padding
+    KH-1-PH) instead of col2im; both equal the reference, and a
     padding of 0 (a 'valid' convolution: dx padded by KH-1) too."""
     monkeypatch.setattr(bands, "BAND_BYTES", 16 << 10)           # many bands, run in parallel
     rng = np.random.default_rng(2)
@@ -86,7 +87,7 @@ def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads,
         x = rng.standard_normal((2, channels, 13, 17))
         w = rng.standard_normal((5, channels, 5, 5))
         g = (5, 5, 1, 1, padding, padding, 1, 1, 13 + 2 * padding - 4, 17 + 2 * padding - 4)
-        assert (gemm.flipped_conv_for_dx(channels, g) is not None) == flipped
+        assert (gemm.flipped_conv_for_dx(channels, 5, g) is not None) == flipped
         y_ref, cache_ref = reference.conv2d_forward(x, w, None, padding=padding)
         dy = rng.standard_normal(y_ref.shape)
         dw2 = np.zeros((5, channels * 25))
@@ -123,3 +124,9 @@ def test_large_kernels_with_full_rows_take_the_direct_loop(width, two_threads):
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy * (y_ref > 0), cache_ref)
     for got, want in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
         close(got, want)
+
+
+def test_fc6_keeps_col2im_for_dx():
+    g = (7, 7, 1, 1, 0, 0, 1, 1, 8, 8)
+    assert gemm.flipped_conv_for_dx(512, 4096, g) is None
+    assert gemm.flipped_conv_for_dx(64, 64, g) is not None

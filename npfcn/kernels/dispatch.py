@@ -10,8 +10,9 @@ op                 path: when                                                  c
 =================  ==========================================================  =====================
 conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      ``gemm.pointwise_conv``
                    ``direct``: stride 1, no dilation, kernel <= 5x5, at        ``direct.direct_conv``
-                   most 64 channels in and out (the narrow FCNs), unless a
-                   3x3 layer has enough 4x4 tiles x channels for Winograd
+                   most 64 channels in and out (the narrow FCNs); of the 3x3
+                   layers Winograd could take, those of at most 32 channels
+                   with fewer than 40000 4x4 tiles x channels
                    ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
                    (SegNet-Basic's 7x7 layers)
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
@@ -33,11 +34,12 @@ Where the thresholds come from (fwd+bwd on 2 threads, each path timed alone, Zen
 docs/kernels.md).  With its flat layout (csrc/direct.c) the direct loop beats Winograd
 on 3x3 layers of up to 64 channels until Winograd's products get big: 32 -> 32 at 2 x
 21x21 0.52 ms against 0.81 (F2), at 2 x 41x41 1.28 against 1.67 (F4), at 2 x 82x82
-4.7 against 6.9; 64 -> 64 at 4 x 32x32 7.1 against 8.3; but F(4x4) wins 32 -> 32 at
-2 x 163x163 (16.3 against 20.2 ms), 64 -> 64 at 2 x 82x82 (12.3 against 16.3) and at
-224x224 (41 against 61); 64 -> 64 at 4 x 45x60 is a draw.  So the line is drawn at
-WINOGRAD_OVER_DIRECT 4x4 tiles x channels: 882 x 32 = 28k stays direct, 882 x 64 = 56k
-goes to Winograd.  Winograd loses to im2col
+4.3-4.7 against 4.8-6.9; but F(4x4) wins 32 -> 32 at 2 x 163x163 (16.3 against 20.2
+ms), and 64 -> 64 layers: at 4 x 32x32 a draw or F(4x4) (6.3/7.1 against 6.5/5.7 ms in
+two runs, quiet), at 2 x 82x82 12.3 against 16.3, at 224x224 41 against 61.  So 3x3
+layers of up to 32 channels stay direct below WINOGRAD_OVER_DIRECT 4x4 tiles x channels
+(882 x 32 = 28k: direct; 3362 x 32 = 108k: Winograd), wider ones go to Winograd
+wherever it applies.  Winograd loses to im2col
 when the input has far fewer channels than the output (VGG's 3 -> 64: the
 transformed output, 16 x O per tile, dwarfs a product whose inner dimension is C)
 and on fewer than 64 tiles (512 -> 512 at 14x14: the 16 products are too thin for
@@ -56,7 +58,8 @@ from . import backend, direct, gemm, subpixel, winograd
 
 DIRECT_MAX_CHANNELS = 64       # in and out
 DIRECT_MAX_KERNEL = 5          # larger kernels: direct_large
-WINOGRAD_OVER_DIRECT = 40000   # 4x4 tiles in the batch x max(in, out) channels
+DIRECT_MAX_WINOGRAD_CHANNELS = 32   # a 3x3 layer Winograd can take stays direct up to here
+WINOGRAD_OVER_DIRECT = 40000   # ... and below this many 4x4 tiles in the batch x channels
 WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
 F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
 F4_MIN_TILES = 196             # 4x4 output tiles in the batch
@@ -97,7 +100,8 @@ def conv2d_path(x_shape, w_shape, g):
     if max(C, O) <= DIRECT_MAX_CHANNELS:
         if max(KH, KW) > DIRECT_MAX_KERNEL:
             return "direct_large"
-        if not (winograd and _tiles(N, OH, OW, 4) * max(C, O) >= WINOGRAD_OVER_DIRECT):
+        if not winograd or (max(C, O) <= DIRECT_MAX_WINOGRAD_CHANNELS
+                            and _tiles(N, OH, OW, 4) * max(C, O) < WINOGRAD_OVER_DIRECT):
             return "direct"
     if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \

@@ -166,7 +166,7 @@ def banded_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """dx as a convolution of dy (``flipped_conv_for_dx``) where that applies, else
     dcols = w^T dy and dx += col2im(dcols) per band; dw2 += dy cols^T per band."""
     dy = through_relu(dy, relu_y)
-    flipped = flipped_conv_for_dx(x.shape[1], g)
+    flipped = flipped_conv_for_dx(x.shape[1], w.shape[0], g)
     if not input_gradient:
         dx = None
         grad_bands(dy, x, g, dw2)
@@ -192,11 +192,18 @@ def grad_bands(dy, x, g, dw2, w=None, dx=None):
     K = C * KH * KW
     dy3 = dy.reshape(N, O, OH * OW)
     ranges = _band_ranges(OH, K * N * OW * x.itemsize, N * OW)
-    # Each thread sums its bands' products into its own (K, O) array: dw2's transpose,
-    # because cols @ dy^T ran 1.1-1.25x faster in OpenBLAS than dy @ cols^T for these
-    # shapes (64 rows of dy), and the transposing add into dw2 then happens once.
-    # A weight gradient too large to copy per thread (fc6's) is added band by band.
-    own_sums = dw2.nbytes <= PARALLEL_DW_BYTES
+    # Bands side by side on the threads (see banded_conv) when there are enough and a
+    # weight-gradient copy per thread is small; with dx, two bands that run at once must
+    # not touch the same rows of it: even bands, then odd ones.  Then each thread sums
+    # its bands' products into its own (K, O) array: dw2's transpose, because cols @ dy^T
+    # ran 1.1-1.25x faster in OpenBLAS than dy @ cols^T for SegNet-Basic's shapes (64
+    # rows of dy), and the transposing add into dw2 happens once per layer.  Otherwise
+    # (few bands: a small layer, where a zeroed copy and a transposing add would cost
+    # more than the product; or fc6's 411 MB gradient) each band adds into dw2 directly.
+    span = (g[0] - 1) * g[6] + 1                         # input rows one output row reads
+    step = ranges[0][1] - ranges[0][0]
+    own_sums = len(ranges) >= 4 and dw2.nbytes <= PARALLEL_DW_BYTES \
+        and (dx is None or step * g[2] >= span)
     partials, lock = {}, threading.Lock()
 
     def band(rows):
@@ -215,12 +222,7 @@ def grad_bands(dy, x, g, dw2, w=None, dx=None):
             np.matmul(w.reshape(O, K).T, dy_band, out=dcols)
             bands.col2im_bands(dcols, dx, g, (r0, r1))
 
-    # Bands side by side on the threads (see banded_conv) when each thread has its own
-    # sums; with dx, two bands that run at once must not touch the same rows of it:
-    # even bands, then odd ones.
-    span = (g[0] - 1) * g[6] + 1                         # input rows one output row reads
-    step = ranges[0][1] - ranges[0][0]
-    if len(ranges) >= 4 and own_sums and (dx is None or step * g[2] >= span):
+    if own_sums:
         for phase in ((ranges,) if dx is None else (ranges[0::2], ranges[1::2])):
             threads.run(phase, band, parallel=True)
     else:
@@ -233,18 +235,23 @@ def grad_bands(dy, x, g, dw2, w=None, dx=None):
 FLIPPED_DX_MIN_CHANNELS = 16     # below it the flipped product has too few rows for BLAS
 
 
-def flipped_conv_for_dx(C, g):
-    """The geometry of dx as a convolution of dy, or None where that does not apply.
+def flipped_conv_for_dx(C, O, g):
+    """The geometry of dx as a convolution of dy, or None where that does not apply
+    or does not pay.
 
     At stride 1 without dilation, input row i receives dy[i + PH - ky] w[ky] for every
     ky: a correlation of dy with the kernel turned by 180 degrees (in and out channels
     swapped) and padding KH-1-PH. That is one matrix product of inner size O*KH*KW
     per band, instead of a product of inner size O that writes KH*KW times dx's size
     and a col2im that sums it back (``npfcn.reference.conv`` does the latter).
+    Only with no more output channels than input ones: the flipped kernel is a copy of
+    the weights and its columns are O*KH*KW rows of dy, so fc6 (512 -> 4096, 7x7) would
+    copy 411 MB and build columns 8 times larger than col2im's each step (its backward
+    took 1.2 s instead of 0.3).
     """
     KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = g
     if (SH, SW, DH, DW) != (1, 1, 1, 1) or PH >= KH or PW >= KW or KH * KW == 1 \
-            or C < FLIPPED_DX_MIN_CHANNELS:
+            or C < FLIPPED_DX_MIN_CHANNELS or O > C:
         return None
     return (KH, KW, 1, 1, KH - 1 - PH, KW - 1 - PW, 1, 1, OH + KH - 1 - 2 * PH, OW + KW - 1 - 2 * PW)
 
