@@ -201,6 +201,9 @@ def test_which_convolutions_take_the_direct_path():
         g82 = (3, 3, 1, 1, 1, 1, 1, 1, 82, 82)
         assert dispatch.conv2d_path((2, 32, 82, 82), (32, 32, 3, 3), g82) == "direct"
         assert dispatch.conv2d_path((2, 64, 82, 82), (64, 64, 3, 3), g82) == "winograd4"
+        # the default run's conv1_2: 13,448 tiles, but 16 channel pairs: direct
+        g326 = (3, 3, 1, 1, 1, 1, 1, 1, 326, 326)
+        assert dispatch.conv2d_path((2, 4, 326, 326), (4, 4, 3, 3), g326) == "direct"
         assert path_of((3, 3), (2, 2), (1, 1), 4, 4) == "bands"
         assert path_of((3, 3), (1, 1), (2, 2), 4, 4) == "bands"
     with backend.using("numpy"):

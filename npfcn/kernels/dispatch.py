@@ -11,8 +11,9 @@ op                 path: when                                                  c
 conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      ``gemm.pointwise_conv``
                    ``direct``: stride 1, no dilation, kernel <= 5x5, at        ``direct.direct_conv``
                    most 64 channels in and out (the narrow FCNs); of the 3x3
-                   layers Winograd could take, those of at most 32 channels
-                   with fewer than 40000 4x4 tiles x channels
+                   layers Winograd could take, those of at most 512 channel
+                   pairs, and those of at most 32 channels with fewer than
+                   40000 4x4 tiles x channels
                    ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
                    (SegNet-Basic's 7x7 layers)
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
@@ -39,7 +40,10 @@ ms), and 64 -> 64 layers: at 4 x 32x32 a draw or F(4x4) (6.3/7.1 against 6.5/5.7
 two runs, quiet), at 2 x 82x82 12.3 against 16.3, at 224x224 41 against 61.  So 3x3
 layers of up to 32 channels stay direct below WINOGRAD_OVER_DIRECT 4x4 tiles x channels
 (882 x 32 = 28k: direct; 3362 x 32 = 108k: Winograd), wider ones go to Winograd
-wherever it applies.  Winograd loses to im2col
+wherever it applies; and layers of at most 512 channel pairs stay direct at any size
+(the default run's 4 -> 4 at 2 x 326x326 has 13,448 tiles, but Winograd's products with
+4 channels are all transform and no arithmetic: the default training step took 65-95 ms
+instead of 40-50 when it went there).  Winograd loses to im2col
 when the input has far fewer channels than the output (VGG's 3 -> 64: the
 transformed output, 16 x O per tile, dwarfs a product whose inner dimension is C)
 and on fewer than 64 tiles (512 -> 512 at 14x14: the 16 products are too thin for
@@ -60,6 +64,7 @@ DIRECT_MAX_CHANNELS = 64       # in and out
 DIRECT_MAX_KERNEL = 5          # larger kernels: direct_large
 DIRECT_MAX_WINOGRAD_CHANNELS = 32   # a 3x3 layer Winograd can take stays direct up to here
 WINOGRAD_OVER_DIRECT = 40000   # ... and below this many 4x4 tiles in the batch x channels
+DIRECT_ALWAYS_CHANNEL_PAIRS = 512   # in x out: at most this, direct at any size
 WINOGRAD_MIN_TILES = 64        # 2x2 output tiles in the batch
 F4_MAX_IN_CHANNELS, F4_MAX_OUT_CHANNELS = 128, 256
 F4_MIN_TILES = 196             # 4x4 output tiles in the batch
@@ -100,8 +105,9 @@ def conv2d_path(x_shape, w_shape, g):
     if max(C, O) <= DIRECT_MAX_CHANNELS:
         if max(KH, KW) > DIRECT_MAX_KERNEL:
             return "direct_large"
-        if not winograd or (max(C, O) <= DIRECT_MAX_WINOGRAD_CHANNELS
-                            and _tiles(N, OH, OW, 4) * max(C, O) < WINOGRAD_OVER_DIRECT):
+        if not winograd or C * O <= DIRECT_ALWAYS_CHANNEL_PAIRS \
+                or (max(C, O) <= DIRECT_MAX_WINOGRAD_CHANNELS
+                    and _tiles(N, OH, OW, 4) * max(C, O) < WINOGRAD_OVER_DIRECT):
             return "direct"
     if winograd:
         if C <= F4_MAX_IN_CHANNELS and O <= F4_MAX_OUT_CHANNELS \
