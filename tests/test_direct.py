@@ -266,12 +266,14 @@ def test_forward_layout_follows_how_full_the_blocks_are_and_where_the_rows_live(
     """Worked by hand from the rule in forward_layout (64-byte blocks hold 48 floats,
     32-byte blocks 24): rows only for rows that fill >= 95 % of 24-wide blocks in a
     layer of >= 128 channel pairs; there, with AVX-512, 64 bytes when the fill of
-    48-wide blocks times 1.12 (staged rows in L1) or 0.85 (beyond) is the larger."""
+    48-wide blocks times 1.12 (staged rows in L1) or 0.85 (beyond) is the larger;
+    flat takes the widest vectors the CPU allows."""
     assert direct.block_fill(30, 4, 64) == pytest.approx(30 / 48)
     assert direct.block_fill(60, 4, 32) == pytest.approx(60 / 72)
     assert direct.block_fill(21, 8, 32) == pytest.approx(21 / 24)
-    assert direct.forward_layout(64, 64, 7, 7, 30, 4) == (32, True)      # 62 % full
-    assert direct.forward_layout(4, 4, 3, 3, 96, 4) == (32, True)        # 16 channel pairs
+    widest = direct.vector_bytes()                       # flat: the widest the CPU allows
+    assert direct.forward_layout(64, 64, 7, 7, 30, 4) == (widest, True)  # 62 % full
+    assert direct.forward_layout(4, 4, 3, 3, 96, 4) == (widest, True)    # 16 channel pairs
     before = direct.vector_bytes()
     try:
         if direct.vector_bytes(64) == 64:
@@ -281,5 +283,6 @@ def test_forward_layout_follows_how_full_the_blocks_are_and_where_the_rows_live(
             assert direct.forward_layout(16, 16, 3, 3, 96, 4) == (64, False)
         direct.vector_bytes(32)
         assert direct.forward_layout(16, 16, 3, 3, 96, 4) == (32, False)
+        assert direct.forward_layout(4, 4, 3, 3, 96, 4) == (32, True)
     finally:
         direct.vector_bytes(before)
