@@ -567,6 +567,26 @@ int64_t direct_conv_scratch_##SUFFIX(int64_t weight_grad, int64_t C, int64_t O, 
          + (O * C * KH * KW + O) * (int64_t)(sizeof(double) / sizeof(T));                 \
 }
 
+/* The weight gradient's register-blocked loops (dw3, dw7): OB gradient rows x TAPS
+ * shifts per call of FN, for every input plane c and kernel row i.  Rows past O repeat
+ * a real row (their sums are dropped).  Expanded inside direct_conv_weight_grad, whose
+ * variables it uses. */
+#define NPFCN_DW_BLOCKED(T, FN, OB, TAPS)                                                  \
+    for (int64_t o = 0; o < O; o += (OB)) {                                               \
+        const int64_t nob = O - o < (OB) ? O - o : (OB);                                  \
+        const T *gq[OB];                                                                  \
+        for (int64_t q = 0; q < (OB); ++q)                                                \
+            gq[q] = g + (o + (q < nob ? q : 0)) * GP;                                     \
+        for (int64_t c = 0; c < C; ++c)                                                   \
+            for (int64_t i = 0; i < KH; ++i) {                                            \
+                double sums[OB][TAPS];                                                    \
+                FN(gq, stage + (c * rows_in + i) * GW, n_dot, sums);                      \
+                for (int64_t q = 0; q < nob; ++q)                                         \
+                    for (int64_t j = 0; j < (TAPS); ++j)                                  \
+                        partial[(((o + q) * C + c) * KH + i) * (TAPS) + j] += sums[q][j]; \
+            }                                                                             \
+    }
+
 /* VL: the layout's vector length (dots and dy's planes rounded to it, as the scratch);
  * VEC, of LANES elements (LANES divides VL): the vectors of the bias sums. */
 #define NPFCN_DIRECT_WEIGHT_GRAD(T, SUFFIX, VEC, LANES, VL)                               \
@@ -626,37 +646,11 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                     }                                                                     \
                 }                                                                         \
             }                                                                             \
-            if (KW == 3) {          /* VGG's 3x3: 4 channels x 3 shifts at once */        \
-                for (int64_t o = 0; o < O; o += NPFCN_OB) {                               \
-                    const int64_t nob = O - o < NPFCN_OB ? O - o : NPFCN_OB;              \
-                    const T *gq[NPFCN_OB];  /* past O: a real row again, sums dropped */  \
-                    for (int64_t q = 0; q < NPFCN_OB; ++q)                                \
-                        gq[q] = g + (o + (q < nob ? q : 0)) * GP;                         \
-                    for (int64_t c = 0; c < C; ++c)                                       \
-                        for (int64_t i = 0; i < KH; ++i) {                                \
-                            double sums[NPFCN_OB][3];                                     \
-                            dw3_##SUFFIX(gq, stage + (c * rows_in + i) * GW, n_dot, sums);  \
-                            for (int64_t q = 0; q < nob; ++q)                             \
-                                for (int64_t j = 0; j < 3; ++j)                           \
-                                    partial[(((o + q) * C + c) * KH + i) * 3 + j] += sums[q][j]; \
-                        }                                                                 \
-                }                                                                         \
-            } else if (KW == 7 && wide_registers) {  /* SegNet-Basic's 7x7 */          \
-                for (int64_t o = 0; o < O; o += NPFCN_DW7_OB) {                           \
-                    const int64_t nob = O - o < NPFCN_DW7_OB ? O - o : NPFCN_DW7_OB;      \
-                    const T *gq[NPFCN_DW7_OB];                                            \
-                    for (int64_t q = 0; q < NPFCN_DW7_OB; ++q)                            \
-                        gq[q] = g + (o + (q < nob ? q : 0)) * GP;                         \
-                    for (int64_t c = 0; c < C; ++c)                                       \
-                        for (int64_t i = 0; i < KH; ++i) {                                \
-                            double sums[NPFCN_DW7_OB][7];                                 \
-                            dw7_##SUFFIX(gq, stage + (c * rows_in + i) * GW, n_dot, sums);  \
-                            for (int64_t q = 0; q < nob; ++q)                             \
-                                for (int64_t j = 0; j < 7; ++j)                           \
-                                    partial[(((o + q) * C + c) * KH + i) * 7 + j] += sums[q][j]; \
-                        }                                                                 \
-                }                                                                         \
-            } else {                                                                      \
+            if (KW == 3)            /* VGG's 3x3: 4 channels x 3 shifts at once */        \
+                NPFCN_DW_BLOCKED(T, dw3_##SUFFIX, NPFCN_OB, 3)                            \
+            else if (KW == 7 && wide_registers)     /* SegNet-Basic's 7x7 */              \
+                NPFCN_DW_BLOCKED(T, dw7_##SUFFIX, NPFCN_DW7_OB, 7)                        \
+            else {                                                                        \
                 for (int64_t o = 0; o < O; ++o)                                           \
                     for (int64_t c = 0; c < C; ++c)                                       \
                         for (int64_t i = 0; i < KH; ++i)                                  \

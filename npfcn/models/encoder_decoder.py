@@ -212,17 +212,7 @@ class EncoderDecoderNet:
         self._output_shape = None
         return self._backward(dscores)
 
-    @property
-    def input_gradient(self):
-        """Whether backward computes dx, the gradient of the image (default True; backward
-        returns None without it).  Training turns it off: nothing there needs dx, and it
-        costs as much as the first layer's forward pass (PyTorch skips it too, for an
-        input that does not require a gradient)."""
-        return self._first_conv().input_gradient
-
-    @input_gradient.setter
-    def input_gradient(self, value):
-        self._first_conv().input_gradient = bool(value)
+    input_gradient = FCN.input_gradient   # a property over _first_conv() (see FCN)
 
     def _first_conv(self):
         """The convolution that reads the image: the first in the layer table."""
