@@ -128,6 +128,14 @@ NPFCN_DECLARE_DIRECT(double, f64)
  * passes the width it wants (width), at most this one. */
 int64_t direct_conv_vector_bytes(int64_t request);
 
+/* Direct stride-1 convolution to 64 output channels, vectors along the channels
+ * (channel_conv.c; layouts there; AVX-512 only: returns -1 and does nothing elsewhere).
+ * xp: the padded input (N, C, HP, WP); wt: (C*KH*KW, 64); y: (N, 64, OH, OW). */
+int64_t channel_conv_supported(void);
+int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *bias,
+        float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
+        int64_t KW, int64_t OH, int64_t OW);
+
 /* ReLU (relu.c): n elements, contiguous. */
 #define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \
 void relu_forward_##SUFFIX(const T *x, T *y, int64_t n);                               \

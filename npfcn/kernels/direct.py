@@ -23,7 +23,7 @@ of 100, conv1_1's output is 326x326 for a 128x128 image, and all but the middle
 """
 import numpy as np
 
-from . import backend, boundary
+from . import backend, boundary, channel
 from .gemm import channel_sums, flipped_transposed, grad_bands, through_relu
 from .workspace import workspace
 
@@ -146,6 +146,8 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     read as x where x_mask > 0, else 0 (the input gradient through a fused ReLU).
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _geometry(x, w, padding)
+    if channel.applies(x.dtype, O, KH, KW):     # 64 channels, 7x7: see npfcn.kernels.channel
+        return channel.correlate(x, w, padding, bias=bias, relu=relu, x_mask=x_mask, out=out)
     y = np.empty((N, O, OH, OW), dtype=x.dtype) if out is None else out
     wg = grouped_weight(w)
     boundary.check("direct conv", x.dtype, {

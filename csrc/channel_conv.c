@@ -1,0 +1,141 @@
+/* Direct stride-1 convolution with its vectors along the output channels, for
+ * layers of 64 output channels on CPUs with AVX-512 (SegNet-Basic's 7x7 layers).
+ *
+ *   y[n, o, oy, ox] = b[o] + sum_{c, i, j} w[o, c, i, j] * xp[n, c, oy + i, ox + j]
+ *
+ * where xp is the input already zero-padded by the caller (npfcn/kernels/channel.py),
+ * so that no output needs an edge case.
+ *
+ * Why a second direct loop: direct.c vectorises along a row of outputs, 48 of them
+ * per block, and a row of 60 or 30 (SegNet-Basic at 45x60, 23x30) fills its blocks
+ * badly; every tap also needs three unaligned vector loads of the staged input.  Here
+ * a block is 6 neighbouring output pixels x all 64 channels: 24 accumulators of 16
+ * channels each.  Per tap (c, i, j) the 64 weights are 4 aligned vector loads, each
+ * of the 6 input values is broadcast once and feeds 4 multiply-adds: 10 loads per 24
+ * multiply-adds, and no output is computed in vain once the row's width is a multiple
+ * of 6 (SegNet-Basic's rows are 480, 240, 120, 60 and 30 wide).  oneDNN's direct
+ * convolutions (PyTorch's on this CPU) block the same way, by channels.
+ *
+ * Layouts:
+ *   xp   (N, C, HP, WP): HP = OH + KH - 1; WP >= round_up(OW, 6) + KW - 1, zeros
+ *        past the image (the last block of a row reads up to 5 columns past OW).
+ *   wt   (C*KH*KW, 64): the 64 output channels' weights of tap (c, i, j) side by side.
+ *   y    (N, 64, OH, OW).
+ *
+ * Threads split the (n, output row) pairs; each y row is written by one thread, and
+ * every sum runs in the same order whatever the thread count.  Per block the
+ * weights (C*KH*KW*256 bytes: 800 KiB at 64 input channels and 7x7) stream through
+ * from the L2 cache in order, which the hardware prefetcher follows; the 24 sums stay
+ * in registers for the whole reduction.
+ */
+#include <stdint.h>
+#include <string.h>
+#include "npfcn_kernels.h"
+
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+#define CHANNEL_CONV_PIXELS 6       /* output pixels per block */
+#define CHANNEL_CONV_OUT 64         /* output channels: 4 vectors of 16 floats */
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CHANNEL_CONV_BUILT 1
+#define CHANNEL_CONV_TARGET __attribute__((target("arch=x86-64-v4")))
+
+typedef float cc_vec __attribute__((vector_size(64)));     /* 16 floats */
+
+CHANNEL_CONV_TARGET static inline cc_vec cc_load(const float *p)
+{
+    cc_vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The 4 multiply-adds of pixel P: x value broadcast once, times the 4 weight vectors. */
+#define CC_PIXEL(P)                                                                    \
+    { const cc_vec b = zero + x[j + P];                                                \
+      a##P##0 += b * w0; a##P##1 += b * w1; a##P##2 += b * w2; a##P##3 += b * w3; }
+#define CC_START(P)                                                                    \
+    cc_vec a##P##0 = start0, a##P##1 = start1, a##P##2 = start2, a##P##3 = start3;
+#define CC_STORE(P)                                                                    \
+    memcpy(out + P * 64, &a##P##0, 64); memcpy(out + P * 64 + 16, &a##P##1, 64);        \
+    memcpy(out + P * 64 + 32, &a##P##2, 64); memcpy(out + P * 64 + 48, &a##P##3, 64);
+
+/* out[p * 64 + o] for 6 pixels p: the sums of one block, starting at the bias.  xb: the
+ * padded input at (c = 0, row oy, column ox0). */
+CHANNEL_CONV_TARGET static void channel_block(const float *restrict xb,
+        const float *restrict wt, const float *restrict bias, int64_t C, int64_t KH,
+        int64_t KW, int64_t plane, int64_t WP, float out[CHANNEL_CONV_PIXELS * 64])
+{
+    const cc_vec zero = {0};
+    const cc_vec start0 = bias ? cc_load(bias) : zero, start1 = bias ? cc_load(bias + 16) : zero;
+    const cc_vec start2 = bias ? cc_load(bias + 32) : zero, start3 = bias ? cc_load(bias + 48) : zero;
+    CC_START(0) CC_START(1) CC_START(2) CC_START(3) CC_START(4) CC_START(5)
+    const float *w = wt;
+    for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < KH; ++i) {
+            const float *x = xb + c * plane + i * WP;
+            for (int64_t j = 0; j < KW; ++j, w += 64) {
+                const cc_vec w0 = cc_load(w), w1 = cc_load(w + 16);
+                const cc_vec w2 = cc_load(w + 32), w3 = cc_load(w + 48);
+                CC_PIXEL(0) CC_PIXEL(1) CC_PIXEL(2) CC_PIXEL(3) CC_PIXEL(4) CC_PIXEL(5)
+            }
+        }
+    CC_STORE(0) CC_STORE(1) CC_STORE(2) CC_STORE(3) CC_STORE(4) CC_STORE(5)
+}
+
+CHANNEL_CONV_TARGET
+static void channel_conv_forward_avx512(const float *xp, const float *wt, const float *bias,
+        float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
+        int64_t KW, int64_t OH, int64_t OW)
+{
+    const int64_t tasks = N * OH, plane = HP * WP;
+    int64_t task;
+    #pragma omp parallel for schedule(static) if(tasks > 1)
+    for (task = 0; task < tasks; ++task) {
+        const int64_t n = task / OH, oy = task % OH;
+        const float *xb = xp + (n * C * HP + oy) * WP;
+        float *yrow = y + n * CHANNEL_CONV_OUT * OH * OW + oy * OW;
+        float sums[CHANNEL_CONV_PIXELS * 64];
+        for (int64_t ox0 = 0; ox0 < OW; ox0 += CHANNEL_CONV_PIXELS) {
+            channel_block(xb + ox0, wt, bias, C, KH, KW, plane, WP, sums);
+            const int64_t count = OW - ox0 < CHANNEL_CONV_PIXELS ? OW - ox0 : CHANNEL_CONV_PIXELS;
+            for (int64_t o = 0; o < CHANNEL_CONV_OUT; ++o)     /* pixel-major -> planes */
+                for (int64_t p = 0; p < count; ++p) {
+                    const float v = sums[p * 64 + o];
+                    yrow[o * OH * OW + ox0 + p] = relu && !(v > 0 || v != v) ? 0.0f : v;
+                }
+        }
+    }
+}
+
+int64_t channel_conv_supported(void)
+{
+    return __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
+}
+#else
+#define CHANNEL_CONV_BUILT 0
+int64_t channel_conv_supported(void)
+{
+    return 0;
+}
+#endif
+
+/* Returns 0, or -1 where the CPU (or the build) has no AVX-512 and nothing was done. */
+int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *bias,
+        float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
+        int64_t KW, int64_t OH, int64_t OW)
+{
+#if CHANNEL_CONV_BUILT
+    if (channel_conv_supported()) {
+        channel_conv_forward_avx512(xp, wt, bias, y, relu, N, C, HP, WP, KH, KW, OH, OW);
+        return 0;
+    }
+#endif
+    (void)xp; (void)wt; (void)bias; (void)y; (void)relu; (void)N; (void)C; (void)HP;
+    (void)WP; (void)KH; (void)KW; (void)OH; (void)OW;
+    return -1;
+}

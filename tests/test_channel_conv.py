@@ -1,0 +1,97 @@
+"""The channel-vector direct convolution (npfcn/kernels/channel.py, csrc/channel_conv.c).
+
+Compared with npfcn.reference.conv (im2col + matmul), an independent computation.
+Tolerance: float32 sums of up to C*KH*KW = 5*7*7 = 245 products of unit-variance
+terms, in another order than the reference's: 2e-5 relative to the largest value,
+as for direct.c (tests/test_direct.py).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from npfcn import functional, reference
+from npfcn.kernels import backend, channel, direct
+
+from conv_reference import reference_conv, relative
+
+pytestmark = pytest.mark.skipif(not (backend.c_available() and channel.available()),
+                                reason="needs the C kernel on a CPU with AVX-512")
+
+TOL = 2e-5
+
+
+@st.composite
+def cases(draw):
+    K = (draw(st.sampled_from([1, 3, 7])), draw(st.sampled_from([1, 3, 7])))
+    # negative padding crops (the input gradient of a layer padded less than K-1)
+    padding = (draw(st.integers(-1, K[0] + 1)), draw(st.integers(-1, K[1] + 1)))
+    H = draw(st.integers(max(1, K[0] - 2 * padding[0]), 10))
+    # widths that are and are not multiples of the 6-pixel block
+    W = draw(st.integers(max(1, K[1] - 2 * padding[1]), 20))
+    return dict(N=draw(st.integers(0, 2)), C=draw(st.integers(1, 5)), H=H, W=W, K=K,
+                padding=padding, seed=draw(st.integers(0, 2**16)))
+
+
+def make(case):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(np.float32)
+    w = rng.standard_normal((64, case["C"], *case["K"])).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    mask = rng.standard_normal(x.shape).astype(np.float32)
+    return x, w, bias, mask
+
+
+def reference_forward(x, w, padding, bias):
+    """The reference pads by at least 0: a negative padding is a crop of the input."""
+    (ph, pw), H, W = padding, x.shape[2], x.shape[3]
+    x = x[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)]
+    y, _ = reference.conv2d_forward(np.ascontiguousarray(x), w, bias, 1, (max(0, ph), max(0, pw)))
+    return y
+
+
+@settings(max_examples=60)
+@given(case=cases(), relu=st.booleans(), masked=st.booleans())
+def test_equals_the_reference(case, relu, masked):
+    """Bias, fused ReLU and an input mask (the input read as 0 where mask <= 0)."""
+    x, w, bias, mask = make(case)
+    x_read = np.where(mask > 0, x, 0).astype(np.float32) if masked else x
+    expected = reference_forward(x_read, w, case["padding"], bias)
+    if relu:
+        expected = np.maximum(expected, 0)
+    y = channel.correlate(x, w, case["padding"], bias=bias, relu=relu,
+                          x_mask=mask if masked else None)
+    assert y.shape == expected.shape
+    assert y.size == 0 or relative(y, expected) < TOL
+
+
+def test_direct_correlate_hands_64_channel_7x7_layers_to_it():
+    """direct.correlate's result for a SegNet-Basic-like layer is this loop's, and right."""
+    assert channel.applies(np.float32, 64, 7, 7)
+    assert not channel.applies(np.float64, 64, 7, 7) and not channel.applies(np.float32, 32, 7, 7)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 13, 19)).astype(np.float32)
+    w = rng.standard_normal((64, 8, 7, 7)).astype(np.float32)
+    with backend.using("c"):
+        y = direct.correlate(x, w, (3, 3))
+    assert np.array_equal(y, channel.correlate(x, w, (3, 3)))
+    assert relative(y, reference_forward(x, w, (3, 3), None)) < TOL
+
+
+def test_a_segnet_layer_trains_through_it():
+    """Forward, dx and dw of a 64 -> 64 7x7 layer on the C backend against the reference."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 64, 9, 14)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 7, 7)) / 20).astype(np.float32)
+    y0, dy, dx0, dw0 = reference_conv(x, w, (3, 3))
+    with backend.using("c"):
+        y, cache = functional.conv2d_forward(x, w, None, 1, 3)
+        dx, dw, _ = functional.conv2d_backward(dy, cache)
+    assert relative(y, y0) < TOL and relative(dx, dx0) < TOL and relative(dw, dw0) < 1e-4
+
+
+def test_a_wrong_weight_is_refused_before_c():
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="channel conv"):
+        channel.correlate(x, np.zeros((32, 3, 7, 7), np.float32), (3, 3))
+    with pytest.raises(ValueError, match="channel conv"):
+        channel.correlate(x, np.zeros((64, 4, 7, 7), np.float32), (3, 3))
