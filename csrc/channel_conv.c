@@ -112,6 +112,76 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
     }
 }
 
+/* The weight gradient, vectorised the same way:
+ *
+ *   dw[o, c, i, j] = sum_{n, oy, ox} dy[n, o, oy, ox] * xp[n, c, oy + i, ox + j]
+ *
+ * with dy given channels-last (dyt: (N, OH, OW, 64), the caller transposes it).  A
+ * block is 6 taps (i, j) of one input channel c x all 64 output channels, 24 sums in
+ * registers: per output pixel, 4 aligned loads of its 64 dy values and one broadcast
+ * of the input under each tap feed 24 multiply-adds.  The pixels are taken a band of
+ * rows at a time (CHANNEL_DW_PIXELS of them, so that the band's dy stays in cache
+ * while every (c, taps) block runs over it); each block's sums are added into the
+ * thread's partial sums in double, which the caller adds up. */
+#define CHANNEL_DW_PIXELS 256
+#define CC_DW_TAP(T)                                                                    \
+    { const cc_vec b = zero + xr[ox + off[T]];                                          \
+      a##T##0 += b * g0; a##T##1 += b * g1; a##T##2 += b * g2; a##T##3 += b * g3; }
+
+CHANNEL_CONV_TARGET static void channel_dw_block(const float *restrict dyt,
+        const float *restrict xc, const int64_t off[CHANNEL_CONV_PIXELS], int64_t oy0,
+        int64_t rows, int64_t OW, int64_t WP, float out[CHANNEL_CONV_PIXELS * 64])
+{
+    const cc_vec zero = {0};
+    const cc_vec start0 = zero, start1 = zero, start2 = zero, start3 = zero;
+    CC_START(0) CC_START(1) CC_START(2) CC_START(3) CC_START(4) CC_START(5)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *xr = xc + (oy0 + r) * WP;
+        const float *g = dyt + r * OW * 64;
+        for (int64_t ox = 0; ox < OW; ++ox, g += 64) {
+            const cc_vec g0 = cc_load(g), g1 = cc_load(g + 16);
+            const cc_vec g2 = cc_load(g + 32), g3 = cc_load(g + 48);
+            CC_DW_TAP(0) CC_DW_TAP(1) CC_DW_TAP(2) CC_DW_TAP(3) CC_DW_TAP(4) CC_DW_TAP(5)
+        }
+    }
+    CC_STORE(0) CC_STORE(1) CC_STORE(2) CC_STORE(3) CC_STORE(4) CC_STORE(5)
+}
+
+CHANNEL_CONV_TARGET
+static void channel_conv_weight_grad_avx512(const float *xp, const float *dyt, double *partial,
+        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
+        int64_t OW)
+{
+    const int64_t taps = KH * KW, wsize = C * taps * 64, threads = npfcn_num_threads();
+    const int64_t band = OW >= CHANNEL_DW_PIXELS ? 1 : CHANNEL_DW_PIXELS / OW;
+    const int64_t bands = (OH + band - 1) / band, tasks = N * bands;
+    memset(partial, 0, (size_t)(threads * wsize) * sizeof(double));
+    int64_t task;
+    #pragma omp parallel for schedule(static) if(tasks > 1)
+    for (task = 0; task < tasks; ++task) {
+        const int64_t n = task / bands, oy0 = (task % bands) * band;
+        const int64_t rows = OH - oy0 < band ? OH - oy0 : band;
+        double *sum = partial + (int64_t)npfcn_thread_id() * wsize;
+        const float *g = dyt + (n * OH + oy0) * OW * 64;
+        float block[CHANNEL_CONV_PIXELS * 64];
+        for (int64_t c = 0; c < C; ++c) {
+            const float *xc = xp + (n * C + c) * HP * WP;
+            for (int64_t t0 = 0; t0 < taps; t0 += CHANNEL_CONV_PIXELS) {
+                const int64_t count = taps - t0 < CHANNEL_CONV_PIXELS ? taps - t0 : CHANNEL_CONV_PIXELS;
+                int64_t off[CHANNEL_CONV_PIXELS];
+                for (int64_t t = 0; t < CHANNEL_CONV_PIXELS; ++t) {  /* past count: tap 0 again */
+                    const int64_t tap = t0 + (t < count ? t : 0);
+                    off[t] = (tap / KW) * WP + tap % KW;
+                }
+                channel_dw_block(g, xc, off, oy0, rows, OW, WP, block);
+                double *dst = sum + (c * taps + t0) * 64;
+                for (int64_t k = 0; k < count * 64; ++k)
+                    dst[k] += block[k];
+            }
+        }
+    }
+}
+
 int64_t channel_conv_supported(void)
 {
     return __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
@@ -124,7 +194,23 @@ int64_t channel_conv_supported(void)
 }
 #endif
 
-/* Returns 0, or -1 where the CPU (or the build) has no AVX-512 and nothing was done. */
+/* Both return 0, or -1 where the CPU (or the build) has no AVX-512 and nothing was done.
+ * partial: npfcn_num_threads() x C*KH*KW*64 doubles, (c, i, j, o) in each. */
+int64_t channel_conv_weight_grad_f32(const float *xp, const float *dyt, double *partial,
+        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
+        int64_t OW)
+{
+#if CHANNEL_CONV_BUILT
+    if (channel_conv_supported()) {
+        channel_conv_weight_grad_avx512(xp, dyt, partial, N, C, HP, WP, KH, KW, OH, OW);
+        return 0;
+    }
+#endif
+    (void)xp; (void)dyt; (void)partial; (void)N; (void)C; (void)HP; (void)WP; (void)KH;
+    (void)KW; (void)OH; (void)OW;
+    return -1;
+}
+
 int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *bias,
         float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW)

@@ -135,6 +135,11 @@ int64_t channel_conv_supported(void);
 int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *bias,
         float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW);
+/* dyt: dy channels-last (N, OH, OW, 64); partial: npfcn_num_threads() x (C*KH*KW, 64)
+ * doubles, the per-thread weight gradients (their sum is dw as (c, i, j, o)). */
+int64_t channel_conv_weight_grad_f32(const float *xp, const float *dyt, double *partial,
+        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
+        int64_t OW);
 
 /* ReLU (relu.c): n elements, contiguous. */
 #define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \

@@ -95,3 +95,28 @@ def test_a_wrong_weight_is_refused_before_c():
         channel.correlate(x, np.zeros((32, 3, 7, 7), np.float32), (3, 3))
     with pytest.raises(ValueError, match="channel conv"):
         channel.correlate(x, np.zeros((64, 4, 7, 7), np.float32), (3, 3))
+
+
+@settings(max_examples=30)
+@given(case=cases(), masked=st.booleans(), C=st.sampled_from([16, 17]))
+def test_weight_gradient_equals_the_reference(case, masked, C):
+    """dw (added into the caller's array) and db, also through a fused ReLU's mask."""
+    case = dict(case, C=C)
+    x, w, bias, _ = make(case)
+    y = reference_forward(x, w, case["padding"], None)
+    rng = np.random.default_rng(case["seed"] + 7)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    mask = rng.standard_normal(y.shape).astype(np.float32) if masked else None
+    dy_read = np.where(mask > 0, dy, 0) if masked else dy
+    (ph, pw), H, W = case["padding"], x.shape[2], x.shape[3]
+    xc = np.ascontiguousarray(x[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)])
+    _, cache = reference.conv2d_forward(xc, w, bias, 1, (max(0, ph), max(0, pw)))
+    _, dw_expected, db_expected = reference.conv2d_backward(dy_read.astype(np.float32), cache)
+    start = rng.standard_normal(w.size).astype(np.float32)      # dw is ADDED into dw2
+    dw2, db = start.copy(), np.ones(64, np.float32)
+    channel.weight_grad(dy, x, *case["K"], case["padding"], dw2, dy_mask=mask, db=db)
+    if x.shape[0] == 0:
+        assert np.array_equal(dw2, start) and np.array_equal(db, np.ones(64, np.float32))
+        return
+    assert relative(dw2 - start, dw_expected.reshape(-1)) < 1e-4
+    assert relative(db - 1, db_expected) < 1e-4

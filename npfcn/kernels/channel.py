@@ -17,11 +17,13 @@ masked input is what is copied.
 import numpy as np
 
 from . import backend, boundary
+from .gemm import channel_sums
 from .workspace import workspace
 
 OUT_CHANNELS = 64           # the C loop's 4 vectors of 16 floats
 PIXELS = 6                  # output pixels per block (CHANNEL_CONV_PIXELS)
 MIN_KERNEL = 7              # where it beat direct.c (see applies)
+MIN_WEIGHT_GRAD_CHANNELS = 16
 
 
 def available():
@@ -30,13 +32,22 @@ def available():
 
 
 def applies(dtype, O, KH, KW):
-    """Whether ``direct.correlate`` hands a call of O output channels to this loop.
+    """Whether ``direct.correlate`` (forward pass and input gradient) hands a call of O
+    output channels to this loop.
 
-    Measured on Zen 4 (docs/kernels.md): SegNet-Basic's 64 -> 64 7x7 layers ran
-    faster here at every size from 23x30 to 180x240.
+    Measured on Zen 4, 2 threads (docs/kernels.md): SegNet-Basic's 64 -> 64 7x7
+    forward ran 180-207 GFLOP/s here at every size from 23x30 to 180x240, against
+    126-207 in direct.c, whose 48-output blocks fill rows of 60 or 30 badly.
     """
     return (np.dtype(dtype) == np.float32 and O == OUT_CHANNELS and min(KH, KW) >= MIN_KERNEL
             and available())
+
+
+def applies_to_weight_grad(dtype, C, O, KH, KW):
+    """Whether ``direct.correlate_grads`` takes the weight gradient from this loop: as
+    ``applies``, for at least MIN_WEIGHT_GRAD_CHANNELS input channels (with 3, the first
+    layer's, direct.c's dw7 loop was faster: 134-168 GFLOP/s against 104)."""
+    return C >= MIN_WEIGHT_GRAD_CHANNELS and applies(dtype, O, KH, KW)
 
 
 def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
@@ -51,6 +62,60 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     if O != OUT_CHANNELS or w.shape[1] != C or OH < 1 or OW < 1:
         raise ValueError(f"channel conv: weight {w.shape} and padding {padding} do not "
                          f"fit input {x.shape}")
+    xp = _padded_input(x, x_mask, KH, KW, padding, OH, OW)
+    HP, WP = xp.shape[2:]
+    wt = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(C * KH * KW, O))
+    y = np.empty((N, O, OH, OW), dtype=x.dtype) if out is None else out
+    boundary.check("channel conv", x.dtype, {
+        "padded input": (xp, (N, C, HP, WP)), "weight": (wt, (C * KH * KW, O)),
+        "bias": (bias, (O,)), "output": (y, (N, O, OH, OW))})
+    P = boundary.pointer
+    if backend.lib().channel_conv_forward_f32(P(xp), P(wt), P(bias), P(y), int(bool(relu)),
+                                              N, C, HP, WP, KH, KW, OH, OW) != 0:
+        raise RuntimeError("channel conv: this CPU has no AVX-512 (check available() first)")
+    return y
+
+
+def weight_grad(dy, x, KH, KW, padding, dw2, dy_mask=None, db=None):
+    """ADDS the weight gradient of ``correlate`` into dw2 (and the bias gradient into db).
+
+    dy: (N, 64, OH, OW), x: (N, C, H, W) float32, padding: (PH, PW); dw2: the caller's
+    O*C*KH*KW array (zeros or an accumulator), (O, C, KH, KW) in order; dy_mask: the
+    output of a fused ReLU or None (dy counts where it is > 0); db: (64,) or None.
+    """
+    (N, O, OH, OW), (_, C, H, W) = dy.shape, x.shape
+    if O != OUT_CHANNELS or x.shape[0] != N or OH != H + 2 * padding[0] - KH + 1 \
+            or OW != W + 2 * padding[1] - KW + 1:
+        raise ValueError(f"channel conv gradient: output gradient {dy.shape} does not fit "
+                         f"input {x.shape}, kernel {KH}x{KW} and padding {padding}")
+    if dy_mask is not None:
+        dy = np.where(dy_mask > 0, dy, 0).astype(dy.dtype, copy=False)
+    xp = _padded_input(x, None, KH, KW, padding, OH, OW)
+    HP, WP = xp.shape[2:]
+    dyt = workspace.get("channel_conv_dyt", (N, OH, OW, O), dy.dtype)
+    np.copyto(dyt, dy.transpose(0, 2, 3, 1))       # channels last: 64 values per pixel
+    threads = backend.num_threads()
+    partial = workspace.get("channel_conv_dw", (threads, C * KH * KW, O), np.float64)
+    boundary.check("channel conv gradient", x.dtype, {
+        "padded input": (xp, (N, C, HP, WP)), "output gradient": (dyt, (N, OH, OW, O)),
+        "weight gradient": (dw2, O * C * KH * KW), "bias gradient": (db, (O,))})
+    boundary.check("channel conv gradient", np.float64, {
+        "partial sums": (partial, (threads, C * KH * KW, O))})
+    P = boundary.pointer
+    if backend.lib().channel_conv_weight_grad_f32(P(xp), P(dyt), P(partial), N, C, HP, WP,
+                                                  KH, KW, OH, OW) != 0:
+        raise RuntimeError("channel conv: this CPU has no AVX-512 (check available() first)")
+    total = partial.sum(axis=0).reshape(C, KH, KW, O).transpose(3, 0, 1, 2)
+    dw2 += total.reshape(-1).astype(dw2.dtype).reshape(dw2.shape)
+    if db is not None:
+        db += channel_sums(dy)
+
+
+def _padded_input(x, x_mask, KH, KW, padding, OH, OW):
+    """The zero-framed copy of x the C loops read: (N, C, OH + KH - 1, WP) with
+    WP = round_up(OW, 6) + KW - 1; x placed at offset padding (a negative one crops),
+    read as 0 where x_mask <= 0 when a mask is given."""
+    (N, C, H, W), (PH, PW) = x.shape, padding
     HP, WP = OH + KH - 1, -(-OW // PIXELS) * PIXELS + KW - 1
     xp = workspace.get("channel_conv_input", (N, C, HP, WP), x.dtype)
     xp.fill(0)
@@ -63,13 +128,4 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
             inner[...] = x[:, :, ry0:ry1, rx0:rx1]
         else:
             np.copyto(inner, x[:, :, ry0:ry1, rx0:rx1], where=x_mask[:, :, ry0:ry1, rx0:rx1] > 0)
-    wt = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(C * KH * KW, O))
-    y = np.empty((N, O, OH, OW), dtype=x.dtype) if out is None else out
-    boundary.check("channel conv", x.dtype, {
-        "padded input": (xp, (N, C, HP, WP)), "weight": (wt, (C * KH * KW, O)),
-        "bias": (bias, (O,)), "output": (y, (N, O, OH, OW))})
-    P = boundary.pointer
-    if backend.lib().channel_conv_forward_f32(P(xp), P(wt), P(bias), P(y), int(bool(relu)),
-                                              N, C, HP, WP, KH, KW, OH, OW) != 0:
-        raise RuntimeError("channel conv: this CPU has no AVX-512 (check available() first)")
-    return y
+    return xp

@@ -194,14 +194,17 @@ def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None, input_gradien
         "input": (x, (N, C, H, W)), "output gradient": (dy, (N, O, OH, OW)),
         "output mask": (dy_mask, (N, O, OH, OW)), "weight gradient": (dw2, O * C * KH * KW),
         "bias gradient": (db, (O,))})
-    (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
-    scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
-    P = boundary.pointer
-    _lib(x.dtype, "weight_grad")(P(x), P(dy), P(dy_mask), P(dw2), P(db),
-                                 N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
-                                 P(scratch))
-    if db is not None and N > 0 and (oy0, oy1, ox0, ox1) != (0, OH, 0, OW):
-        db += _outside_window_sums(dy, dy_mask, (oy0, oy1, ox0, ox1))
+    if channel.applies_to_weight_grad(x.dtype, C, O, KH, KW):     # see npfcn.kernels.channel
+        channel.weight_grad(dy, x, KH, KW, padding, dw2, dy_mask=dy_mask, db=db)
+    else:
+        (oy0, oy1), (ox0, ox1) = window(H, OH, KH, PH), window(W, OW, KW, PW)
+        scratch = _scratch("direct_stage_dw", True, C, O, KH, KW, ox1 - ox0, x.dtype)
+        P = boundary.pointer
+        _lib(x.dtype, "weight_grad")(P(x), P(dy), P(dy_mask), P(dw2), P(db),
+                                     N, C, H, W, O, KH, KW, PH, PW, OH, OW, oy0, oy1, ox0, ox1,
+                                     P(scratch))
+        if db is not None and N > 0 and (oy0, oy1, ox0, ox1) != (0, OH, 0, OW):
+            db += _outside_window_sums(dy, dy_mask, (oy0, oy1, ox0, ox1))
     if not input_gradient:
         return None
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
