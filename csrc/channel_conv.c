@@ -31,6 +31,12 @@
 #include <stdint.h>
 #include <string.h>
 #include "npfcn_kernels.h"
+#ifdef _OPENMP
+#include <omp.h>
+#define CC_TEAM_SIZE() omp_get_num_threads()
+#else
+#define CC_TEAM_SIZE() 1
+#endif
 
 #if defined(__clang__)
 #pragma clang fp contract(fast)
@@ -40,6 +46,14 @@
 
 #define CHANNEL_CONV_PIXELS 6       /* output pixels per block */
 #define CHANNEL_CONV_OUT 64         /* output channels: 4 vectors of 16 floats */
+
+#define CHANNEL_DW_PIXELS 256
+
+/* The floats of one thread's dy band (channel_conv_weight_grad_f32). */
+int64_t channel_conv_dw_band_floats(int64_t OW)
+{
+    return (OW > CHANNEL_DW_PIXELS ? OW : CHANNEL_DW_PIXELS) * 64;
+}
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CHANNEL_CONV_BUILT 1
@@ -123,7 +137,6 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
  * rows at a time (CHANNEL_DW_PIXELS of them, so that the band's dy stays in cache
  * while every (c, taps) block runs over it); each block's sums are added into the
  * thread's partial sums in double, which the caller adds up. */
-#define CHANNEL_DW_PIXELS 256
 #define CC_DW_TAP(T)                                                                    \
     { const cc_vec b = zero + xr[ox + off[T]];                                          \
       a##T##0 += b * g0; a##T##1 += b * g1; a##T##2 += b * g2; a##T##3 += b * g3; }
@@ -147,37 +160,83 @@ CHANNEL_CONV_TARGET static void channel_dw_block(const float *restrict dyt,
     CC_STORE(0) CC_STORE(1) CC_STORE(2) CC_STORE(3) CC_STORE(4) CC_STORE(5)
 }
 
+/* Rows of output pixels per weight-gradient task: about CHANNEL_DW_PIXELS pixels, but
+ * at least two tasks per thread where the batch has the rows. */
+static int64_t channel_dw_band(int64_t N, int64_t OH, int64_t OW, int64_t threads)
+{
+    const int64_t spread = (N * OH + 2 * threads - 1) / (2 * threads);
+    int64_t band = OW >= CHANNEL_DW_PIXELS ? 1 : CHANNEL_DW_PIXELS / OW;
+    if (band > spread) band = spread;
+    return band > 0 ? band : 1;
+}
+
 CHANNEL_CONV_TARGET
-static void channel_conv_weight_grad_avx512(const float *xp, const float *dyt, double *partial,
-        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
-        int64_t OW)
+static void channel_conv_weight_grad_avx512(const float *xp, const float *dy,
+        const float *dy_mask, float *dw, float *db, int64_t N, int64_t C, int64_t HP,
+        int64_t WP, int64_t KH, int64_t KW, int64_t OH, int64_t OW, double *partial,
+        float *dy_band)
 {
     const int64_t taps = KH * KW, wsize = C * taps * 64, threads = npfcn_num_threads();
-    const int64_t band = OW >= CHANNEL_DW_PIXELS ? 1 : CHANNEL_DW_PIXELS / OW;
+    const int64_t band = channel_dw_band(N, OH, OW, threads);
     const int64_t bands = (OH + band - 1) / band, tasks = N * bands;
-    memset(partial, 0, (size_t)(threads * wsize) * sizeof(double));
-    int64_t task;
-    #pragma omp parallel for schedule(static) if(tasks > 1)
-    for (task = 0; task < tasks; ++task) {
-        const int64_t n = task / bands, oy0 = (task % bands) * band;
-        const int64_t rows = OH - oy0 < band ? OH - oy0 : band;
-        double *sum = partial + (int64_t)npfcn_thread_id() * wsize;
-        const float *g = dyt + (n * OH + oy0) * OW * 64;
+    const int64_t slice = wsize + 64;               /* dw's partial sums, then db's */
+    #pragma omp parallel if(tasks > 1)
+    {
+        double *sum = partial + (int64_t)npfcn_thread_id() * slice;
+        float *g = dy_band + (int64_t)npfcn_thread_id() * channel_conv_dw_band_floats(OW);
         float block[CHANNEL_CONV_PIXELS * 64];
-        for (int64_t c = 0; c < C; ++c) {
-            const float *xc = xp + (n * C + c) * HP * WP;
-            for (int64_t t0 = 0; t0 < taps; t0 += CHANNEL_CONV_PIXELS) {
-                const int64_t count = taps - t0 < CHANNEL_CONV_PIXELS ? taps - t0 : CHANNEL_CONV_PIXELS;
-                int64_t off[CHANNEL_CONV_PIXELS];
-                for (int64_t t = 0; t < CHANNEL_CONV_PIXELS; ++t) {  /* past count: tap 0 again */
-                    const int64_t tap = t0 + (t < count ? t : 0);
-                    off[t] = (tap / KW) * WP + tap % KW;
+        memset(sum, 0, (size_t)slice * sizeof(double));
+        #pragma omp single      /* slices of threads this team does not have (if any) */
+        for (int64_t t = CC_TEAM_SIZE(); t < threads; ++t)
+            memset(partial + t * slice, 0, (size_t)slice * sizeof(double));
+        int64_t task;
+        #pragma omp for schedule(static)
+        for (task = 0; task < tasks; ++task) {
+            const int64_t n = task / bands, oy0 = (task % bands) * band;
+            const int64_t rows = OH - oy0 < band ? OH - oy0 : band, pixels = rows * OW;
+            /* this band of dy, channels last (through the ReLU's mask), and its sums */
+            for (int64_t o = 0; o < 64; ++o) {
+                const int64_t at = ((n * 64 + o) * OH + oy0) * OW;
+                double total = 0;
+                for (int64_t p = 0; p < pixels; ++p) {
+                    const float v = dy_mask && !(dy_mask[at + p] > 0) ? 0.0f : dy[at + p];
+                    g[p * 64 + o] = v;
+                    total += v;
                 }
-                channel_dw_block(g, xc, off, oy0, rows, OW, WP, block);
-                double *dst = sum + (c * taps + t0) * 64;
-                for (int64_t k = 0; k < count * 64; ++k)
-                    dst[k] += block[k];
+                sum[wsize + o] += total;
             }
+            for (int64_t c = 0; c < C; ++c) {
+                const float *xc = xp + (n * C + c) * HP * WP;
+                for (int64_t t0 = 0; t0 < taps; t0 += CHANNEL_CONV_PIXELS) {
+                    const int64_t count = taps - t0 < CHANNEL_CONV_PIXELS ? taps - t0 : CHANNEL_CONV_PIXELS;
+                    int64_t off[CHANNEL_CONV_PIXELS];
+                    for (int64_t t = 0; t < CHANNEL_CONV_PIXELS; ++t) {  /* past count: tap 0 again */
+                        const int64_t tap = t0 + (t < count ? t : 0);
+                        off[t] = (tap / KW) * WP + tap % KW;
+                    }
+                    channel_dw_block(g, xc, off, oy0, rows, OW, WP, block);
+                    double *dst = sum + (c * taps + t0) * 64;
+                    for (int64_t k = 0; k < count * 64; ++k)
+                        dst[k] += block[k];
+                }
+            }
+        }
+        /* the threads' partial sums into dw (o, c, i, j) and db, each element by one thread */
+        int64_t ct;
+        #pragma omp for schedule(static)
+        for (ct = 0; ct < C * taps; ++ct)
+            for (int64_t o = 0; o < 64; ++o) {
+                double total = 0;
+                for (int64_t t = 0; t < threads; ++t)
+                    total += partial[t * slice + ct * 64 + o];
+                dw[o * C * taps + ct] += (float)total;
+            }
+        #pragma omp single
+        for (int64_t o = 0; db && o < 64; ++o) {
+            double total = 0;
+            for (int64_t t = 0; t < threads; ++t)
+                total += partial[t * slice + wsize + o];
+            db[o] += (float)total;
         }
     }
 }
@@ -195,19 +254,22 @@ int64_t channel_conv_supported(void)
 #endif
 
 /* Both return 0, or -1 where the CPU (or the build) has no AVX-512 and nothing was done.
- * partial: npfcn_num_threads() x C*KH*KW*64 doubles, (c, i, j, o) in each. */
-int64_t channel_conv_weight_grad_f32(const float *xp, const float *dyt, double *partial,
-        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
-        int64_t OW)
+ * The weight gradient is ADDED into dw (O=64, C, KH, KW) and db (64; NULL: none);
+ * partial: npfcn_num_threads() x (C*KH*KW*64 + 64) doubles, dy_band:
+ * npfcn_num_threads() x channel_conv_dw_band_floats(OW) floats. */
+int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const float *dy_mask,
+        float *dw, float *db, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
+        int64_t KW, int64_t OH, int64_t OW, double *partial, float *dy_band)
 {
 #if CHANNEL_CONV_BUILT
     if (channel_conv_supported()) {
-        channel_conv_weight_grad_avx512(xp, dyt, partial, N, C, HP, WP, KH, KW, OH, OW);
+        channel_conv_weight_grad_avx512(xp, dy, dy_mask, dw, db, N, C, HP, WP, KH, KW, OH,
+                                        OW, partial, dy_band);
         return 0;
     }
 #endif
-    (void)xp; (void)dyt; (void)partial; (void)N; (void)C; (void)HP; (void)WP; (void)KH;
-    (void)KW; (void)OH; (void)OW;
+    (void)xp; (void)dy; (void)dy_mask; (void)dw; (void)db; (void)N; (void)C; (void)HP;
+    (void)WP; (void)KH; (void)KW; (void)OH; (void)OW; (void)partial; (void)dy_band;
     return -1;
 }
 

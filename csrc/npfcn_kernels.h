@@ -135,11 +135,14 @@ int64_t channel_conv_supported(void);
 int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *bias,
         float *y, int64_t relu, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW);
-/* dyt: dy channels-last (N, OH, OW, 64); partial: npfcn_num_threads() x (C*KH*KW, 64)
- * doubles, the per-thread weight gradients (their sum is dw as (c, i, j, o)). */
-int64_t channel_conv_weight_grad_f32(const float *xp, const float *dyt, double *partial,
-        int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH, int64_t KW, int64_t OH,
-        int64_t OW);
+/* The weight gradient, ADDED into dw (64, C, KH, KW) and db (64,) or NULL; dy: (N, 64,
+ * OH, OW), dy_mask: a fused ReLU's output or NULL; partial: npfcn_num_threads() x
+ * (C*KH*KW*64 + 64) doubles; dy_band: npfcn_num_threads() x
+ * channel_conv_dw_band_floats(OW) floats (scratch). */
+int64_t channel_conv_dw_band_floats(int64_t OW);
+int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const float *dy_mask,
+        float *dw, float *db, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
+        int64_t KW, int64_t OH, int64_t OW, double *partial, float *dy_band);
 
 /* ReLU (relu.c): n elements, contiguous. */
 #define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \

@@ -17,7 +17,6 @@ masked input is what is copied.
 import numpy as np
 
 from . import backend, boundary
-from .gemm import channel_sums
 from .workspace import workspace
 
 OUT_CHANNELS = 64           # the C loop's 4 vectors of 16 floats
@@ -88,27 +87,21 @@ def weight_grad(dy, x, KH, KW, padding, dw2, dy_mask=None, db=None):
             or OW != W + 2 * padding[1] - KW + 1:
         raise ValueError(f"channel conv gradient: output gradient {dy.shape} does not fit "
                          f"input {x.shape}, kernel {KH}x{KW} and padding {padding}")
-    if dy_mask is not None:
-        dy = np.where(dy_mask > 0, dy, 0).astype(dy.dtype, copy=False)
     xp = _padded_input(x, None, KH, KW, padding, OH, OW)
     HP, WP = xp.shape[2:]
-    dyt = workspace.get("channel_conv_dyt", (N, OH, OW, O), dy.dtype)
-    np.copyto(dyt, dy.transpose(0, 2, 3, 1))       # channels last: 64 values per pixel
-    threads = backend.num_threads()
-    partial = workspace.get("channel_conv_dw", (threads, C * KH * KW, O), np.float64)
+    lib, threads = backend.lib(), backend.num_threads()
+    partial = workspace.get("channel_conv_dw", (threads, C * KH * KW * O + O), np.float64)
+    dy_band = workspace.get("channel_conv_dy", (threads, lib.channel_conv_dw_band_floats(OW)),
+                            x.dtype)
     boundary.check("channel conv gradient", x.dtype, {
-        "padded input": (xp, (N, C, HP, WP)), "output gradient": (dyt, (N, OH, OW, O)),
-        "weight gradient": (dw2, O * C * KH * KW), "bias gradient": (db, (O,))})
-    boundary.check("channel conv gradient", np.float64, {
-        "partial sums": (partial, (threads, C * KH * KW, O))})
+        "padded input": (xp, (N, C, HP, WP)), "output gradient": (dy, (N, O, OH, OW)),
+        "output mask": (dy_mask, (N, O, OH, OW)), "weight gradient": (dw2, O * C * KH * KW),
+        "bias gradient": (db, (O,)), "dy band": (dy_band, dy_band.shape)})
+    boundary.check("channel conv gradient", np.float64, {"partial sums": (partial, partial.shape)})
     P = boundary.pointer
-    if backend.lib().channel_conv_weight_grad_f32(P(xp), P(dyt), P(partial), N, C, HP, WP,
-                                                  KH, KW, OH, OW) != 0:
+    if lib.channel_conv_weight_grad_f32(P(xp), P(dy), P(dy_mask), P(dw2), P(db), N, C, HP, WP,
+                                        KH, KW, OH, OW, P(partial), P(dy_band)) != 0:
         raise RuntimeError("channel conv: this CPU has no AVX-512 (check available() first)")
-    total = partial.sum(axis=0).reshape(C, KH, KW, O).transpose(3, 0, 1, 2)
-    dw2 += total.reshape(-1).astype(dw2.dtype).reshape(dw2.shape)
-    if db is not None:
-        db += channel_sums(dy)
 
 
 def _padded_input(x, x_mask, KH, KW, padding, OH, OW):
