@@ -144,6 +144,23 @@ int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const flo
         float *dw, float *db, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW, double *partial, float *dy_band);
 
+/* Batch normalisation's passes over the data (batchnorm.c; the math in
+ * npfcn/kernels/batchnorm.py).  Arrays (N, C, HW); per-channel arrays (C,). */
+#define NPFCN_DECLARE_BATCHNORM(T, SUFFIX)                                              \
+void batch_norm_stats_##SUFFIX(const T *x, int64_t N, int64_t C, int64_t HW,           \
+                               double *mean, double *var);                              \
+void batch_norm_apply_##SUFFIX(const T *x, T *xhat, T *y, const T *scale, const T *shift, \
+                               const T *gamma, const T *beta, int64_t N, int64_t C,     \
+                               int64_t HW);                                             \
+void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *xhat, int64_t N, int64_t C,   \
+                                   int64_t HW, double *sum_dy, double *sum_dy_xhat);    \
+void batch_norm_grad_input_##SUFFIX(const T *dy, const T *xhat, T *dx, const T *a,      \
+                                    const T *b, const T *scale, int64_t N, int64_t C,   \
+                                    int64_t HW);
+
+NPFCN_DECLARE_BATCHNORM(float, f32)
+NPFCN_DECLARE_BATCHNORM(double, f64)
+
 /* ReLU (relu.c): n elements, contiguous. */
 #define NPFCN_DECLARE_RELU(T, SUFFIX)                                                   \
 void relu_forward_##SUFFIX(const T *x, T *y, int64_t n);                               \

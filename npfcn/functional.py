@@ -24,7 +24,8 @@ import numpy as np
 from . import reference
 from ._checks import (as_float_tensor, check_output_padding, check_same_shape,
                       check_windows_touch_image, int_pair)
-from .kernels import bands, dispatch, pooling as pool_kernels, relu as relu_kernel
+from .kernels import bands, batchnorm as batchnorm_kernel, dispatch, pooling as pool_kernels
+from .kernels import relu as relu_kernel
 from .kernels.boundary import check_extent, check_size
 
 
@@ -395,6 +396,25 @@ def relu_backward(dy, cache):
     if path == "reference":
         return reference.relu_backward(dy, inner)
     return relu_kernel.masked_gradient(inner, dy)
+
+
+def batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training=True,
+                         momentum=0.1, eps=1e-5):
+    """Batch normalisation per channel: x: (N, C, H, W) -> (y, cache); the arguments
+    and the math are ``npfcn.reference.batchnorm.batch_norm2d_forward``'s (running
+    statistics updated in place in training mode).  x must be a float array (the
+    layer ``BatchNorm2d`` checks what the user gives)."""
+    path = dispatch.simple_path()
+    fn = reference.batch_norm2d_forward if path == "reference" else batchnorm_kernel.forward
+    y, inner = fn(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    return y, (path, y.shape, x.dtype, inner)
+
+
+def batch_norm2d_backward(dy, cache):
+    """dy: (N, C, H, W) -> (dx, dgamma, dbeta); dgamma and dbeta None without affine."""
+    path, dy, inner = _grad(dy, cache, "batch norm output")
+    fn = reference.batch_norm2d_backward if path == "reference" else batchnorm_kernel.backward
+    return fn(dy, inner)
 
 
 def dropout_forward(x, p, rng, training=True):

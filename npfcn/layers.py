@@ -333,7 +333,8 @@ class BatchNorm2d(Module):
     eval mode: normalised by the running statistics.  ``params``: weight (gamma,
     started at 1) and bias (beta, at 0) when ``affine``; ``buffers``: running_mean
     (0) and running_var (1) when ``track_running_stats`` - state, not learned, but
-    saved with the weights.  The math is in ``npfcn.reference.batchnorm``.
+    saved with the weights.  The math is in ``npfcn.reference.batchnorm``; the C
+    backend makes its passes over the data in ``npfcn.kernels.batchnorm``.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -358,13 +359,13 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         from ._checks import as_float_tensor
-        from .reference.batchnorm import batch_norm2d_forward
+        from . import functional
 
         x = as_float_tensor(x, "batch norm input", ndim=4, dtype=self.dtype)
         if x.shape[1] != self.num_features:
             raise ValueError(f"batch norm over {self.num_features} channels got input of "
                              f"shape {x.shape}")
-        y, cache = batch_norm2d_forward(
+        y, cache = functional.batch_norm2d_forward(
             x, self.params.get("weight"), self.params.get("bias"),
             self.buffers.get("running_mean"), self.buffers.get("running_var"),
             self.training, self.momentum, self.eps)
@@ -372,9 +373,9 @@ class BatchNorm2d(Module):
         return y
 
     def backward(self, dy):
-        from .reference.batchnorm import batch_norm2d_backward
+        from . import functional
 
-        dx, dgamma, dbeta = batch_norm2d_backward(dy, self._take_cache())
+        dx, dgamma, dbeta = functional.batch_norm2d_backward(dy, self._take_cache())
         if self.affine:
             self._accumulate("weight", dgamma)
             self._accumulate("bias", dbeta)

@@ -229,10 +229,10 @@ def direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
 
 def large_kernel_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient=True):
     """(dx, db) for kernels larger than 5x5 (``dispatch``'s path ``direct_large``): dx
-    from the direct forward pass; the weight gradient from direct.c where it has a
-    register-blocked loop for the kernel (7 wide, with AVX-512's 32 vector registers:
-    dw7 there), else by im2col + matmul in bands (``gemm.grad_bands``), which beats
-    direct.c's one dot product per weight."""
+    from the direct forward pass; the weight gradient from ``correlate_grads`` where it
+    has a register-blocked loop for the kernel (7 wide, with AVX-512's 32 vector
+    registers: channel.py for 64 outputs, else direct.c's dw7), else by im2col + matmul
+    in bands (``gemm.grad_bands``), which beats direct.c's one dot product per weight."""
     if g[1] == 7 and vector_bytes() == 64:
         return direct_conv_grads(dy, x, w, has_bias, g, relu_y, dw2, input_gradient)
     dy = through_relu(dy, relu_y)

@@ -15,7 +15,8 @@ conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      `
                    pairs, and those of at most 32 channels with fewer than
                    40000 4x4 tiles x channels
                    ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
-                   (SegNet-Basic's 7x7 layers)
+                   (SegNet-Basic's 7x7 layers); direct.py hands float32
+                   7x7 layers of 64 outputs on AVX-512 to ``channel.py``
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
@@ -54,9 +55,10 @@ slower for 256 channels and more.
 
 SegNet-Basic's 7x7 layers (64 -> 64, batch 4): the direct loop's forward pass ran
 137-217 GFLOP/s against 110-141 for im2col + matmul from 23x30 to 180x240 (Zen 4, 2
-threads, under load; docs/kernels.md).  Its weight gradient has a register-blocked loop for 7-wide
-kernels on AVX-512 (153-185 GFLOP/s against 106-131 by im2col + matmul); other large
-kernels, and CPUs without AVX-512, take the weight gradient from im2col + matmul.
+threads, under load; docs/kernels.md), and with vectors along the 64 output channels
+(``channel.py``, AVX-512) 180-207 at every size, forward, dx and dw alike.  Other large
+kernels have direct.c's weight gradient where it has a register-blocked loop (7 wide,
+AVX-512: the first layer, 3 -> 64), else im2col + matmul.
 """
 from . import backend, direct, gemm, subpixel, winograd
 
