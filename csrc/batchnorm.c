@@ -7,10 +7,13 @@
  * the forward pass and eight in the backward, one core each.  Here:
  *
  *   batch_norm_stats    per channel c: sum x and sum (x - mean)^2 in double    (2 reads)
- *   batch_norm_apply    xhat = x * scale[c] + shift[c], y = xhat * gamma[c] + beta[c]
- *                       (xhat or y may be NULL: not stored)            (1 read, 1-2 writes)
+ *   batch_norm_apply    y = xhat * gamma[c] + beta[c]                  (1 read, 1 write)
  *   batch_norm_grad_sums  per channel: sum dy and sum dy * xhat in double    (2 reads)
- *   batch_norm_grad_input dx = (dy - xhat * a[c] - b[c]) * scale[c]   (2 reads, 1 write)
+ *   batch_norm_grad_input dx = (dy - xhat * a[c] - b[c]) * out_scale[c]  (2 reads, 1 write)
+ *
+ * where xhat = x * scale[c] + shift[c] is recomputed wherever it is needed, not stored:
+ * the backward pass keeps x (the layer's input) instead of a normalised copy, and the
+ * forward pass writes one array instead of two.
  *
  * The sums keep 8 partial sums in double (lane k % 8), added up at the end: a single
  * running sum would wait for each addition to finish (no -ffast-math to reorder it),
@@ -66,7 +69,7 @@ void batch_norm_stats_##SUFFIX(const T *x, int64_t N, int64_t C, int64_t HW,    
         var[c] = count > 0 ? lanes_total(squares) / count : 0.0;                                       \
     }                                                                                     \
 }                                                                                         \
-void batch_norm_apply_##SUFFIX(const T *x, T *xhat, T *y, const T *scale, const T *shift, \
+void batch_norm_apply_##SUFFIX(const T *x, T *y, const T *scale, const T *shift,         \
                                const T *gamma, const T *beta, int64_t N, int64_t C,       \
                                int64_t HW)                                                \
 {                                                                                         \
@@ -77,55 +80,48 @@ void batch_norm_apply_##SUFFIX(const T *x, T *xhat, T *y, const T *scale, const 
         const T a = scale[c], b = shift[c];                                               \
         const T g = gamma ? gamma[c] : (T)1, s = beta ? beta[c] : (T)0;                   \
         const T *p = x + plane * HW;                                                      \
-        T *h = xhat ? xhat + plane * HW : NULL, *q = y ? y + plane * HW : NULL;           \
-        if (h && q)                                                                       \
-            for (int64_t k = 0; k < HW; ++k) {                                            \
-                const T v = p[k] * a + b;                                                 \
-                h[k] = v;                                                                 \
-                q[k] = v * g + s;                                                         \
-            }                                                                             \
-        else if (q)                                                                       \
-            for (int64_t k = 0; k < HW; ++k) q[k] = (p[k] * a + b) * g + s;               \
-        else if (h)                                                                       \
-            for (int64_t k = 0; k < HW; ++k) h[k] = p[k] * a + b;                         \
+        T *q = y + plane * HW;                                                            \
+        for (int64_t k = 0; k < HW; ++k) q[k] = (p[k] * a + b) * g + s;                   \
     }                                                                                     \
 }                                                                                         \
-void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *xhat, int64_t N, int64_t C,     \
-                                   int64_t HW, double *sum_dy, double *sum_dy_xhat)       \
+void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *x, const T *scale,              \
+                                   const T *shift, int64_t N, int64_t C, int64_t HW,      \
+                                   double *sum_dy, double *sum_dy_xhat)                   \
 {                                                                                         \
     int64_t c;                                                                            \
     _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
     for (c = 0; c < C; ++c) {                                                             \
+        const T a = scale[c], b = shift[c];                                               \
         double s[NPFCN_LANES] = {0}, sx[NPFCN_LANES] = {0};                               \
         for (int64_t n = 0; n < N; ++n) {                                                 \
-            const T *g = dy + (n * C + c) * HW, *h = xhat + (n * C + c) * HW;             \
+            const T *g = dy + (n * C + c) * HW, *p = x + (n * C + c) * HW;                \
             int64_t k = 0;                                                                \
             for (; k + NPFCN_LANES <= HW; k += NPFCN_LANES)                               \
                 for (int l = 0; l < NPFCN_LANES; ++l) {                                   \
                     s[l] += g[k + l];                                                     \
-                    sx[l] += (double)g[k + l] * h[k + l];                                 \
+                    sx[l] += (double)g[k + l] * (p[k + l] * a + b);                       \
                 }                                                                         \
             for (; k < HW; ++k) {                                                         \
                 s[k % NPFCN_LANES] += g[k];                                               \
-                sx[k % NPFCN_LANES] += (double)g[k] * h[k];                               \
+                sx[k % NPFCN_LANES] += (double)g[k] * (p[k] * a + b);                     \
             }                                                                             \
         }                                                                                 \
         sum_dy[c] = lanes_total(s);                                                       \
-        sum_dy_xhat[c] = lanes_total(sx);                                                              \
+        sum_dy_xhat[c] = lanes_total(sx);                                                 \
     }                                                                                     \
 }                                                                                         \
-void batch_norm_grad_input_##SUFFIX(const T *dy, const T *xhat, T *dx, const T *a,        \
-                                    const T *b, const T *scale, int64_t N, int64_t C,     \
-                                    int64_t HW)                                           \
+void batch_norm_grad_input_##SUFFIX(const T *dy, const T *x, T *dx, const T *scale,      \
+                                    const T *shift, const T *a, const T *b,               \
+                                    const T *out_scale, int64_t N, int64_t C, int64_t HW) \
 {                                                                                         \
     int64_t plane;                                                                        \
     _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
     for (plane = 0; plane < N * C; ++plane) {                                             \
         const int64_t c = plane % C;                                                      \
-        const T ac = a[c], bc = b[c], sc = scale[c];                                      \
-        const T *g = dy + plane * HW, *h = xhat + plane * HW;                             \
+        const T xa = scale[c], xb = shift[c], ac = a[c], bc = b[c], sc = out_scale[c];    \
+        const T *g = dy + plane * HW, *p = x + plane * HW;                                \
         T *d = dx + plane * HW;                                                           \
-        for (int64_t k = 0; k < HW; ++k) d[k] = (g[k] - h[k] * ac - bc) * sc;             \
+        for (int64_t k = 0; k < HW; ++k) d[k] = (g[k] - (p[k] * xa + xb) * ac - bc) * sc; \
     }                                                                                     \
 }
 

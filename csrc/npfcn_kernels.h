@@ -149,14 +149,15 @@ int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const flo
 #define NPFCN_DECLARE_BATCHNORM(T, SUFFIX)                                              \
 void batch_norm_stats_##SUFFIX(const T *x, int64_t N, int64_t C, int64_t HW,           \
                                double *mean, double *var);                              \
-void batch_norm_apply_##SUFFIX(const T *x, T *xhat, T *y, const T *scale, const T *shift, \
+void batch_norm_apply_##SUFFIX(const T *x, T *y, const T *scale, const T *shift,       \
                                const T *gamma, const T *beta, int64_t N, int64_t C,     \
                                int64_t HW);                                             \
-void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *xhat, int64_t N, int64_t C,   \
-                                   int64_t HW, double *sum_dy, double *sum_dy_xhat);    \
-void batch_norm_grad_input_##SUFFIX(const T *dy, const T *xhat, T *dx, const T *a,      \
-                                    const T *b, const T *scale, int64_t N, int64_t C,   \
-                                    int64_t HW);
+void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *x, const T *scale,            \
+                                   const T *shift, int64_t N, int64_t C, int64_t HW,    \
+                                   double *sum_dy, double *sum_dy_xhat);                \
+void batch_norm_grad_input_##SUFFIX(const T *dy, const T *x, T *dx, const T *scale,    \
+                                    const T *shift, const T *a, const T *b,             \
+                                    const T *out_scale, int64_t N, int64_t C, int64_t HW);
 
 NPFCN_DECLARE_BATCHNORM(float, f32)
 NPFCN_DECLARE_BATCHNORM(double, f64)

@@ -1,8 +1,10 @@
 """Batch normalisation with its passes over the data in C (``csrc/batchnorm.c``).
 
 Equals ``npfcn.reference.batchnorm.batch_norm2d_forward`` / ``batch_norm2d_backward``
-(same arguments, same cache, results to float rounding; the statistics are summed in
-double here).  The per-channel arithmetic between the passes - the inverse standard
+(same arguments, results to float rounding; the statistics are summed in double
+here).  The cache differs: it keeps the input x and the per-channel scale and shift
+that normalise it, and the backward pass recomputes xhat = x * scale + shift where it
+needs it, so the forward pass writes one array (y), not two.  The per-channel arithmetic between the passes - the inverse standard
 deviation, the running statistics, the two means of the backward pass - is (C,)
 arrays and stays in NumPy; what moves to C is every pass over the (N, C, H, W) data,
 which NumPy made one temporary array at a time.
@@ -41,30 +43,30 @@ def forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0
         mean, var = running_mean.astype(dtype), running_var.astype(dtype)
     inv_std = (1.0 / np.sqrt(var + dtype.type(eps))).astype(dtype)
     shift = (-mean * inv_std).astype(dtype)
-    xhat, y = np.empty_like(x), np.empty_like(x)
+    y = np.empty_like(x)
     gamma = None if gamma is None else np.ascontiguousarray(gamma, dtype=dtype)
     beta = None if beta is None else np.ascontiguousarray(beta, dtype=dtype)
     boundary.check("batch norm", dtype, {
-        "input": (x, (N, C, H, W)), "normalised": (xhat, (N, C, H, W)), "output": (y, (N, C, H, W)),
-        "scale": (inv_std, (C,)), "shift": (shift, (C,)), "gamma": (gamma, (C,)),
-        "beta": (beta, (C,))})
-    _fn("apply", dtype)(P(x), P(xhat), P(y), P(inv_std), P(shift), P(gamma), P(beta),
-                        N, C, H * W)
-    return y, (xhat, gamma, inv_std, use_batch)
+        "input": (x, (N, C, H, W)), "output": (y, (N, C, H, W)), "scale": (inv_std, (C,)),
+        "shift": (shift, (C,)), "gamma": (gamma, (C,)), "beta": (beta, (C,))})
+    _fn("apply", dtype)(P(x), P(y), P(inv_std), P(shift), P(gamma), P(beta), N, C, H * W)
+    return y, (x, shift, gamma, inv_std, use_batch)
 
 
 def backward(dy, cache):
     """As ``reference.batchnorm.batch_norm2d_backward``: dy -> (dx, dgamma, dbeta)."""
-    xhat, gamma, inv_std, use_batch = cache
+    x, shift, gamma, inv_std, use_batch = cache
     N, C, H, W = dy.shape
     count, dtype = N * H * W, dy.dtype
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)
     P = boundary.pointer
     boundary.check("batch norm gradient", dtype, {
-        "output gradient": (dy, (N, C, H, W)), "normalised": (xhat, (N, C, H, W))})
+        "output gradient": (dy, (N, C, H, W)), "input": (x, (N, C, H, W)),
+        "scale": (inv_std, (C,)), "shift": (shift, (C,))})
     boundary.check("batch norm gradient", np.float64, {
         "sum dy": (sum_dy, (C,)), "sum dy xhat": (sum_dy_xhat, (C,))})
-    _fn("grad_sums", dtype)(P(dy), P(xhat), N, C, H * W, P(sum_dy), P(sum_dy_xhat))
+    _fn("grad_sums", dtype)(P(dy), P(x), P(inv_std), P(shift), N, C, H * W, P(sum_dy),
+                            P(sum_dy_xhat))
     sum_dy, sum_dy_xhat = sum_dy.astype(dtype), sum_dy_xhat.astype(dtype)
     dgamma, dbeta = (None, None) if gamma is None else (sum_dy_xhat, sum_dy)
     scale = (inv_std if gamma is None else gamma * inv_std).astype(dtype)
@@ -76,6 +78,7 @@ def backward(dy, cache):
     dx = np.empty_like(dy)
     boundary.check("batch norm gradient", dtype, {
         "input gradient": (dx, (N, C, H, W)), "a": (a, (C,)), "b": (b, (C,)),
-        "scale": (scale, (C,))})
-    _fn("grad_input", dtype)(P(dy), P(xhat), P(dx), P(a), P(b), P(scale), N, C, H * W)
+        "out scale": (scale, (C,))})
+    _fn("grad_input", dtype)(P(dy), P(x), P(dx), P(inv_std), P(shift), P(a), P(b), P(scale),
+                             N, C, H * W)
     return dx, dgamma, dbeta
