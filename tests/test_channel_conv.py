@@ -66,8 +66,10 @@ def test_equals_the_reference(case, relu, masked):
 
 def test_direct_correlate_hands_64_channel_7x7_layers_to_it():
     """direct.correlate's result for a SegNet-Basic-like layer is this loop's, and right."""
-    assert channel.applies(np.float32, 64, 7, 7)
-    assert not channel.applies(np.float64, 64, 7, 7) and not channel.applies(np.float32, 32, 7, 7)
+    assert channel.applies(np.float32, 8, 64, 7, 7) and channel.applies(np.float32, 64, 64, 3, 3)
+    assert not channel.applies(np.float64, 8, 64, 7, 7)
+    assert not channel.applies(np.float32, 8, 32, 7, 7)
+    assert not channel.applies(np.float32, 16, 64, 3, 3)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 13, 19)).astype(np.float32)
     w = rng.standard_normal((64, 8, 7, 7)).astype(np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from npfcn.kernels import backend, direct, dispatch
+from npfcn.kernels import backend, channel, direct, dispatch
 from npfcn.gradcheck import gradcheck
 from npfcn.layers import Conv2d
 
@@ -192,15 +192,20 @@ def test_which_convolutions_take_the_direct_path():
         assert path_of((3, 3), *stride1, 16, 32) == "direct"        # conv4_1 at width 1/16
         assert path_of((3, 3), *stride1, 32, 32) == "direct"        # 25 tiles x 32: small
         assert path_of((5, 5), *stride1, 32, 32) == "direct"
-        assert path_of((3, 3), *stride1, 64, 64) != "direct"        # wider: Winograd
+        # wider: Winograd, except 64 outputs on AVX-512 (vectors along the channels)
+        wide = "direct" if channel.available() else "winograd2"
+        assert path_of((3, 3), *stride1, 64, 64) == wide
+        assert path_of((3, 3), *stride1, 64, 128) == "winograd2"
         assert path_of((3, 3), *stride1, 3, 64) == "direct"         # VGG's conv1_1
         assert path_of((5, 5), *stride1, 64, 64) == "direct"        # no Winograd for 5x5
         assert path_of((7, 7), *stride1, 32, 32) == "direct_large"  # SegNet-Basic's 7x7
         assert path_of((7, 7), *stride1, 32, 256) == "bands"        # fc6: im2col + GEMM
-        # 4x4 tiles x channels: 2 x 21 x 21 x 32 = 28k stays direct; 64 channels Winograd
+        # 4x4 tiles x channels: 2 x 21 x 21 x 32 = 28k stays direct; wider layers Winograd
         g82 = (3, 3, 1, 1, 1, 1, 1, 1, 82, 82)
         assert dispatch.conv2d_path((2, 32, 82, 82), (32, 32, 3, 3), g82) == "direct"
-        assert dispatch.conv2d_path((2, 64, 82, 82), (64, 64, 3, 3), g82) == "winograd4"
+        assert dispatch.conv2d_path((2, 64, 82, 82), (128, 64, 3, 3), g82) == "winograd4"
+        assert dispatch.conv2d_path((2, 64, 82, 82), (64, 64, 3, 3), g82) == (
+            "direct" if channel.available() else "winograd4")
         # the default run's conv1_2: 13,448 tiles, but 16 channel pairs: direct
         g326 = (3, 3, 1, 1, 1, 1, 1, 1, 326, 326)
         assert dispatch.conv2d_path((2, 4, 326, 326), (4, 4, 3, 3), g326) == "direct"

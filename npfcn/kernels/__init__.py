@@ -12,6 +12,7 @@ tested against it; its docstring names which.  Read in this order:
 * ``winograd.py``  - 3x3 convolution by Winograd F(2x2, 3x3) and F(4x4, 3x3)
 * ``subpixel.py``  - transposed convolution by sub-pixel phases (FCN's upsampling)
 * ``pooling.py``   - max pooling with indices and max unpooling in C
+* ``batchnorm.py`` - batch normalisation's passes over the data in C
 * ``relu.py``      - ReLU in C
 
 and the machinery under them:

@@ -146,7 +146,7 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     read as x where x_mask > 0, else 0 (the input gradient through a fused ReLU).
     """
     N, C, H, W, O, KH, KW, PH, PW, OH, OW = _geometry(x, w, padding)
-    if channel.applies(x.dtype, O, KH, KW):     # 64 channels, 7x7: see npfcn.kernels.channel
+    if channel.applies(x.dtype, C, O, KH, KW):      # 64 outputs: see npfcn.kernels.channel
         return channel.correlate(x, w, padding, bias=bias, relu=relu, x_mask=x_mask, out=out)
     y = np.empty((N, O, OH, OW), dtype=x.dtype) if out is None else out
     wg = grouped_weight(w)

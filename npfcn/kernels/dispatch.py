@@ -15,8 +15,9 @@ conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      `
                    pairs, and those of at most 32 channels with fewer than
                    40000 4x4 tiles x channels
                    ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
-                   (SegNet-Basic's 7x7 layers); direct.py hands float32
-                   7x7 layers of 64 outputs on AVX-512 to ``channel.py``
+                   (SegNet-Basic's 7x7 layers); also every layer that
+                   ``channel.applies`` to (64 -> 64 3x3, before Winograd),
+                   which direct.py hands to ``channel.py`` in float32
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
@@ -60,7 +61,9 @@ threads, under load; docs/kernels.md), and with vectors along the 64 output chan
 kernels have direct.c's weight gradient where it has a register-blocked loop (7 wide,
 AVX-512: the first layer, 3 -> 64), else im2col + matmul.
 """
-from . import backend, direct, gemm, subpixel, winograd
+import numpy as np
+
+from . import backend, channel, direct, gemm, subpixel, winograd
 
 DIRECT_MAX_CHANNELS = 64       # in and out
 DIRECT_MAX_KERNEL = 5          # larger kernels: direct_large
@@ -104,6 +107,8 @@ def conv2d_path(x_shape, w_shape, g):
     if (SH, SW, DH, DW) != (1, 1, 1, 1):
         return "bands"
     winograd = (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES
+    if max(C, O) <= DIRECT_MAX_CHANNELS and channel.applies(np.float32, C, O, KH, KW):
+        return "direct_large" if max(KH, KW) > DIRECT_MAX_KERNEL else "direct"
     if max(C, O) <= DIRECT_MAX_CHANNELS:
         if max(KH, KW) > DIRECT_MAX_KERNEL:
             return "direct_large"
