@@ -98,6 +98,7 @@ def add_train_parser(subparsers):
 
 
 def cmd_train(args):
+    from ..allocator import keep_freed_memory
     from ..train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
     from ..train.distributed import join_world, launched_by_mpi
     from ..train.launch import LaunchFailed, mark_started, plan, run_ranks, saved_batch_size
@@ -105,6 +106,7 @@ def cmd_train(args):
     from ..train.setup import open_checked_datasets
 
     apply_threads(args)
+    keep_freed_memory()     # each step's arrays reuse the last step's pages (npfcn/allocator.py)
     procs = args.procs
     if args.replicas is not None:
         print("npfcn: --replicas is now --procs (MPI processes); --replicas goes in the next "
