@@ -30,6 +30,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include "npfcn_kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -68,9 +71,19 @@ CHANNEL_CONV_TARGET static inline cc_vec cc_load(const float *p)
     return v;
 }
 
+/* One float in all 16 lanes, loaded straight into them (vbroadcastss from memory).
+ * "zero + x" said the same to the compiler, but without -ffast-math 0 + x is not x
+ * (-0.0 becomes +0.0), so it added in a scalar register, then broadcast: three
+ * instructions per broadcast instead of one, and in loops over many pixels GCC kept
+ * the scalars across iterations and spilled them. */
+CHANNEL_CONV_TARGET static inline cc_vec cc_broadcast(const float *p)
+{
+    return (cc_vec)_mm512_set1_ps(*p);
+}
+
 /* The 4 multiply-adds of pixel P: x value broadcast once, times the 4 weight vectors. */
 #define CC_PIXEL(P)                                                                    \
-    { const cc_vec b = zero + x[j + P];                                                \
+    { const cc_vec b = cc_broadcast(x + j + P);                                        \
       a##P##0 += b * w0; a##P##1 += b * w1; a##P##2 += b * w2; a##P##3 += b * w3; }
 #define CC_START(P)                                                                    \
     cc_vec a##P##0 = start0, a##P##1 = start1, a##P##2 = start2, a##P##3 = start3;
@@ -141,7 +154,7 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
  * thread's partial sums in double, which the caller adds up. */
 #define CHANNEL_DW_TAPS 5
 #define CC_DW_TAP(T)                                                                    \
-    { const cc_vec b = zero + xr[ox + off[T]];                                          \
+    { const cc_vec b = cc_broadcast(xr + ox + off[T]);                                  \
       a##T##0 += b * g0; a##T##1 += b * g1; a##T##2 += b * g2; a##T##3 += b * g3; }
 
 CHANNEL_CONV_TARGET static void channel_dw_block(const float *restrict dyt,
