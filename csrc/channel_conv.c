@@ -16,6 +16,9 @@
  * of 6 (SegNet-Basic's rows are 480, 240, 120, 60 and 30 wide).  oneDNN's direct
  * convolutions (PyTorch's on this CPU) block the same way, by channels.
  *
+ * Used for float32 layers of 64 outputs with 7x7 kernels, and with 3x3 ones from at
+ * least 32 inputs (npfcn/kernels/channel.py says where and why).
+ *
  * Layouts:
  *   xp   (N, C, HP, WP): HP = OH + KH - 1; WP >= round_up(OW, 6) + KW - 1, zeros
  *        past the image (the last block of a row reads up to 5 columns past OW).
@@ -50,7 +53,7 @@
 #define CHANNEL_CONV_PIXELS 6       /* output pixels per block */
 #define CHANNEL_CONV_OUT 64         /* output channels: 4 vectors of 16 floats */
 
-#define CHANNEL_DW_PIXELS 256
+#define CHANNEL_DW_PIXELS 256      /* weight gradient: output pixels per band (about) */
 
 /* The floats of one thread's dy band (channel_conv_weight_grad_f32). */
 int64_t channel_conv_dw_band_floats(int64_t OW)
@@ -151,7 +154,8 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
  * (24 sums) on SegNet-Basic's layers, Zen 4.  The pixels are taken a band of
  * rows at a time (CHANNEL_DW_PIXELS of them, so that the band's dy stays in cache
  * while every (c, taps) block runs over it); each block's sums are added into the
- * thread's partial sums in double, which the caller adds up. */
+ * thread's partial sums in double, and at the end the threads' partial sums into dw,
+ * each element by one thread. */
 #define CHANNEL_DW_TAPS 5
 #define CC_DW_TAP(T)                                                                    \
     { const cc_vec b = cc_broadcast(xr + ox + off[T]);                                  \
