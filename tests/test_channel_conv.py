@@ -122,3 +122,16 @@ def test_weight_gradient_equals_the_reference(case, masked, C):
         return
     assert relative(dw2 - start, dw_expected.reshape(-1)) < 1e-4
     assert relative(db - 1, db_expected) < 1e-4
+
+
+def test_weight_gradient_of_rows_wider_than_a_band():
+    """Rows of more than the C loop's band of 2048 pixels (a band is then one row, and
+    the per-thread dy scratch is sized by the row): dw and db against the reference."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 3, 2100)).astype(np.float32)
+    w = rng.standard_normal((64, 16, 7, 7)).astype(np.float32)
+    _, dy, _, dw0 = reference_conv(x, w, (3, 3))
+    dw, db = np.zeros(w.size, np.float32), np.zeros(64, np.float32)
+    channel.weight_grad(np.ascontiguousarray(dy), x, 7, 7, (3, 3), dw, db=db)
+    assert relative(dw.reshape(w.shape), dw0) < 1e-4
+    assert relative(db, dy.sum(axis=(0, 2, 3))) < 1e-4
