@@ -189,6 +189,15 @@ def _vector_width():
     return "(no C kernel)" if width is None else f"{width} bytes"
 
 
+def _channel_loop():
+    from .kernels import channel
+
+    if not backend.c_available():
+        return "(no C kernel)"
+    return "on (AVX-512: 64-output 7x7 and 3x3 layers)" if channel.available() \
+        else "off (needs AVX-512)"
+
+
 def info():
     """A dict of everything ``npfcn info`` prints."""
     blas = blas_info()
@@ -200,6 +209,7 @@ def info():
         "C kernel built": backend.c_available(),
         "kernel threads": backend.num_threads(),
         "direct conv vectors": _vector_width(),
+        "channel conv loop": _channel_loop(),
         "BLAS": f"{blas['name']} {blas['version']}",
         "BLAS kernel": blas_core(),
         "BLAS threads": blas_threads(),

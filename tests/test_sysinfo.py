@@ -51,3 +51,6 @@ def test_info_names_the_cpu_and_the_blas_kernel(capsys):
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
     assert "CPU " in printed and "BLAS kernel" in printed and "BLAS threads" in printed
+    from npfcn.kernels import backend, channel
+    if backend.c_available():       # which convolution loops the figures ran on
+        assert details["channel conv loop"].startswith("on" if channel.available() else "off")
