@@ -156,7 +156,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False):
     check_size(N * O * OH * OW, "conv2d output")
     g = (KH, KW, *stride, *padding, *dilation, OH, OW)
 
-    path = dispatch.conv2d_path(x.shape, w.shape, g)
+    path = dispatch.conv2d_path(x.shape, w.shape, g, x.dtype)
     if path == "reference":
         y, conv_cache = reference.conv2d_forward(x, w, b, stride, padding, dilation)
         relu_cache = None

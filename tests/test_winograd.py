@@ -55,7 +55,7 @@ def force_winograd(monkeypatch):
     def force(tiles):
         name = {winograd.F2: "winograd2", winograd.F4: "winograd4"}[tiles]
         monkeypatch.setattr(dispatch, "conv2d_path",
-                            lambda x_shape, w_shape, g: name if backend.active() == "c"
+                            lambda x_shape, w_shape, g, *dtype: name if backend.active() == "c"
                             else "reference")
     return force
 

@@ -4,14 +4,16 @@ Equals ``npfcn.reference.batchnorm.batch_norm2d_forward`` / ``batch_norm2d_backw
 (same arguments, results to float rounding; the statistics are summed in double
 here).  The cache differs: it keeps the input x and the per-channel scale and shift
 that normalise it, and the backward pass recomputes xhat = x * scale + shift where it
-needs it, so the forward pass writes one array (y), not two.  The per-channel arithmetic between the passes - the inverse standard
-deviation, the running statistics, the two means of the backward pass - is (C,)
-arrays and stays in NumPy; what moves to C is every pass over the (N, C, H, W) data,
+needs it, so the forward pass writes one array (y), not two.  The per-channel
+arithmetic between the passes - the inverse standard deviation, the running
+statistics (the reference's own functions), the two means of the backward pass - is
+(C,) arrays and stays in NumPy; what moves to C is every pass over the (N, C, H, W) data,
 which NumPy made one temporary array at a time.
 """
 import numpy as np
 
 from . import backend, boundary
+from ..reference.batchnorm import check_batch, update_running_statistics
 
 
 def _fn(name, dtype):
@@ -25,20 +27,14 @@ def forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0
     use_batch = training or running_mean is None
     P = boundary.pointer
     if use_batch:
-        if count < 2:
-            raise ValueError(f"batch norm in training mode needs more than one value per "
-                             f"channel, got input of shape {x.shape}")
+        check_batch(x.shape)
         mean64, var64 = np.empty(C), np.empty(C)
         boundary.check("batch norm", dtype, {"input": (x, (N, C, H, W))})
         boundary.check("batch norm", np.float64, {"mean": (mean64, (C,)), "var": (var64, (C,))})
         _fn("stats", dtype)(P(x), N, C, H * W, P(mean64), P(var64))
         mean, var = mean64.astype(dtype), var64.astype(dtype)
         if training and running_mean is not None:
-            m = dtype.type(momentum)
-            running_mean *= 1 - m
-            running_mean += m * mean
-            running_var *= 1 - m
-            running_var += m * var * (count / (count - 1))
+            update_running_statistics(running_mean, running_var, mean, var, count, momentum)
     else:
         mean, var = running_mean.astype(dtype), running_var.astype(dtype)
     inv_std = (1.0 / np.sqrt(var + dtype.type(eps))).astype(dtype)

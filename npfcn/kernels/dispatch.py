@@ -15,9 +15,9 @@ conv2d             ``pointwise``: 1x1, stride 1, no padding (fc7, scores)      `
                    pairs, and those of at most 32 channels with fewer than
                    40000 4x4 tiles x channels
                    ``direct_large``: the same with kernels > 5x5               ``direct.direct_conv``
-                   (SegNet-Basic's 7x7 layers); also every layer that
-                   ``channel.applies`` to (64 -> 64 3x3, before Winograd),
-                   which direct.py hands to ``channel.py`` in float32
+                   (SegNet-Basic's 7x7 layers); also, before Winograd,
+                   every layer ``channel.applies`` to (float32 64 -> 64
+                   3x3), which direct.py hands to ``channel.py``
                    ``winograd4``: 3x3, stride 1, no dilation, up to 128 in     ``winograd.f4_conv``
                    and 256 out, and >= 196 4x4 output tiles
                    ``winograd2``: other 3x3 stride-1 layers with 2*in >= out   ``winograd.f2_conv``
@@ -94,9 +94,9 @@ def _tiles(N, OH, OW, m):
     return N * -(-OH // m) * -(-OW // m)
 
 
-def conv2d_path(x_shape, w_shape, g):
+def conv2d_path(x_shape, w_shape, g, dtype=np.float32):
     """The path of a convolution of x: (N, C, H, W) with w: (O, C, KH, KW), geometry g
-    ``(KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``."""
+    ``(KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)``, in ``dtype``."""
     if backend.active() != "c":
         return "reference"
     N, C, H, W = x_shape
@@ -107,12 +107,11 @@ def conv2d_path(x_shape, w_shape, g):
     if (SH, SW, DH, DW) != (1, 1, 1, 1):
         return "bands"
     winograd = (KH, KW) == (3, 3) and 2 * C >= O and _tiles(N, OH, OW, 2) >= WINOGRAD_MIN_TILES
-    if max(C, O) <= DIRECT_MAX_CHANNELS and channel.applies(np.float32, C, O, KH, KW):
-        return "direct_large" if max(KH, KW) > DIRECT_MAX_KERNEL else "direct"
     if max(C, O) <= DIRECT_MAX_CHANNELS:
         if max(KH, KW) > DIRECT_MAX_KERNEL:
             return "direct_large"
-        if not winograd or C * O <= DIRECT_ALWAYS_CHANNEL_PAIRS \
+        if not winograd or channel.applies(dtype, C, O, KH, KW) \
+                or C * O <= DIRECT_ALWAYS_CHANNEL_PAIRS \
                 or (max(C, O) <= DIRECT_MAX_WINOGRAD_CHANNELS
                     and _tiles(N, OH, OW, 4) * max(C, O) < WINOGRAD_OVER_DIRECT):
             return "direct"

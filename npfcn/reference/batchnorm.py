@@ -38,6 +38,24 @@ def _per_channel(v):
     return v.reshape(1, -1, 1, 1)
 
 
+def check_batch(shape):
+    """Refuse a batch of one value per channel: its variance is undefined (PyTorch refuses
+    it too).  shape: (N, C, H, W)."""
+    if shape[0] * shape[2] * shape[3] < 2:
+        raise ValueError(f"batch norm in training mode needs more than one value per "
+                         f"channel, got input of shape {tuple(shape)}")
+
+
+def update_running_statistics(running_mean, running_var, mean, var, count, momentum):
+    """Move the running statistics (in place) towards the batch's: the running variance
+    takes the unbiased variance, M / (M - 1) * var, over the batch's M = count values."""
+    m = running_mean.dtype.type(momentum)
+    running_mean *= 1 - m
+    running_mean += m * mean
+    running_var *= 1 - m
+    running_var += m * var * (count / (count - 1))
+
+
 def batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training=True,
                          momentum=0.1, eps=1e-5):
     """x: (N, C, H, W); gamma, beta: (C,) or None (no affine: 1 and 0);
@@ -51,18 +69,12 @@ def batch_norm2d_forward(x, gamma, beta, running_mean, running_var, training=Tru
     count = n * h * w
     use_batch = training or running_mean is None
     if use_batch:
-        if count < 2:
-            raise ValueError(f"batch norm in training mode needs more than one value per "
-                             f"channel, got input of shape {x.shape}")
+        check_batch(x.shape)
         mean = _channel_sum(x) / count
         centred = x - _per_channel(mean)
         var = _channel_sum(centred * centred) / count
         if training and running_mean is not None:
-            m = x.dtype.type(momentum)
-            running_mean *= 1 - m
-            running_mean += m * mean
-            running_var *= 1 - m
-            running_var += m * var * (count / (count - 1))
+            update_running_statistics(running_mean, running_var, mean, var, count, momentum)
     else:
         mean, var = running_mean, running_var
         centred = x - _per_channel(mean)
