@@ -41,7 +41,9 @@ void batch_norm_stats_##SUFFIX(const T *x, int64_t N, int64_t C, int64_t HW,    
 {                                                                                         \
     const double count = (double)(N * HW);                                               \
     int64_t c;                                                                            \
-    _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
+    const int64_t parallel = N * C * HW > 65536;                                         \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (c = 0; c < C; ++c) {                                                             \
         double lanes[NPFCN_LANES] = {0}, squares[NPFCN_LANES] = {0};                      \
         for (int64_t n = 0; n < N; ++n) {                                                 \
@@ -68,13 +70,16 @@ void batch_norm_stats_##SUFFIX(const T *x, int64_t N, int64_t C, int64_t HW,    
         mean[c] = m;                                                                      \
         var[c] = count > 0 ? lanes_total(squares) / count : 0.0;                                       \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }                                                                                         \
 void batch_norm_apply_##SUFFIX(const T *x, T *y, const T *scale, const T *shift,         \
                                const T *gamma, const T *beta, int64_t N, int64_t C,       \
                                int64_t HW)                                                \
 {                                                                                         \
     int64_t plane;                                                                        \
-    _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
+    const int64_t parallel = N * C * HW > 65536;                                         \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < N * C; ++plane) {                                             \
         const int64_t c = plane % C;                                                      \
         const T a = scale[c], b = shift[c];                                               \
@@ -83,13 +88,16 @@ void batch_norm_apply_##SUFFIX(const T *x, T *y, const T *scale, const T *shift,
         T *q = y + plane * HW;                                                            \
         for (int64_t k = 0; k < HW; ++k) q[k] = (p[k] * a + b) * g + s;                   \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }                                                                                         \
 void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *x, const T *scale,              \
                                    const T *shift, int64_t N, int64_t C, int64_t HW,      \
                                    double *sum_dy, double *sum_dy_xhat)                   \
 {                                                                                         \
     int64_t c;                                                                            \
-    _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
+    const int64_t parallel = N * C * HW > 65536;                                         \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (c = 0; c < C; ++c) {                                                             \
         const T a = scale[c], b = shift[c];                                               \
         double s[NPFCN_LANES] = {0}, sx[NPFCN_LANES] = {0};                               \
@@ -109,13 +117,16 @@ void batch_norm_grad_sums_##SUFFIX(const T *dy, const T *x, const T *scale,     
         sum_dy[c] = lanes_total(s);                                                       \
         sum_dy_xhat[c] = lanes_total(sx);                                                 \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }                                                                                         \
 void batch_norm_grad_input_##SUFFIX(const T *dy, const T *x, T *dx, const T *scale,      \
                                     const T *shift, const T *a, const T *b,               \
                                     const T *out_scale, int64_t N, int64_t C, int64_t HW) \
 {                                                                                         \
     int64_t plane;                                                                        \
-    _Pragma("omp parallel for schedule(static) if(N * C * HW > 65536)")                  \
+    const int64_t parallel = N * C * HW > 65536;                                         \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < N * C; ++plane) {                                             \
         const int64_t c = plane % C;                                                      \
         const T xa = scale[c], xb = shift[c], ac = a[c], bc = b[c], sc = out_scale[c];    \
@@ -123,6 +134,7 @@ void batch_norm_grad_input_##SUFFIX(const T *dy, const T *x, T *dx, const T *sca
         T *d = dx + plane * HW;                                                           \
         for (int64_t k = 0; k < HW; ++k) d[k] = (g[k] - (p[k] * xa + xb) * ac - bc) * sc; \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }
 
 NPFCN_BATCHNORM(float, f32)

@@ -124,6 +124,7 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
 {
     const int64_t tasks = N * OH, plane = HP * WP;
     int64_t task;
+    const int64_t held = npfcn_hold_core(tasks > 1);        /* csrc/affinity.c */
     #pragma omp parallel for schedule(static) if(tasks > 1)
     for (task = 0; task < tasks; ++task) {
         const int64_t n = task / OH, oy = task % OH;
@@ -140,6 +141,7 @@ static void channel_conv_forward_avx512(const float *xp, const float *wt, const 
                 }
         }
     }
+    npfcn_release_core(held);
 }
 
 /* The weight gradient, vectorised the same way:
@@ -211,6 +213,7 @@ static void channel_conv_weight_grad_avx512(const float *xp, const float *dy,
     const int64_t band = channel_dw_band(N, OH, OW, threads);
     const int64_t bands = (OH + band - 1) / band, tasks = N * bands;
     const int64_t slice = wsize + 64;               /* dw's partial sums, then db's */
+    const int64_t held = npfcn_hold_core(tasks > 1);        /* csrc/affinity.c */
     #pragma omp parallel if(tasks > 1)
     {
         double *sum = partial + (int64_t)npfcn_thread_id() * slice;
@@ -270,6 +273,7 @@ static void channel_conv_weight_grad_avx512(const float *xp, const float *dy,
             db[o] += (float)total;
         }
     }
+    npfcn_release_core(held);
 }
 
 int64_t channel_conv_supported(void)

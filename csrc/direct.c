@@ -226,7 +226,9 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
     const int64_t taps_c = C * KH, blocks = (O + NPFCN_OB - 1) / NPFCN_OB;                \
     const int64_t tasks = N * OH;                                                         \
     int64_t task;                                                                         \
-    _Pragma("omp parallel for schedule(static) if(N * O * OH * OW > 8192)")              \
+    const int64_t parallel = N * O * OH * OW > 8192;                                     \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (task = 0; task < tasks; ++task) {                                                \
         const int64_t n = task / OH, oy = task % OH;                                      \
         T *yrow = y + n * O * OH * OW + oy * OW;    /* channel o at + o*OH*OW */          \
@@ -266,6 +268,7 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }
 
 /* Stage the rows of the flat layout (see flat_rows_max) for output rows oy .. oy+R-1. */
@@ -336,7 +339,9 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
         return;                                                                           \
     const int64_t bands = (RY + R - 1) / R, tasks = N * bands;                            \
     int64_t task;                                                                         \
-    _Pragma("omp parallel for schedule(static) if(N * O * OH * OW > 8192)")              \
+    const int64_t parallel = N * O * OH * OW > 8192;                                     \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (task = 0; task < tasks; ++task) {                                                \
         const int64_t n = task / bands, b0 = oy0 + (task % bands) * R;                    \
         const int64_t rows = oy1 - b0 < R ? oy1 - b0 : R, span = rows * WP;               \
@@ -388,6 +393,7 @@ static void NAME(const T *x, const T *x_mask, const T *wb, const T *bias,       
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
+    npfcn_release_core(held);                                                            \
 }
 
 /* Elements of T a thread's scratch slice holds, rounded up to whole doubles. */
@@ -611,7 +617,9 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
         const int64_t row_blocks = (RY + BR - 1) / BR;                                    \
         const int64_t tasks = N * row_blocks;                                             \
         int64_t task;                                                                     \
-        _Pragma("omp parallel for schedule(static) if(N * O * RY * RX > 8192)")          \
+        const int64_t parallel = N * O * RY * RX > 8192;                                 \
+        const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */           \
+        _Pragma("omp parallel for schedule(static) if(parallel)")                        \
         for (task = 0; task < tasks; ++task) {                                            \
             const int64_t n = task / row_blocks;                                          \
             const int64_t first = oy0 + (task % row_blocks) * BR;                         \
@@ -660,6 +668,7 @@ void direct_conv_weight_grad_##SUFFIX(const T *x, const T *dy, const T *dy_mask,
                                     n_dot);                                               \
             }                                                                             \
         }                                                                                 \
+        npfcn_release_core(held);                                                        \
     }                                                                                     \
     for (int64_t k = 0; k < wsize + (db ? O : 0); ++k) {                                  \
         double total = 0;                                                                 \

@@ -56,7 +56,9 @@ void im2col_strided_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t 
 {                                                                                        \
     const int64_t KK = KH * KW, rows = N * C * KK;                                       \
     int64_t row;                                                                         \
-    _Pragma("omp parallel for schedule(static) if(rows * OH * OW > 131072)") \
+    const int64_t parallel = rows * OH * OW > 131072;                        \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */   \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                \
     for (row = 0; row < rows; ++row) {                                                   \
         const int64_t plane = row / KK, k = row % KK, i = k / KW, j = k % KW;           \
         const int64_t n = plane / C, c = plane % C;                                      \
@@ -84,6 +86,7 @@ void im2col_strided_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t 
             for (int64_t ox = ox_hi; ox < OW; ++ox) out[ox] = 0;                         \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                \
 }                                                                                        \
                                                                                          \
 void im2col_##SUFFIX(const T *x, T *cols, int64_t N, int64_t C, int64_t H, int64_t W,   \
@@ -102,7 +105,9 @@ void col2im_strided_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t 
 {                                                                                        \
     const int64_t planes = N * C, KK = KH * KW;                                          \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * KK * OH * OW > 131072)") \
+    const int64_t parallel = planes * KK * OH * OW > 131072;                        \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */          \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                       \
     for (plane = 0; plane < planes; ++plane) {                                           \
         const int64_t n = plane / C, c = plane % C;                                      \
         T *dst = x + plane * H * W;                                                      \
@@ -127,6 +132,7 @@ void col2im_strided_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t 
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                       \
 }                                                                                        \
                                                                                          \
 void col2im_##SUFFIX(const T *cols, T *x, int64_t N, int64_t C, int64_t H, int64_t W,   \

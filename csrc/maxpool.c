@@ -115,7 +115,9 @@ void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,   
     /* W < 2**30: the 2x2 loop keeps offsets up to W + 1 in a 32-bit int for float. */   \
     const int plain2x2 = KH == 2 && KW == 2 && SH == 2 && SW == 2 && PH == 0 && PW == 0  \
                          && DH == 1 && DW == 1 && W < ((int64_t)1 << 30);                \
-    _Pragma("omp parallel for schedule(static) if(NC * H * W > 131072)")                 \
+    const int64_t parallel = NC * H * W > 131072;                                        \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *src = x + plane * H * W;                                                \
         T *out = y + plane * OH * OW;                                                    \
@@ -126,6 +128,7 @@ void maxpool_forward_##SUFFIX(const T *x, T *y, int64_t *indices, int64_t NC,   
             maxpool_plane_##SUFFIX(src, out, idx, H, W, KH, KW, SH, SW, PH, PW, DH, DW,  \
                                    OH, OW);                                              \
     }                                                                                    \
+    npfcn_release_core(held);                                                            \
 }                                                                                        \
                                                                                          \
 /* dx = 0, then dx[idx[k]] += dy[k] per plane: every element of dx is written,  \
@@ -136,7 +139,9 @@ void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64
                      int64_t HW, int64_t OHW)                                            \
 {                                                                                        \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(NC * HW > 131072)")                    \
+    const int64_t parallel = NC * HW > 131072;                                           \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *g = dy + plane * OHW;                                                   \
         const int64_t *idx = indices + plane * OHW;                                      \
@@ -144,6 +149,7 @@ void maxpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx, int64
         memset(out, 0, (size_t)HW * sizeof(T));                                          \
         for (int64_t k = 0; k < OHW; ++k) out[idx[k]] += g[k];                           \
     }                                                                                    \
+    npfcn_release_core(held);                                                            \
 }
 
 NPFCN_MAXPOOL2X2_ROW(float, int32_t, f32)

@@ -55,6 +55,13 @@ void npfcn_set_num_threads(int64_t n);
 /* The calling thread's number inside a parallel region (0 outside one): it
  * picks the thread's slice of a scratch buffer of npfcn_num_threads() slices. */
 int npfcn_thread_id(void);
+/* Around every parallel loop (csrc/affinity.c says why): with parallel nonzero and a
+ * team of as many threads as the caller may use cores, pin the team's helpers to one
+ * core each (once) and the caller to the first core until npfcn_release_core(held).
+ * npfcn_pins_threads: whether a parallel loop called now would do so (npfcn info). */
+int64_t npfcn_hold_core(int64_t parallel);
+void npfcn_release_core(int64_t held);
+int64_t npfcn_pins_threads(void);
 
 /* Winograd transforms, F(2x2, 3x3) with PREFIX winograd (winograd.c) and F(4x4, 3x3)
  * with PREFIX winograd4 (winograd4.c); scratch: npfcn_num_threads() *

@@ -14,22 +14,28 @@
 void relu_forward_##SUFFIX(const T *x, T *y, int64_t n)                                   \
 {                                                                                         \
     int64_t i;                                                                            \
-    _Pragma("omp parallel for schedule(static) if(n > 262144)")                           \
+    const int64_t parallel = n > 262144;                                                  \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */                \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                             \
     for (i = 0; i < n; ++i) {                                                             \
         const T v = x[i];                                                                 \
         y[i] = (v > 0 || v != v) ? v : (T)0;                                              \
     }                                                                                     \
+    npfcn_release_core(held);                                                             \
 }                                                                                         \
 void relu_backward_##SUFFIX(const T *y, const T *dy, T *dx, int64_t n)                    \
 {                                                                                         \
     int64_t i;                                                                            \
-    _Pragma("omp parallel for schedule(static) if(n > 262144)")                           \
+    const int64_t parallel = n > 262144;                                                  \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */                \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                             \
     for (i = 0; i < n; ++i) {                                                             \
         /* both loads unconditional: GCC then selects with vector blends; a load   \
          * under the condition stayed a branch (mispredicted on half the pixels) */    \
         const T g = dy[i];                                                                \
         dx[i] = y[i] > 0 ? g : (T)0;                                                      \
     }                                                                                     \
+    npfcn_release_core(held);                                                             \
 }
 
 NPFCN_RELU(float, f32)

@@ -29,7 +29,9 @@ void phases_to_image_##SUFFIX(const T *phases, T *image, int64_t N, int64_t O,  
 {                                                                                        \
     const int64_t planes = N * O, grid = GH * GW, phase_rows = N * grid;                 \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * OH * OW > 131072)")          \
+    const int64_t parallel = planes * OH * OW > 131072;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         const int64_t n = plane / O, o = plane % O;                                      \
         for (int64_t oy = 0; oy < OH; ++oy) {                                            \
@@ -49,6 +51,7 @@ void phases_to_image_##SUFFIX(const T *phases, T *image, int64_t N, int64_t O,  
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 #define NPFCN_IMAGE_TO_PHASES(T, SUFFIX)                                                 \
@@ -58,7 +61,9 @@ void image_to_phases_##SUFFIX(const T *image, T *phases, int64_t N, int64_t O,  
 {                                                                                        \
     const int64_t rows = SH * SW * O * N, grid = GH * GW;                                \
     int64_t row;                                                                         \
-    _Pragma("omp parallel for schedule(static) if(rows * grid > 131072)")               \
+    const int64_t parallel = rows * grid > 131072;                                      \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (row = 0; row < rows; ++row) {                                                   \
         const int64_t n = row % N, phase_o = row / N;                                    \
         const int64_t o = phase_o % O, phase = phase_o / O;                              \
@@ -84,6 +89,7 @@ void image_to_phases_##SUFFIX(const T *image, T *phases, int64_t N, int64_t O,  
             for (int64_t qx = hi; qx < GW; ++qx) out[qx] = 0;                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 NPFCN_PHASES_TO_IMAGE(float, f32)

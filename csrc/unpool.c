@@ -18,7 +18,9 @@ void max_unpool_forward_##SUFFIX(const T *x, const int64_t *indices, T *y, int64
                                  int64_t HW, int64_t OHW)                                \
 {                                                                                        \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(NC * OHW > 131072)")                   \
+    const int64_t parallel = NC * OHW > 131072;                                          \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *v = x + plane * HW;                                                     \
         const int64_t *idx = indices + plane * HW;                                       \
@@ -28,19 +30,23 @@ void max_unpool_forward_##SUFFIX(const T *x, const int64_t *indices, T *y, int64
         memset(out, 0, (size_t)OHW * sizeof(T));                                         \
         for (int64_t k = 0; k < HW; ++k) out[idx[k]] = v[k];                             \
     }                                                                                    \
+    npfcn_release_core(held);                                                            \
 }                                                                                        \
                                                                                          \
 void max_unpool_backward_##SUFFIX(const T *dy, const int64_t *indices, T *dx,           \
                                   int64_t NC, int64_t HW, int64_t OHW)                   \
 {                                                                                        \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(NC * OHW > 131072)")                   \
+    const int64_t parallel = NC * OHW > 131072;                                          \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */               \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                            \
     for (plane = 0; plane < NC; ++plane) {                                               \
         const T *g = dy + plane * OHW;                                                   \
         const int64_t *idx = indices + plane * HW;                                       \
         T *out = dx + plane * HW;                                                        \
         for (int64_t k = 0; k < HW; ++k) out[k] = g[idx[k]];                             \
     }                                                                                    \
+    npfcn_release_core(held);                                                            \
 }
 
 NPFCN_UNPOOL(float, f32)

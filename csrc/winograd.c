@@ -67,7 +67,9 @@ void winograd_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H, 
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * C;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 4096)")          \
+    const int64_t parallel = planes * rows * TW > 4096;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         NPFCN_WINO_SCRATCH(T)                                                            \
         const int64_t n = plane / C, c = plane % C;                                      \
@@ -115,6 +117,7 @@ void winograd_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H, 
                 memcpy(V + (xi * C + c) * T_ + base, stage + xi * TW, (size_t)TW * sizeof(T)); \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* dx += the adjoint of winograd_input: each tile's B dV B^T added back onto
@@ -126,7 +129,9 @@ void winograd_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * C;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 4096)")          \
+    const int64_t parallel = planes * rows * TW > 4096;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         NPFCN_WINO_SCRATCH(T)                                                            \
         const int64_t n = plane / C, c = plane % C;                                      \
@@ -168,6 +173,7 @@ void winograd_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* y = A^T M A for every tile, clipped to the OH x OW output. */
@@ -177,7 +183,9 @@ void winograd_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * O;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 4096)")          \
+    const int64_t parallel = planes * rows * TW > 4096;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         NPFCN_WINO_SCRATCH(T)                                                            \
         (void)a_rows;                                                                    \
@@ -209,6 +217,7 @@ void winograd_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* dM = A dY A^T for every tile, where dY is the tile's 2x2 of dy (0 outside). */
@@ -219,7 +228,9 @@ void winograd_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int6
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * O;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 4096)")          \
+    const int64_t parallel = planes * rows * TW > 4096;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         NPFCN_WINO_SCRATCH(T)                                                            \
         (void)a_rows;                                                                    \
@@ -250,6 +261,7 @@ void winograd_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int6
                 memcpy(dM + (xi * O + o) * T_ + base, stage + xi * TW, (size_t)TW * sizeof(T)); \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* U[xi][o][c] = (G g G^T)[xi] for every filter g = w[o][c] (3x3). */
@@ -258,7 +270,9 @@ void winograd_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C)           
 {                                                                                        \
     const int64_t pairs = O * C, chunks = (pairs + NPFCN_WINO_CHUNK - 1) / NPFCN_WINO_CHUNK; \
     int64_t chunk;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(pairs > 16384)")                      \
+    const int64_t parallel = pairs > 16384;                                             \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (chunk = 0; chunk < chunks; ++chunk) {                                           \
         T stage[16][NPFCN_WINO_CHUNK];                                                   \
         const int64_t q0 = chunk * NPFCN_WINO_CHUNK;                                     \
@@ -282,6 +296,7 @@ void winograd_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C)           
         for (int xi = 0; xi < 16; ++xi)                                                  \
             memcpy(U + xi * pairs + q0, stage[xi], (size_t)count * sizeof(T));           \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }                                                                                        \
                                                                                          \
 /* dw[o][c] += G^T dU[.][o][c] G, the adjoint of winograd_weight; dU: (16, O, C). */     \
@@ -289,7 +304,9 @@ void winograd_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C)     
 {                                                                                        \
     const int64_t pairs = O * C, chunks = (pairs + NPFCN_WINO_CHUNK - 1) / NPFCN_WINO_CHUNK; \
     int64_t chunk;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(pairs > 16384)")                      \
+    const int64_t parallel = pairs > 16384;                                             \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (chunk = 0; chunk < chunks; ++chunk) {                                           \
         T stage[16][NPFCN_WINO_CHUNK];                                                   \
         const int64_t q0 = chunk * NPFCN_WINO_CHUNK;                                     \
@@ -313,6 +330,7 @@ void winograd_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C)     
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 NPFCN_WINO_INPUT(float, f32)

@@ -120,7 +120,9 @@ void winograd4_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * C;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 1024)")          \
+    const int64_t parallel = planes * rows * TW > 1024;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         W4_SCRATCH(T)                                                                    \
         (void)q_rows;                                                                    \
@@ -181,6 +183,7 @@ void winograd4_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,
                 memcpy(V + (xi * C + c) * T_ + base, stage + xi * TW, (size_t)TW * sizeof(T)); \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* dx += the adjoint of winograd4_input: each tile's B dV B^T added back onto the
@@ -193,7 +196,9 @@ void winograd4_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int6
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * C;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 1024)")          \
+    const int64_t parallel = planes * rows * TW > 1024;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         W4_SCRATCH(T)                                                                    \
         (void)q_rows;                                                                    \
@@ -237,6 +242,7 @@ void winograd4_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int6
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* y = A^T M A for every tile, clipped to the OH x OW output. */
@@ -248,7 +254,9 @@ void winograd4_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t O
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * O;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 1024)")          \
+    const int64_t parallel = planes * rows * TW > 1024;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         W4_SCRATCH(T)                                                                    \
         const int64_t n = plane / O, o = plane % O;                                      \
@@ -285,6 +293,7 @@ void winograd4_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t O
             }                                                                            \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* dM = A dY A^T for every tile, where dY is the tile's 4x4 of dy (0 outside). */
@@ -296,7 +305,9 @@ void winograd4_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int
 {                                                                                        \
     const int64_t rows = t1 - t0, T_ = N * rows * TW, planes = N * O;                    \
     int64_t plane;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(planes * rows * TW > 1024)")          \
+    const int64_t parallel = planes * rows * TW > 1024;                                 \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (plane = 0; plane < planes; ++plane) {                                           \
         W4_SCRATCH(T)                                                                    \
         const int64_t n = plane / O, o = plane % O;                                      \
@@ -339,6 +350,7 @@ void winograd4_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int
                 memcpy(dM + (xi * O + o) * T_ + base, stage + xi * TW, (size_t)TW * sizeof(T)); \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 /* U[xi][o][c] = (G g G^T)[xi] for every filter g = w[o][c] (3x3), and the
@@ -348,7 +360,9 @@ void winograd4_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C)          
 {                                                                                        \
     const int64_t pairs = O * C, chunks = (pairs + W4_CHUNK - 1) / W4_CHUNK;             \
     int64_t chunk;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(pairs > 16384)")                      \
+    const int64_t parallel = pairs > 16384;                                             \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (chunk = 0; chunk < chunks; ++chunk) {                                           \
         T stage[W4_XI][W4_CHUNK];                                                        \
         const int64_t q0 = chunk * W4_CHUNK;                                             \
@@ -374,13 +388,16 @@ void winograd4_weight_##SUFFIX(const T *w, T *U, int64_t O, int64_t C)          
         for (int xi = 0; xi < W4_XI; ++xi)                                               \
             memcpy(U + xi * pairs + q0, stage[xi], (size_t)count * sizeof(T));           \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }                                                                                        \
                                                                                          \
 void winograd4_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C)            \
 {                                                                                        \
     const int64_t pairs = O * C, chunks = (pairs + W4_CHUNK - 1) / W4_CHUNK;             \
     int64_t chunk;                                                                       \
-    _Pragma("omp parallel for schedule(static) if(pairs > 16384)")                      \
+    const int64_t parallel = pairs > 16384;                                             \
+    const int64_t held = npfcn_hold_core(parallel);  /* csrc/affinity.c */              \
+    _Pragma("omp parallel for schedule(static) if(parallel)")                           \
     for (chunk = 0; chunk < chunks; ++chunk) {                                           \
         T stage[W4_XI][W4_CHUNK];                                                        \
         const int64_t q0 = chunk * W4_CHUNK;                                             \
@@ -406,6 +423,7 @@ void winograd4_weight_adj_##SUFFIX(const T *dU, T *dw, int64_t O, int64_t C)    
                 }                                                                        \
         }                                                                                \
     }                                                                                    \
+    npfcn_release_core(held);                                                           \
 }
 
 W4_INPUT(float, f32)

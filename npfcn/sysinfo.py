@@ -198,6 +198,15 @@ def _channel_loop():
         else "off (needs AVX-512)"
 
 
+def _thread_pinning():
+    if not backend.c_available():
+        return "(no C kernel)"
+    if backend.lib().npfcn_pins_threads():
+        return "on (one core per kernel thread during parallel loops; NPFCN_PIN_THREADS=0: off)"
+    return "off (" + ("NPFCN_PIN_THREADS=0" if os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0"
+                     else "not one kernel thread per usable core") + ")"
+
+
 def info():
     """A dict of everything ``npfcn info`` prints."""
     blas = blas_info()
@@ -210,6 +219,7 @@ def info():
         "kernel threads": backend.num_threads(),
         "direct conv vectors": _vector_width(),
         "channel conv loop": _channel_loop(),
+        "thread pinning": _thread_pinning(),
         "BLAS": f"{blas['name']} {blas['version']}",
         "BLAS kernel": blas_core(),
         "BLAS threads": blas_threads(),
