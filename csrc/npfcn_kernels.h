@@ -147,6 +147,15 @@ int64_t channel_conv_forward_f32(const float *xp, const float *wt, const float *
  * (C*KH*KW*64 + 64) doubles; dy_band: npfcn_num_threads() x
  * channel_conv_dw_band_floats(OW) floats (scratch). */
 int64_t channel_conv_dw_band_floats(int64_t OW);
+/* wt (taps*C or O*taps, 64) from w: the forward layout, or with flipped the input
+ * gradient's (channel_conv.c), taps = KH*KW; and the zero-framed input xp (N, C, HP,
+ * WP) from x (N, C, H, W) placed at (PH, PW), read as 0 where x_mask <= 0 (NULL: none).
+ * Both on any CPU. */
+void channel_conv_weights_f32(const float *w, float *wt, int64_t C, int64_t taps,
+                              int64_t flipped);
+void channel_conv_pad_f32(const float *x, const float *x_mask, float *xp, int64_t N,
+                          int64_t C, int64_t H, int64_t W, int64_t HP, int64_t WP,
+                          int64_t PH, int64_t PW);
 int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const float *dy_mask,
         float *dw, float *db, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW, double *partial, float *dy_band);

@@ -91,6 +91,41 @@ def test_a_segnet_layer_trains_through_it():
     assert relative(y, y0) < TOL and relative(dx, dx0) < TOL and relative(dw, dw0) < 1e-4
 
 
+@settings(max_examples=40)
+@given(case=cases(), masked=st.booleans(), O=st.integers(1, 5))
+def test_input_gradient_equals_the_reference(case, masked, O):
+    """dx of a layer with 64 inputs and O outputs, its weights laid out flipped by C
+    straight from w (no flipped copy first), also through a fused ReLU's mask."""
+    rng = np.random.default_rng(case["seed"])
+    (ph, pw), K = case["padding"], case["K"]
+    H, W = case["H"], case["W"]
+    x = rng.standard_normal((case["N"], 64, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, 64, *K)).astype(np.float32)
+    xc = np.ascontiguousarray(x[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)])
+    y, cache = reference.conv2d_forward(xc, w, None, 1, (max(0, ph), max(0, pw)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    mask = rng.standard_normal(y.shape).astype(np.float32) if masked else None
+    dy_read = np.where(mask > 0, dy, 0).astype(np.float32) if masked else dy
+    dxc, _, _ = reference.conv2d_backward(dy_read, cache)
+    expected = np.zeros_like(x)          # the cropped rows and columns get no gradient
+    expected[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)] = dxc
+    dx = channel.input_gradient(dy, w, case["padding"], dy_mask=mask)
+    assert dx.shape == x.shape
+    # (a mask that lets nothing through gives exact zeros on both sides)
+    assert np.array_equal(dx, expected) or relative(dx, expected) < TOL
+
+
+def test_the_weight_layouts_are_the_transposes_they_claim():
+    """channel_conv_weights_f32 against NumPy's transposes of the same weights."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 5, 3, 7)).astype(np.float32)
+    assert np.array_equal(channel._weights(w, flipped=False),
+                          w.transpose(1, 2, 3, 0).reshape(5 * 21, 64))
+    w = rng.standard_normal((5, 64, 3, 7)).astype(np.float32)
+    turned = w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(5 * 21, 64)
+    assert np.array_equal(channel._weights(w, flipped=True), turned)
+
+
 def test_a_wrong_weight_is_refused_before_c():
     x = np.zeros((1, 3, 8, 8), np.float32)
     with pytest.raises(ValueError, match="channel conv"):

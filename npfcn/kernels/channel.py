@@ -60,18 +60,56 @@ def correlate(x, w, padding, bias=None, relu=False, x_mask=None, out=None):
     bias: (64,) or None, x_mask: (N, C, H, W) or None (x read as 0 where mask <= 0)
     -> y: (N, 64, OH, OW), OH = H + 2*PH - KH + 1 (likewise OW).
     """
-    (N, C, H, W), (O, _, KH, KW), (PH, PW) = x.shape, w.shape, padding
+    (N, C, H, W), (O, _, KH, KW) = x.shape, w.shape
+    if O != OUT_CHANNELS or w.shape[1] != C:
+        raise ValueError(f"channel conv: weight {w.shape} does not fit input {x.shape}")
+    return _correlate(x, _weights(w, flipped=False), KH, KW, padding, bias, relu, x_mask, out)
+
+
+def input_gradient(dy, w, padding, dy_mask=None):
+    """dx of a convolution of 64 input channels: ``correlate`` of dy with the weights
+    turned by 180 degrees (``gemm.flipped_transposed(w)``), without that copy of them.
+
+    dy: (N, O, OH, OW) float32, w: (O, 64, KH, KW), padding: the layer's (PH, PW);
+    dy_mask: a fused ReLU's output or None -> dx: (N, 64, H, W).
+    """
+    (N, O, OH, OW), (_, C, KH, KW) = dy.shape, w.shape
+    if C != OUT_CHANNELS or w.shape[0] != O:
+        raise ValueError(f"channel conv gradient: weight {w.shape} does not fit output "
+                         f"gradient {dy.shape}")
+    return _correlate(dy, _weights(w, flipped=True), KH, KW,
+                      (KH - 1 - padding[0], KW - 1 - padding[1]), None, False, dy_mask, None)
+
+
+def _weights(w, flipped):
+    """The (C*KH*KW, 64) layout the C loop reads: w (64, C, KH, KW) with each tap's 64
+    output channels side by side, or (flipped) the layer's w (O, 64, KH, KW) turned by
+    180 degrees for its input gradient (csrc/channel_conv.c gives both formulas)."""
+    w = np.ascontiguousarray(w)
+    rows = w.shape[0] if flipped else w.shape[1]
+    wt = workspace.get("channel_conv_weights", (rows * w.shape[2] * w.shape[3], OUT_CHANNELS),
+                       w.dtype)
+    boundary.check("channel conv weights", w.dtype, {"weight": (w, w.shape),
+                                                     "weight layout": (wt, wt.shape)})
+    P = boundary.pointer
+    backend.lib().channel_conv_weights_f32(P(w), P(wt), rows, w.shape[2] * w.shape[3],
+                                           int(flipped))
+    return wt
+
+
+def _correlate(x, wt, KH, KW, padding, bias, relu, x_mask, out):
+    """y (N, 64, OH, OW) from x (N, C, H, W) and the weight layout wt (C*KH*KW, 64)."""
+    (N, C, H, W), (PH, PW) = x.shape, padding
     OH, OW = H + 2 * PH - KH + 1, W + 2 * PW - KW + 1
-    if O != OUT_CHANNELS or w.shape[1] != C or OH < 1 or OW < 1:
-        raise ValueError(f"channel conv: weight {w.shape} and padding {padding} do not "
+    if wt.shape != (C * KH * KW, OUT_CHANNELS) or OH < 1 or OW < 1:
+        raise ValueError(f"channel conv: a {KH}x{KW} kernel and padding {padding} do not "
                          f"fit input {x.shape}")
     xp = _padded_input(x, x_mask, KH, KW, padding, OH, OW)
     HP, WP = xp.shape[2:]
-    wt = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(C * KH * KW, O))
-    y = np.empty((N, O, OH, OW), dtype=x.dtype) if out is None else out
+    y = np.empty((N, OUT_CHANNELS, OH, OW), dtype=x.dtype) if out is None else out
     boundary.check("channel conv", x.dtype, {
-        "padded input": (xp, (N, C, HP, WP)), "weight": (wt, (C * KH * KW, O)),
-        "bias": (bias, (O,)), "output": (y, (N, O, OH, OW))})
+        "padded input": (xp, (N, C, HP, WP)), "weight": (wt, (C * KH * KW, OUT_CHANNELS)),
+        "bias": (bias, (OUT_CHANNELS,)), "output": (y, (N, OUT_CHANNELS, OH, OW))})
     P = boundary.pointer
     if backend.lib().channel_conv_forward_f32(P(xp), P(wt), P(bias), P(y), int(bool(relu)),
                                               N, C, HP, WP, KH, KW, OH, OW) != 0:
@@ -111,18 +149,15 @@ def weight_grad(dy, x, KH, KW, padding, dw2, dy_mask=None, db=None):
 def _padded_input(x, x_mask, KH, KW, padding, OH, OW):
     """The zero-framed copy of x the C loops read: (N, C, OH + KH - 1, WP) with
     WP = round_up(OW, 6) + KW - 1; x placed at offset padding (a negative one crops),
-    read as 0 where x_mask <= 0 when a mask is given."""
+    read as 0 where x_mask <= 0 when a mask is given (csrc/channel_conv.c)."""
     (N, C, H, W), (PH, PW) = x.shape, padding
     HP, WP = OH + KH - 1, -(-OW // PIXELS) * PIXELS + KW - 1
     xp = workspace.get("channel_conv_input", (N, C, HP, WP), x.dtype)
-    xp.fill(0)
-    # input rows/columns [lo, hi) land at padded offset lo + P (P < 0: a crop)
-    ry0, ry1 = max(0, -PH), min(H, HP - PH)
-    rx0, rx1 = max(0, -PW), min(W, WP - PW)
-    if ry1 > ry0 and rx1 > rx0:
-        inner = xp[:, :, ry0 + PH:ry1 + PH, rx0 + PW:rx1 + PW]
-        if x_mask is None:
-            inner[...] = x[:, :, ry0:ry1, rx0:rx1]
-        else:
-            np.copyto(inner, x[:, :, ry0:ry1, rx0:rx1], where=x_mask[:, :, ry0:ry1, rx0:rx1] > 0)
+    x = np.ascontiguousarray(x)
+    x_mask = None if x_mask is None else np.ascontiguousarray(x_mask)
+    boundary.check("channel conv padding", x.dtype, {
+        "input": (x, (N, C, H, W)), "input mask": (x_mask, (N, C, H, W)),
+        "padded input": (xp, (N, C, HP, WP))})
+    P = boundary.pointer
+    backend.lib().channel_conv_pad_f32(P(x), P(x_mask), P(xp), N, C, H, W, HP, WP, PH, PW)
     return xp

@@ -209,6 +209,8 @@ def correlate_grads(dy, x, w, padding, dw2, dy_mask=None, db=None, input_gradien
         return None
     # dx[c, iy, ix] = sum w[o, c, i, j] dy[o, iy + PH - i, ix + PW - j]: a convolution of
     # dy with the flipped weights and padding KH-1-PH (negative: a crop).
+    if channel.applies(x.dtype, O, C, KH, KW):      # its weight layout straight from w
+        return channel.input_gradient(dy, w, padding, dy_mask=dy_mask)
     return correlate(dy, flipped_transposed(w), (KH - 1 - PH, KW - 1 - PW), x_mask=dy_mask)
 
 
