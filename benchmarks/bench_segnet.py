@@ -13,6 +13,15 @@ at each size the network uses.
 Each library runs in its own process: the parent starts a child per (library, case),
 alternating npfcn / torch for ``--rounds`` rounds, and each child reports the median of
 ``--steps`` timed repetitions after a warm-up; the table gives the median over rounds.
+
+``--keep-freed-memory`` runs both libraries' children with glibc told to keep freed
+memory for the next allocation (the setting ``npfcn train`` uses, npfcn/allocator.py,
+given here to both processes through GLIBC_TUNABLES).  By default glibc returns every
+freed block above 32 MB to the kernel, so a layer whose output is larger (the first
+and last 7x7 layers: 4 x 64 x 180x240 floats, 44 MB) faults its output in afresh at
+every call, and on a virtual machine that fault can cost 20 times more when the pages
+were just freed by another process (docs/upsampling.md): the figures then say more
+about the host than about the convolution.  The results file gets a ``_kept`` suffix.
 """
 import argparse
 import json
@@ -151,11 +160,16 @@ def child(library, case, batch, h, w, steps, threads):
     print(json.dumps({"median_s": statistics.median(times)}))
 
 
+# npfcn/allocator.py's thresholds, for any process (glibc reads these at start-up).
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+
+
 def run_child(library, case, args):
+    env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY) if args.keep_freed_memory else None
     argv = [sys.executable, os.path.abspath(__file__), "--child", library, "--case", str(case),
             "--batch", str(args.batch), "--size", args.size, "--steps", str(args.steps),
             "--threads", str(args.threads)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["median_s"]
@@ -169,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", default="180x240", help="HxW")
     parser.add_argument("--only-step", action="store_true", help="skip the per-conv cases")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="both libraries' processes keep freed memory (glibc; see above)")
     parser.add_argument("--child", choices=("npfcn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--case", default="step", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,11 +213,13 @@ def main(argv=None):
     info = bt.machine()
     header = (f"SegNet-Basic, batch {args.batch} of {h}x{w}, float32: median over {args.rounds} "
               f"alternated rounds, each a fresh process per library timing {args.steps} "
-              f"repetitions after a warm-up (conv: forward + backward incl. dw). "
-              f"{bt.describe(info, threads)}")
+              f"repetitions after a warm-up (conv: forward + backward incl. dw); "
+              + ("both keep freed memory (glibc). " if args.keep_freed_memory
+                 else "glibc's default allocator. ")
+              + bt.describe(info, threads))
     columns = [("case", "case"), ("npfcn_ms", "npfcn ms"), ("torch_ms", "PyTorch ms"),
                ("torch_over_npfcn", "PyTorch / npfcn")]
-    bt.report("segnet", header, rows, columns, {"machine": info, "torch": torch.__version__,
+    bt.report("segnet_kept" if args.keep_freed_memory else "segnet", header, rows, columns, {"machine": info, "torch": torch.__version__,
                                                  "args": vars(args)})
     return 0
 
