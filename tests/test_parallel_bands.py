@@ -87,7 +87,7 @@ def test_input_gradient_as_a_flipped_convolution(channels, flipped, two_threads,
         x = rng.standard_normal((2, channels, 13, 17))
         w = rng.standard_normal((5, channels, 5, 5))
         g = (5, 5, 1, 1, padding, padding, 1, 1, 13 + 2 * padding - 4, 17 + 2 * padding - 4)
-        assert (gemm.flipped_conv_for_dx(channels, 5, g) is not None) == flipped
+        assert (gemm.flipped_conv_for_dx(2, channels, 5, g) is not None) == flipped
         y_ref, cache_ref = reference.conv2d_forward(x, w, None, padding=padding)
         dy = rng.standard_normal(y_ref.shape)
         dw2 = np.zeros((5, channels * 25))
@@ -128,5 +128,13 @@ def test_large_kernels_with_full_rows_take_the_direct_loop(width, two_threads):
 
 def test_fc6_keeps_col2im_for_dx():
     g = (7, 7, 1, 1, 0, 0, 1, 1, 8, 8)
-    assert gemm.flipped_conv_for_dx(512, 4096, g) is None
-    assert gemm.flipped_conv_for_dx(64, 64, g) is not None
+    assert gemm.flipped_conv_for_dx(1, 512, 4096, g) is None
+    assert gemm.flipped_conv_for_dx(1, 64, 64, g) is not None
+
+
+def test_a_small_map_of_many_channels_keeps_col2im_for_dx():
+    """VGG's conv5 on 14x14: turning 512 x 512 x 3x3 weights would copy more than the
+    196 output columns col2im sums; from 4 images (784 columns) the flip pays again."""
+    g = (3, 3, 1, 1, 1, 1, 1, 1, 14, 14)
+    assert gemm.flipped_conv_for_dx(1, 512, 512, g) is None
+    assert gemm.flipped_conv_for_dx(4, 512, 512, g) is not None
