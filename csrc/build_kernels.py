@@ -53,7 +53,7 @@ def cdef_from_header(path=HEADER):
     return result.stdout
 
 
-SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "winograd4.c", "unpool.c", "subpixel.c", "direct.c", "channel_conv.c", "batchnorm.c", "relu.c", "affinity.c"]
+SOURCES = ["im2col.c", "maxpool.c", "winograd.c", "winograd4.c", "unpool.c", "subpixel.c", "direct.c", "channel_conv.c", "batchnorm.c", "relu.c", "softmax.c", "affinity.c"]
 
 
 def _flag(name, default):

@@ -160,6 +160,18 @@ int64_t channel_conv_weight_grad_f32(const float *xp, const float *dy, const flo
         float *dw, float *db, int64_t N, int64_t C, int64_t HP, int64_t WP, int64_t KH,
         int64_t KW, int64_t OH, int64_t OW, double *partial, float *dy_band);
 
+/* Softmax cross-entropy per pixel, float32 (softmax.c; the math in
+ * npfcn/reference/softmax.py).  s, e: (N, C, P); target, pixel_sum, pixel_weight: (N,
+ * P), every label in [0, C) or ignore_index; weight: (C,) or NULL; sums: the weighted
+ * loss and the weight total, in double.  The forward pass writes e = exp(s - max) and
+ * its per-pixel sums; the backward pass turns e into the gradient in place. */
+void softmax_xent_forward_f32(const float *s, const int64_t *target, const float *weight,
+                              int64_t ignore_index, int64_t N, int64_t C, int64_t P,
+                              float *e, float *pixel_sum, float *pixel_weight, double *sums);
+void softmax_xent_backward_f32(float *e, const int64_t *target, const float *pixel_sum,
+                               const float *pixel_weight, int64_t ignore_index, float factor,
+                               int64_t N, int64_t C, int64_t P);
+
 /* Batch normalisation's passes over the data (batchnorm.c; the math in
  * npfcn/kernels/batchnorm.py).  Arrays (N, C, HW); per-channel arrays (C,). */
 #define NPFCN_DECLARE_BATCHNORM(T, SUFFIX)                                              \

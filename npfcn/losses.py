@@ -3,6 +3,7 @@ the training loss: that cross-entropy plus a weighted Lovász-softmax term (npfc
 import numpy as np
 
 from ._checks import as_float_tensor, check_target
+from .kernels import dispatch, softmax as fast_softmax
 from .reference.softmax import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
 
@@ -90,17 +91,23 @@ class CrossEntropyLoss:
         check_target(target, logits.shape, num_classes, self.ignore_index)
         if denominator is not None and not (np.isfinite(denominator) and denominator >= 0):
             raise ValueError(f"denominator must be a finite number >= 0, got {denominator!r}")
-        # The arithmetic is the reference's (npfcn/reference/softmax.py).
-        loss, self._cache = softmax_cross_entropy_forward(
-            logits, target, self.weight, self.ignore_index, self.reduction,
-            denominator if self.reduction == "mean" else None)
+        # The arithmetic is the reference's (npfcn/reference/softmax.py); on the C backend
+        # float32 scores take csrc/softmax.c, which keeps a cache of its own.
+        path = dispatch.cross_entropy_path(logits.dtype)
+        forward = fast_softmax.cross_entropy_forward if path == "c" \
+            else softmax_cross_entropy_forward
+        loss, cache = forward(logits, target, self.weight, self.ignore_index, self.reduction,
+                              denominator if self.reduction == "mean" else None)
+        self._cache = (path, cache)
         return loss
 
     def backward(self, grad=1.0):
         """d loss / d logits = (softmax - onehot(target)) * pixel weight * scale * grad."""
         if self._cache is None:
             raise ValueError("CrossEntropyLoss.backward() called before forward()")
-        cache, self._cache = self._cache, None      # the gradient is built in the cache
+        (path, cache), self._cache = self._cache, None   # the gradient is built in the cache
+        if path == "c":
+            return fast_softmax.cross_entropy_backward(grad, cache)
         return softmax_cross_entropy_backward(grad, cache)
 
 

@@ -48,8 +48,8 @@ class UnweightedGradLoss(CrossEntropyLoss):
     """Planted bug: forward uses the class weights, backward forgets them."""
 
     def backward(self, grad=1.0):
-        prob, target, pixel_weight, scale = self._cache
-        self._cache = (prob, target, (pixel_weight > 0).astype(prob.dtype), scale)
+        path, (prob, target, pixel_weight, scale) = self._cache     # float64: the reference's
+        self._cache = (path, (prob, target, (pixel_weight > 0).astype(prob.dtype), scale))
         return super().backward(grad)
 
 

@@ -29,7 +29,8 @@ DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_i
                tests/test_adjoint_and_pooling.py tests/test_gradients.py tests/test_bad_input_core.py
                tests/test_winograd.py tests/test_subpixel.py tests/test_direct.py
                tests/test_fused_relu.py tests/test_pool_kernels.py tests/test_fast_paths.py
-               tests/test_channel_conv.py tests/test_batchnorm.py)
+               tests/test_channel_conv.py tests/test_batchnorm.py tests/test_softmax_kernel.py
+               tests/test_affinity.py)
 
 WORK="${NPFCN_SANITIZE_DIR:-}"
 if [ -z "$WORK" ]; then

@@ -28,6 +28,7 @@ conv_transpose2d   ``subpixel``: kernel a multiple of the stride, no           `
                    ``bands``: everything else (matmul + col2im in bands)       ``gemm.banded_transposed_conv``
 max pool, unpool,  ``c``                                                       ``pooling``, ``relu``,
 relu, im2col                                                                   ``bands``
+cross-entropy      ``c``: float32                                              ``softmax``
 =================  ==========================================================  =====================
 
 ``npfcn.functional`` records the chosen path in the op's cache, and its backward
@@ -131,6 +132,13 @@ def conv_transpose2d_path(w_shape, stride, dilation):
     if tuple(dilation) == (1, 1) and KH % stride[0] == 0 and KW % stride[1] == 0:
         return "subpixel"
     return "bands"
+
+
+def cross_entropy_path(dtype):
+    """The softmax cross-entropy's path: ``"c"`` (csrc/softmax.c) for float32 scores on
+    the C backend - fwd+bwd at 21 x 224 x 224 1.1-1.2 ms against the reference's 3.0-3.4
+    (Zen 4, 2 threads) - else ``"reference"`` (float64: the gradient checks' dtype)."""
+    return "c" if backend.active() == "c" and np.dtype(dtype) == np.float32 else "reference"
 
 
 def simple_path():
