@@ -75,12 +75,14 @@ def pin_threads(n=DEFAULT_THREADS):
         prefix, suffix = names
         getattr(lib, f"{prefix}set_num_threads{suffix}")(int(n))
         report["openblas"] = int(getattr(lib, f"{prefix}get_num_threads{suffix}")())
+    from npfcn import sysinfo
     from npfcn.kernels import backend
     if backend.c_available():
         kernel = backend.lib()
         if hasattr(kernel, "npfcn_set_num_threads"):   # OpenMP builds of the kernel
             kernel.npfcn_set_num_threads(int(n))
     report["npfcn"] = backend.num_threads()
+    sysinfo.pin_blas_workers()          # as npfcn's own set_threads does
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         torch.set_num_threads(int(n))

@@ -62,7 +62,8 @@ def set_threads(count):
     Setting the environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS) only works
     before numpy is imported; this works at any time.  Fewer threads than cores
     help when other programs share the CPU: busy-waiting threads that cannot
-    get a core slow everything down.
+    get a core slow everything down.  With one thread per usable core, OpenBLAS's
+    worker threads are pinned one per core (``pin_blas_workers``).
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"thread count must be a positive integer, got {count!r}")
@@ -72,6 +73,41 @@ def set_threads(count):
         function(count)
     if backend.active() == "c":
         backend.lib().npfcn_set_num_threads(count)
+    pin_blas_workers()
+
+
+_SET_AFFINITY_SYMBOLS = ("openblas_setaffinity", "scipy_openblas_setaffinity64_")
+
+
+def pin_blas_workers():
+    """Pin OpenBLAS's worker threads to one core each - the 2nd, 3rd, ... usable core,
+    the first being the calling thread's - when BLAS runs one thread per usable core
+    (and ``NPFCN_PIN_THREADS`` is not 0).  Returns how many were pinned.
+
+    Why: npfcn sets OPENBLAS_THREAD_TIMEOUT=4 (npfcn/__init__.py), so OpenBLAS's
+    workers sleep right after each product instead of spinning beside npfcn's own
+    kernels; woken again, a worker was placed on the caller's core, and a small layer
+    made of matrix products ran slowly for several calls after every pause (the
+    default width's fc6, 2 x 32 -> 256 7x7 at 11x11, fwd+bwd 1.3 ms in a loop: after
+    0.2 s asleep its next four calls took 4.8, 7.4, 5.6, 2.8 ms; pinned 5.1, 2.3, 2.2,
+    2.0).  The same reason as csrc/affinity.c's for npfcn's OpenMP threads.
+    """
+    if os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0" or not hasattr(os, "sched_getaffinity"):
+        return 0
+    cores = sorted(os.sched_getaffinity(0))
+    threads = blas_threads()
+    pin = _blas_function(_SET_AFFINITY_SYMBOLS)
+    if pin is None or threads is None or threads < 2 or threads != len(cores):
+        return 0
+    words = (max(cores) // 64) + 1
+    pin.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p]
+    pinned = 0
+    for worker in range(threads - 1):       # OpenBLAS: 0 .. threads-2 are its workers
+        mask = (ctypes.c_uint64 * words)()
+        core = cores[worker + 1]
+        mask[core // 64] = 1 << (core % 64)
+        pinned += pin(worker, ctypes.sizeof(mask), ctypes.addressof(mask)) == 0
+    return pinned
 
 
 def _loaded_libraries():
