@@ -238,7 +238,8 @@ def _thread_pinning():
     if not backend.c_available():
         return "(no C kernel)"
     if backend.lib().npfcn_pins_threads():
-        return "on (one core per kernel thread during parallel loops; NPFCN_PIN_THREADS=0: off)"
+        return ("on (one core per kernel thread during parallel loops, OpenBLAS's workers "
+                "after set_threads; NPFCN_PIN_THREADS=0: off)")
     return "off (" + ("NPFCN_PIN_THREADS=0" if os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0"
                      else "not one kernel thread per usable core") + ")"
 
