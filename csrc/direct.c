@@ -52,6 +52,7 @@
  */
 #include <string.h>
 #include "npfcn_kernels.h"
+#include "npfcn_cpu.h"          /* NPFCN_CLONES, NPFCN_INLINE */
 
 /* Fused multiply-adds where the CPU has them (AVX2/AVX-512 clones): one rounding
  * instead of two, and half the instructions in the inner loops.  The build's
@@ -63,19 +64,6 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NPFCN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NPFCN_CLONES
-#endif
-
-/* Helpers are forced inline so that each clone compiles them for its own
- * instruction set (called out of line they are the baseline SSE2 version). */
-#if defined(__GNUC__)
-#define NPFCN_INLINE static inline __attribute__((always_inline))
-#else
-#define NPFCN_INLINE static inline
-#endif
 
 #define NPFCN_OB 4      /* output channels per register block */
 

@@ -32,6 +32,7 @@
 #include <math.h>
 #include <string.h>
 #include "npfcn_kernels.h"
+#include "npfcn_cpu.h"          /* NPFCN_CLONES, NPFCN_INLINE */
 
 /* Fused multiply-adds in the polynomial (the build's -std=c99 turns contraction off):
  * half the instructions, one rounding per step instead of two. */
@@ -41,16 +42,6 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define SOFTMAX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SOFTMAX_CLONES
-#endif
-#if defined(__GNUC__)
-#define SOFTMAX_INLINE static inline __attribute__((always_inline))
-#else
-#define SOFTMAX_INLINE static inline
-#endif
 
 #define LANES 16                                    /* pixels per vector */
 #define CHUNK 16                                    /* vectors per task */
@@ -59,7 +50,7 @@ typedef float vfloat __attribute__((vector_size(4 * LANES)));
 typedef int32_t vint __attribute__((vector_size(4 * LANES)));
 
 /* count (<= LANES) consecutive floats as a vector, zeros after them; and back */
-SOFTMAX_INLINE vfloat load_lanes(const float *p, int64_t count)
+NPFCN_INLINE vfloat load_lanes(const float *p, int64_t count)
 {
     vfloat v = {0};
     if (count == LANES)
@@ -69,7 +60,7 @@ SOFTMAX_INLINE vfloat load_lanes(const float *p, int64_t count)
     return v;
 }
 
-SOFTMAX_INLINE void store_lanes(float *p, vfloat v, int64_t count)
+NPFCN_INLINE void store_lanes(float *p, vfloat v, int64_t count)
 {
     if (count == LANES)
         memcpy(p, &v, sizeof v);
@@ -78,13 +69,13 @@ SOFTMAX_INLINE void store_lanes(float *p, vfloat v, int64_t count)
 }
 
 /* where mask (all bits set or none, per lane): a, else b */
-SOFTMAX_INLINE vfloat select(vint mask, vfloat a, vfloat b)
+NPFCN_INLINE vfloat select(vint mask, vfloat a, vfloat b)
 {
     return (vfloat)((mask & (vint)a) | (~mask & (vint)b));
 }
 
 /* exp(x) for x <= 0, as described above */
-SOFTMAX_INLINE vfloat exp_nonpositive(vfloat x)
+NPFCN_INLINE vfloat exp_nonpositive(vfloat x)
 {
     const vfloat lowest = x - x - 87.0f;
     x = select(x < lowest, lowest, x);
@@ -102,7 +93,7 @@ SOFTMAX_INLINE vfloat exp_nonpositive(vfloat x)
     return p * (vfloat)((n + 127) << 23);          /* 2^n from its exponent bits */
 }
 
-SOFTMAX_CLONES
+NPFCN_CLONES
 void softmax_xent_forward_f32(const float *s, const int64_t *target, const float *weight,
                               int64_t ignore_index, int64_t N, int64_t C, int64_t P,
                               float *e, float *pixel_sum, float *pixel_weight, double *sums)
@@ -162,7 +153,7 @@ void softmax_xent_forward_f32(const float *s, const int64_t *target, const float
 
 /* In place: e (the forward pass's exponentials) becomes the gradient
  * (e / S - onehot(t)) * w[t] * factor, with S the pixel's sum of them. */
-SOFTMAX_CLONES
+NPFCN_CLONES
 void softmax_xent_backward_f32(float *e, const int64_t *target, const float *pixel_sum,
                                const float *pixel_weight, int64_t ignore_index, float factor,
                                int64_t N, int64_t C, int64_t P)

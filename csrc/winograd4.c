@@ -40,14 +40,10 @@
 #include <string.h>
 #include "npfcn_kernels.h"
 
-/* Built for AVX-512, AVX2 and baseline x86-64, the best picked at load time, as
- * in direct.c (the transforms are loops over the tiles of a row: wider vectors
+/* Built for AVX-512, AVX2 and baseline x86-64, the best picked at load time
+ * (NPFCN_CLONES: the transforms are loops over the tiles of a row, and wider vectors
  * help them directly). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define W4_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define W4_CLONES
-#endif
+#include "npfcn_cpu.h"
 
 #define W4_M 4                  /* output tile side */
 #define W4_A 6                  /* input tile side, W4_M + 3 - 1 */
@@ -113,7 +109,7 @@ int64_t winograd4_scratch(int64_t TW)
 
 /* V = B^T d B for every tile of the block. */
 #define W4_INPUT(T, SUFFIX)                                                              \
-W4_CLONES                                                                                \
+NPFCN_CLONES                                                                                \
 void winograd4_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,        \
                               int64_t W, int64_t PH, int64_t PW, int64_t t0, int64_t t1, \
                               int64_t TW, T *scratch)                                    \
@@ -189,7 +185,7 @@ void winograd4_input_##SUFFIX(const T *x, T *V, int64_t N, int64_t C, int64_t H,
 /* dx += the adjoint of winograd4_input: each tile's B dV B^T added back onto the
  * 6x6 input window it came from (the windows of neighbouring tiles overlap). */
 #define W4_INPUT_ADJ(T, SUFFIX)                                                          \
-W4_CLONES                                                                                \
+NPFCN_CLONES                                                                                \
 void winograd4_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int64_t H,  \
                                   int64_t W, int64_t PH, int64_t PW, int64_t t0,         \
                                   int64_t t1, int64_t TW, T *scratch)                    \
@@ -247,7 +243,7 @@ void winograd4_input_adj_##SUFFIX(const T *dV, T *dx, int64_t N, int64_t C, int6
 
 /* y = A^T M A for every tile, clipped to the OH x OW output. */
 #define W4_OUTPUT(T, SUFFIX)                                                             \
-W4_CLONES                                                                                \
+NPFCN_CLONES                                                                                \
 void winograd4_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t OH,      \
                                int64_t OW, int64_t t0, int64_t t1, int64_t TW,           \
                                T *scratch)                                               \
@@ -298,7 +294,7 @@ void winograd4_output_##SUFFIX(const T *M, T *y, int64_t N, int64_t O, int64_t O
 
 /* dM = A dY A^T for every tile, where dY is the tile's 4x4 of dy (0 outside). */
 #define W4_OUTPUT_ADJ(T, SUFFIX)                                                         \
-W4_CLONES                                                                                \
+NPFCN_CLONES                                                                                \
 void winograd4_output_adj_##SUFFIX(const T *dy, T *dM, int64_t N, int64_t O, int64_t OH, \
                                    int64_t OW, int64_t t0, int64_t t1, int64_t TW,       \
                                    T *scratch)                                           \
