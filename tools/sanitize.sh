@@ -24,7 +24,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # The tests that drive the C kernel (those that exist are run): between them they call
 # every function of every csrc/*.c file (im2col, maxpool, unpool, relu, direct,
-# winograd, winograd4, subpixel, channel_conv, batchnorm).
+# winograd, winograd4, subpixel, channel_conv, batchnorm, softmax; affinity.c is a
+# no-op without OpenMP, so its tests skip there).
 DEFAULT_TESTS=(tests/test_fuzz_kernels.py tests/test_size_limits.py tests/test_im2col.py
                tests/test_adjoint_and_pooling.py tests/test_gradients.py tests/test_bad_input_core.py
                tests/test_winograd.py tests/test_subpixel.py tests/test_direct.py
