@@ -92,7 +92,7 @@ def pin_blas_workers():
     0.2 s asleep its next four calls took 4.8, 7.4, 5.6, 2.8 ms; pinned 5.1, 2.3, 2.2,
     2.0).  The same reason as csrc/affinity.c's for npfcn's OpenMP threads.
     """
-    if os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0" or not hasattr(os, "sched_getaffinity"):
+    if _pinning_switched_off() or not hasattr(os, "sched_getaffinity"):
         return 0
     cores = sorted(os.sched_getaffinity(0))
     threads = blas_threads()
@@ -234,13 +234,18 @@ def _channel_loop():
         else "off (needs AVX-512)"
 
 
+def _pinning_switched_off():
+    """NPFCN_PIN_THREADS=0 (csrc/affinity.c reads the same switch for its threads)."""
+    return os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0"
+
+
 def _thread_pinning():
     if not backend.c_available():
         return "(no C kernel)"
     if backend.lib().npfcn_pins_threads():
         return ("on (one core per kernel thread during parallel loops, OpenBLAS's workers "
                 "after set_threads; NPFCN_PIN_THREADS=0: off)")
-    return "off (" + ("NPFCN_PIN_THREADS=0" if os.environ.get("NPFCN_PIN_THREADS", "")[:1] == "0"
+    return "off (" + ("NPFCN_PIN_THREADS=0" if _pinning_switched_off()
                      else "not one kernel thread per usable core") + ")"
 
 

@@ -20,7 +20,7 @@ def cross_entropy_forward(logits, target, weight=None, ignore_index=255, reducti
     P = int(np.prod(logits.shape[2:], dtype=np.int64))
     labels = np.ascontiguousarray(target, dtype=np.int64).reshape(N, P)
     # C reads weight[t] and the score of class t wherever t is not the ignore label
-    if not np.all((labels == ignore_index) | ((labels >= 0) & (labels < C))):
+    if not boundary.indices_in_range(labels[labels != ignore_index], C):
         raise ValueError(f"cross-entropy: labels must lie in [0, {C}) or be {ignore_index}")
     logits = np.ascontiguousarray(logits)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
@@ -35,7 +35,7 @@ def cross_entropy_forward(logits, target, weight=None, ignore_index=255, reducti
     boundary.check("cross-entropy", np.float64, {"sums": (sums, (2,))})
     P_ = boundary.pointer
     backend.lib().softmax_xent_forward_f32(
-        P_(logits), backend.ffi().cast("int64_t *", labels.ctypes.data), P_(w),
+        P_(logits), P_(labels), P_(w),
         int(ignore_index), N, C, P, P_(exps), P_(pixel_sum), P_(pixel_weight), P_(sums))
     total, weight_sum = float(sums[0]), float(sums[1])
     if reduction == "mean":
@@ -58,7 +58,7 @@ def cross_entropy_backward(dloss, cache):
     if labels.dtype != np.int64 or labels.shape != (N, P) or not labels.flags.c_contiguous:
         raise ValueError("cross-entropy gradient: the cache's labels are not (N, P) int64")
     backend.lib().softmax_xent_backward_f32(
-        boundary.pointer(exps), backend.ffi().cast("int64_t *", labels.ctypes.data),
+        boundary.pointer(exps), boundary.pointer(labels),
         boundary.pointer(pixel_sum), boundary.pointer(pixel_weight), ignore_index,
         float(np.float32(scale * dloss)), N, C, P)
     return exps
